@@ -1,2 +1,4 @@
 //! The NEO cluster: master, storage (SQLite, MySQL), admin, `neoctl` and a
 //! Rust client library, built on `neo-proto`. (Being written: see issue 4.)
+
+pub mod config;

@@ -19,7 +19,7 @@ gives byte-identical files.
 
 Fixtures made by ZODB through its public API (DB, transaction, BTrees,
 FileStorage):
-  basic        ~40 transactions, ~350 objects, OOBTree with split buckets,
+  basic        40 transactions, 324 objects, OOBTree with split buckets,
                non-ASCII user/description/extension, a hot object.
   undo         undo, undo of undo, backpointer chains, undone creation
                (backpointer 0), undo of that, more commits after.
@@ -27,8 +27,9 @@ FileStorage):
   large        one data record > 1 MiB plus small ones.
   empty        only the 4-byte magic.
   small        6 small transactions; the base of the crafted files below.
-  empty_txn    a transaction without data records (storage API: tpc_begin,
-               tpc_vote, tpc_finish without store), in mid-file.
+  empty_txn    a transaction without data records, in mid-file (storage
+               API: tpc_begin, tpc_vote, tpc_finish without store; a
+               transaction.commit() that changed nothing writes nothing).
   dup_oid      one transaction that stores the same oid twice (storage API:
                two store() calls in one tpc).
 
@@ -51,7 +52,6 @@ import glob
 import json
 import os
 import random
-import shutil
 import struct
 import subprocess
 import sys
@@ -67,7 +67,6 @@ from ZODB.Connection import TransactionMetaData
 from ZODB.DB import DB
 from ZODB.FileStorage import FileStorage
 from ZODB.utils import p64
-from ZODB.utils import u64
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ORACLE = os.path.join(HERE, os.pardir, 'scripts', 'oracle', 'zodb_check.py')

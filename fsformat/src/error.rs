@@ -64,6 +64,14 @@ pub enum Error {
         /// Length found after the transaction.
         found: u64,
     },
+    /// A redundant transaction length that points before the first
+    /// transaction (found walking backward).
+    BadTxnTrailer {
+        /// Offset of the redundant length.
+        pos: u64,
+        /// Its value.
+        tlen: u64,
+    },
     /// A transaction status other than `' '`, `'p'`, `'c'`, `'u'`, or a
     /// status not allowed where it was found.
     BadStatus {
@@ -179,6 +187,7 @@ impl Error {
             Truncated { pos, .. }
             | TxnLengthTooSmall { pos, .. }
             | RedundantLength { pos, .. }
+            | BadTxnTrailer { pos, .. }
             | BadStatus { pos, .. }
             | Version { pos, .. }
             | RecordOutsideTxn { pos, .. }
@@ -234,6 +243,10 @@ impl fmt::Display for Error {
                 f,
                 "redundant transaction length check failed at {pos}: {found} != {tlen}"
             ),
+            BadTxnTrailer { pos, tlen } => write!(
+                f,
+                "redundant transaction length {tlen} at {pos} points before the first transaction"
+            ),
             BadStatus { pos, status } => write!(
                 f,
                 "invalid transaction status {:?} at {pos}",
@@ -285,6 +298,113 @@ impl fmt::Display for Error {
                 write!(f, "transaction id {tid} is not above the last one {last}")
             }
             Writer { reason } => write!(f, "writer: {reason}"),
+        }
+    }
+}
+
+/// A copy; an I/O error is rebuilt from its OS code, or kind and message.
+impl Clone for Error {
+    fn clone(&self) -> Error {
+        use Error::*;
+        match self {
+            Io { path, op, source } => Io {
+                path: path.clone(),
+                op,
+                source: match source.raw_os_error() {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(source.kind(), source.to_string()),
+                },
+            },
+            BadMagic { path, found } => BadMagic {
+                path: path.clone(),
+                found: found.clone(),
+            },
+            Truncated {
+                pos,
+                what,
+                need,
+                have,
+            } => Truncated {
+                pos: *pos,
+                what,
+                need: *need,
+                have: *have,
+            },
+            TxnLengthTooSmall {
+                pos,
+                tlen,
+                header_len,
+            } => TxnLengthTooSmall {
+                pos: *pos,
+                tlen: *tlen,
+                header_len: *header_len,
+            },
+            RedundantLength { pos, tlen, found } => RedundantLength {
+                pos: *pos,
+                tlen: *tlen,
+                found: *found,
+            },
+            BadTxnTrailer { pos, tlen } => BadTxnTrailer {
+                pos: *pos,
+                tlen: *tlen,
+            },
+            BadStatus { pos, status } => BadStatus {
+                pos: *pos,
+                status: *status,
+            },
+            Version { pos, vlen } => Version {
+                pos: *pos,
+                vlen: *vlen,
+            },
+            RecordOutsideTxn { pos, tpos, tend } => RecordOutsideTxn {
+                pos: *pos,
+                tpos: *tpos,
+                tend: *tend,
+            },
+            RecordTxnMismatch { pos, found, tpos } => RecordTxnMismatch {
+                pos: *pos,
+                found: *found,
+                tpos: *tpos,
+            },
+            RecordsDontAddUp {
+                pos,
+                records_end,
+                tend,
+            } => RecordsDontAddUp {
+                pos: *pos,
+                records_end: *records_end,
+                tend: *tend,
+            },
+            OidMismatch {
+                pos,
+                expected,
+                found,
+            } => OidMismatch {
+                pos: *pos,
+                expected: *expected,
+                found: *found,
+            },
+            BadBackpointer { pos, back } => BadBackpointer {
+                pos: *pos,
+                back: *back,
+            },
+            BadPrevPointer { pos, prev } => BadPrevPointer {
+                pos: *pos,
+                prev: *prev,
+            },
+            NotFound { oid } => NotFound { oid: *oid },
+            NoData { oid, pos } => NoData {
+                oid: *oid,
+                pos: *pos,
+            },
+            FieldTooLong { field, len } => FieldTooLong { field, len: *len },
+            TidNotIncreasing { tid, last } => TidNotIncreasing {
+                tid: *tid,
+                last: *last,
+            },
+            Writer { reason } => Writer {
+                reason: reason.clone(),
+            },
         }
     }
 }

@@ -5,10 +5,17 @@
 //! appending writer and verification equal to ZODB's `fstest`. Everything
 //! else in the project (the Importer, the exporter) stands on it.
 
+mod datafs;
 pub mod error;
 pub mod format;
+mod index;
+mod storage;
 mod types;
+pub mod verify;
 
+pub use datafs::{DataFs, RecordIter, Stop, Tail, Txn, TxnBackIter, TxnIter};
 pub use error::{Error, Result};
 pub use format::{DataHeader, Magic, Payload, TxnHeader, TxnStatus};
+pub use index::{sidecar_path, Index, IndexBuilder, SidecarInfo};
+pub use storage::{FileStorage, History, HistoryEntry, IndexSource, OpenOptions, Revision};
 pub use types::{Oid, Tid};

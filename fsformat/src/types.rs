@@ -47,7 +47,10 @@ macro_rules! id_type {
 }
 
 id_type!(Oid, "A ZODB object id.");
-id_type!(Tid, "A ZODB transaction id (a timestamp, see ZODB's `TimeStamp`).");
+id_type!(
+    Tid,
+    "A ZODB transaction id (a timestamp, see ZODB's `TimeStamp`)."
+);
 
 #[cfg(test)]
 mod tests {

@@ -1,5 +1,71 @@
-//! NEO's wire protocol, version 5.
+//! NEO's wire protocol, version 5: typed packets, their msgpack codec
+//! (byte-exact with the real NEO), the handshake and the framing of a
+//! byte stream.
 //!
-//! This crate owns everything that crosses a connection between NEO nodes:
-//! the typed packets, their msgpack encoding, the framing and the handshake,
-//! the connection layer and TLS. (Being written: see issue 3.)
+//! # The stream
+//!
+//! Each direction of a connection starts with the 6-byte handshake
+//! [`HANDSHAKE`] = `92 a3 4e 45 4f 05` (msgpack `["NEO", 5]`), sent by both
+//! ends at once without waiting. Each end reads the peer's 6 bytes: equal
+//! → go on; the first 5 (the magic) equal but not the version →
+//! [`HandshakeError::VersionMismatch`]; otherwise
+//! [`HandshakeError::NotNeo`] (or [`HandshakeError::PeerUsesTls`] when the
+//! first byte opens a TLS record). With TLS the handshake, like all the
+//! rest, travels inside TLS.
+//!
+//! Then come frames, a plain concatenation of msgpack values with no
+//! length prefix, checksum or padding:
+//!
+//! ```text
+//! 93                 fixarray of 3
+//! <id>               uint32: per-connection counter of the sender; an
+//!                    answer reuses the id of its request
+//! <code>             packet type; answers = request | 0x8000; Error = 0x8000
+//! <args>             array: the packet's fields in order
+//! ```
+//!
+//! e.g. `93 00 cd 80 01 93 d4 04 00 d2 f0 00 00 01 01` is
+//! `[0, 0x8001, [MASTER, M1, 1]]`, an [`AcceptIdentification`].
+//! Encoding is NEO's `Packer(use_bin_type=True, strict_types=True)`:
+//! smallest integers, float 64, bin for all bytes and text, maps in order,
+//! enums as `fixext1` (`d4 TYPE VALUE`), tids/oids as 8-byte bin. The
+//! [`FrameDecoder`] splits a stream in two phases (find the end of a frame
+//! without allocating, then parse it), resumes across reads, and refuses
+//! frames above NEO's 64 MiB buffer ([`UNPACK_BUFFER_SIZE`]). A complete
+//! frame that is no valid packet gives a [`PacketError`] (with the id when
+//! readable); NEO closes the connection on such frames.
+//!
+//! # Adding a packet
+//!
+//! Add one entry to the `packets!` table in `src/packets.rs`:
+//!
+//! ```text
+//! /// What it does.
+//! AskSomething = 0x004a, Request { oid: Oid, before: Option<Tid>, rows: Vec<(Offset, NodeId)> }
+//! ```
+//!
+//! The macro makes the struct, its [`PacketBody`] impl (code, name, kind),
+//! its array codec, the [`Body`] variant and the [`PACKET_TYPES`] entry.
+//! Each field type implements [`Encode`] / [`Decode`]: the integers,
+//! `bool`, `f64`, [`Bytes`] (bin), [`Oid`], [`Tid`], [`Checksum`],
+//! [`NodeId`], the enums, [`Address`], [`NodeInfo`], [`Cell`], [`Value`]
+//! (any), `Option<T>` (nil or T), `Vec<T>` (array), tuples (fixed arrays)
+//! and [`Map<K, V>`]. A new tuple type with a name is one
+//! [`wire_struct!`] invocation.
+
+pub mod codec;
+pub mod frame;
+pub mod packets;
+pub mod types;
+pub mod value;
+
+pub use bytes::Bytes;
+pub use codec::{Decode, DecodeError, DecodeErrorKind, Encode, Map, Reader, Writer};
+pub use frame::{
+    check_handshake, FrameDecoder, FrameError, HandshakeError, Scan, ScanError, Scanner, HANDSHAKE,
+    MAGIC_SIZE,
+};
+pub use fsformat::{Oid, Tid};
+pub use packets::*;
+pub use types::*;
+pub use value::Value;

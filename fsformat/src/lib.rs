@@ -12,6 +12,7 @@ mod index;
 mod storage;
 mod types;
 pub mod verify;
+mod writer;
 
 pub use datafs::{DataFs, RecordIter, Stop, Tail, Txn, TxnBackIter, TxnIter};
 pub use error::{Error, Result};
@@ -19,3 +20,4 @@ pub use format::{DataHeader, Magic, Payload, TxnHeader, TxnStatus};
 pub use index::{sidecar_path, Index, IndexBuilder, SidecarInfo};
 pub use storage::{FileStorage, History, HistoryEntry, IndexSource, OpenOptions, Revision};
 pub use types::{Oid, Tid};
+pub use writer::{Committed, SyncMode, TxnWriter, Writer};

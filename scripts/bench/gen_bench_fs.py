@@ -9,7 +9,8 @@ and one set-up transaction.  Each transaction writes 10 objects of 50-3000
 bytes of seeded-random data: `PersistentMapping({'d': bytes})` values kept in
 one OOBTree under the root, ~70% new keys and ~30% updates of existing ones
 (so objects have history), plus the OOBTree buckets/nodes those changes
-touch.  The default size is about 600 MB.
+touch.  The default file is 765,303,954 bytes (30,002 transactions,
+529,390 data records, 220,122 objects), made in ~40 s.
 
 Same N and seed give a byte-identical file: ZODB's clock (ZODB.BaseStorage)
 is replaced by a fake one (2024-01-01 00:00:00 UTC, +1 s per transaction).

@@ -187,7 +187,7 @@ fn writer_rejects_bad_input() {
     let tpos = t.pos();
     assert!(t.store_back(Oid(1), tpos).is_err());
     assert!(t.store_back(Oid(1), 2).is_err());
-    drop(t); // aborted: nothing written
+    let _ = t; // aborted: nothing written
     let end = w.end();
     assert_eq!(std::fs::metadata(&p).unwrap().len(), end);
     assert!(Writer::create(&p, fsformat::Magic::Fs30).is_err());

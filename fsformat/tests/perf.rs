@@ -68,6 +68,20 @@ fn timings() {
         it / cat
     );
 
+    let t = Instant::now();
+    let fs2 = DataFs::open(&path).unwrap();
+    let mut n = 0u64;
+    for txn in fs2.iter() {
+        for r in txn.unwrap().records() {
+            n += r.unwrap().oid.0 & 1;
+        }
+    }
+    println!(
+        "headers only (fresh map): {:.3} s [{n}]",
+        t.elapsed().as_secs_f64()
+    );
+    drop(fs2);
+
     let opts = OpenOptions {
         read_index: false,
         write_index: false,

@@ -639,3 +639,177 @@ impl<'a> Iterator for RecordIter<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{encode_data_header, encode_txn_header, MAGIC_FS30, TXN_STATUS, TXN_TLEN};
+
+    /// A file of `n` transactions of one 5-byte record each.
+    fn file(n: u64) -> Vec<u8> {
+        let mut f = MAGIC_FS30.to_vec();
+        for i in 1..=n {
+            let tpos = f.len() as u64;
+            let tlen = (TXN_HEADER_LEN + 42 + 5) as u64;
+            encode_txn_header(&mut f, Tid(i), tlen, TxnStatus::Committed, b"", b"", b"").unwrap();
+            encode_data_header(&mut f, Oid(i % 2), Tid(i), 0, tpos, 5);
+            f.extend_from_slice(b"abcde");
+            f.extend_from_slice(&tlen.to_be_bytes());
+        }
+        f
+    }
+
+    const TXN: usize = TXN_HEADER_LEN + 42 + 5 + 8;
+
+    fn open(bytes: &[u8]) -> (tempfile::TempDir, DataFs) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("Data.fs");
+        std::fs::write(&p, bytes).unwrap();
+        let fs = DataFs::open(&p).unwrap();
+        (dir, fs)
+    }
+
+    #[test]
+    fn empty_and_bad_magic() {
+        let (_d, fs) = open(b"");
+        assert!(fs.is_empty());
+        assert_eq!(fs.iter().count(), 0);
+        assert_eq!(fs.tail().end, MAGIC_LEN);
+        let (_d, fs) = open(b"FS30");
+        assert_eq!(fs.iter().count(), 0);
+        assert!(fs.tail().stop.is_clean());
+        let dir = tempfile::tempdir().unwrap();
+        for bad in [&b"FS"[..], b"FS40", b"\0\0\0\0xxxx"] {
+            let p = dir.path().join("bad.fs");
+            std::fs::write(&p, bad).unwrap();
+            assert!(matches!(DataFs::open(&p), Err(Error::BadMagic { .. })));
+        }
+        let missing = DataFs::open(dir.path().join("missing.fs"));
+        assert!(matches!(missing, Err(Error::Io { op: "open", .. })));
+    }
+
+    #[test]
+    fn where_iteration_stops() {
+        let f = file(3);
+        let (_d, fs) = open(&f);
+        assert_eq!(fs.iter().count(), 3);
+        assert!(matches!(fs.tail().stop, Stop::Eof));
+        assert_eq!(fs.tail().last_txn, Some((4 + 2 * TXN as u64, Tid(3))));
+        // Torn tails: every cut inside the last transaction.
+        for cut in 1..TXN {
+            let (_d, fs) = open(&f[..f.len() - cut]);
+            assert_eq!(fs.iter().count(), 2, "cut {cut}");
+            let tail = fs.tail();
+            assert!(matches!(tail.stop, Stop::TornTail { pos } if pos == 4 + 2 * TXN as u64));
+            assert_eq!(tail.end, 4 + 2 * TXN as u64);
+            let want = if TXN - cut >= TXN_HEADER_LEN { 3 } else { 2 };
+            assert_eq!(tail.last_tid, Tid(want), "cut {cut}");
+        }
+        // Checkpoint in the middle: the rest is invisible.
+        let mut g = f.clone();
+        g[4 + TXN + TXN_STATUS] = b'c';
+        let (_d, fs) = open(&g);
+        assert_eq!(fs.iter().count(), 1);
+        assert!(matches!(fs.tail().stop, Stop::Checkpoint { pos } if pos == 4 + TXN as u64));
+        // Redundant length differs: corruption, yielded as an error.
+        let mut g = f.clone();
+        g[4 + 2 * TXN - 1] ^= 1;
+        let (_d, fs) = open(&g);
+        let items: Vec<_> = fs.iter().collect();
+        assert_eq!(items.len(), 2);
+        assert!(
+            matches!(items[1], Err(Error::RedundantLength { pos, .. }) if pos == 4 + TXN as u64)
+        );
+        assert!(matches!(fs.tail().stop, Stop::Corrupt(_)));
+        // tlen < header length mid-file, last 8 bytes plausible: corruption.
+        let mut g = f.clone();
+        g[4 + TXN + TXN_TLEN..4 + TXN + TXN_TLEN + 8].copy_from_slice(&5u64.to_be_bytes());
+        let (_d, fs) = open(&g);
+        assert!(matches!(
+            fs.iter().nth(1),
+            Some(Err(Error::TxnLengthTooSmall { tlen: 5, .. }))
+        ));
+        // ... and with an implausible end of file: garbage left by a crash.
+        g.extend_from_slice(&u64::MAX.to_be_bytes());
+        let (_d, fs) = open(&g);
+        assert_eq!(fs.iter().count(), 1);
+        assert!(matches!(fs.tail().stop, Stop::Garbage { .. }));
+    }
+
+    #[test]
+    fn records_and_backward() {
+        let mut f = file(4);
+        let (_d, fs) = open(&f);
+        let back: Vec<Tid> = fs.iter_back().map(|t| t.unwrap().tid).collect();
+        assert_eq!(back, [Tid(4), Tid(3), Tid(2), Tid(1)]);
+        assert_eq!(fs.seek_tid(Tid(3)).unwrap(), 4 + 2 * TXN as u64);
+        assert_eq!(fs.seek_tid(Tid(9)).unwrap(), f.len() as u64);
+        let r: Vec<_> = fs.iter_range(Some(Tid(2)), Some(Tid(3))).unwrap().collect();
+        assert_eq!(r.len(), 2);
+        // A record naming another transaction.
+        f[4 + TXN + TXN_HEADER_LEN + 24 + 7] ^= 1;
+        let (_d, fs) = open(&f);
+        let t = fs.iter().nth(1).unwrap().unwrap();
+        assert!(matches!(
+            t.records().next(),
+            Some(Err(Error::RecordTxnMismatch { .. }))
+        ));
+        // A broken redundant length when walking back.
+        let mut g = file(2);
+        let n = g.len();
+        g[n - 8..].copy_from_slice(&(1u64 << 40).to_be_bytes());
+        let (_d, fs) = open(&g);
+        assert!(matches!(
+            fs.iter_back_from(n as u64).next(),
+            Some(Err(Error::BadTxnTrailer { .. }))
+        ));
+    }
+
+    #[test]
+    fn backpointer_chains_must_go_backward() {
+        let mut f = file(1);
+        let tpos = f.len() as u64;
+        let tlen = (TXN_HEADER_LEN + 2 * 50) as u64;
+        encode_txn_header(&mut f, Tid(9), tlen, TxnStatus::Committed, b"", b"", b"").unwrap();
+        let r1 = f.len() as u64;
+        encode_data_header(&mut f, Oid(1), Tid(9), 0, tpos, 0);
+        f.extend_from_slice(&(r1 + 50).to_be_bytes()); // points forward
+        encode_data_header(&mut f, Oid(1), Tid(9), 0, tpos, 0);
+        f.extend_from_slice(&r1.to_be_bytes()); // points back to r1
+        f.extend_from_slice(&tlen.to_be_bytes());
+        let (_d, fs) = open(&f);
+        let t = fs.iter().nth(1).unwrap().unwrap();
+        let recs: Vec<_> = t.records().map(|r| r.unwrap()).collect();
+        assert!(matches!(
+            fs.record_data(&recs[0]),
+            Err(Error::BadBackpointer { .. })
+        ));
+        assert!(matches!(
+            fs.record_data(&recs[1]),
+            Err(Error::BadBackpointer { .. })
+        ));
+        assert_eq!(fs.record_at(4 + 23).unwrap().data(), Some(&b"abcde"[..]));
+    }
+
+    #[test]
+    fn refresh_sees_growth() {
+        let f = file(3);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("Data.fs");
+        std::fs::write(&p, &f[..4 + TXN]).unwrap();
+        let mut fs = DataFs::open(&p).unwrap();
+        assert_eq!(fs.iter().count(), 1);
+        assert!(!fs.refresh().unwrap());
+        std::fs::write(&p, &f).unwrap();
+        assert!(fs.refresh().unwrap());
+        assert_eq!(fs.iter().count(), 3);
+        assert_eq!(fs.tail().end, f.len() as u64);
+    }
+
+    #[test]
+    fn shareable_between_threads() {
+        fn check<T: Send + Sync>() {}
+        check::<DataFs>();
+        check::<crate::FileStorage>();
+    }
+}

@@ -1,0 +1,575 @@
+//! The thin shell that runs a node role over real sockets.
+//!
+//! Every role (master, storage, admin) is a deterministic state machine, a
+//! [`Node`]: it is fed [`Event`]s (a connection accepted or established, a
+//! packet, a close, a timer) with the current time, and answers by filling
+//! an [`Outbox`] with actions (send a packet, connect, close, arm a timer,
+//! stop). It never touches a socket or a clock itself, so tests drive it in
+//! memory ([`crate::sim`]) and the same code runs in the daemons.
+//!
+//! [`spawn`] runs a node for real: tokio tasks accept and connect, and
+//! `neo_proto::conn` does TLS, NEO's handshake and the framing; the node
+//! itself runs on one dedicated OS thread,
+//! so that its database work (storage) never blocks the async threads.
+//!
+//! ```text
+//!   socket ─ reader task ──Event──▶ ┌────────────┐ ──frames──▶ writer task ─ socket
+//!   socket ─ reader task ──Event──▶ │ node thread│ ──frames──▶ writer task ─ socket
+//!            accept loop ──Event──▶ └────────────┘ ──connect─▶ connect task
+//! ```
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use neo_proto::conn::{CloseReason, ConnConfig, Connection, Event as ConnEvent};
+use neo_proto::tls::TlsConfig;
+use neo_proto::{Body, ErrorCode, Packet};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc as amsc;
+
+/// Identifies one connection of a node for its whole life.
+pub type ConnId = u64;
+
+/// What happens to a node.
+#[derive(Debug)]
+pub enum Event {
+    /// A peer connected to our listening socket (handshake done).
+    Accepted { conn: ConnId, peer: SocketAddr },
+    /// A connection asked with [`Outbox::connect`] is established
+    /// (handshake done).
+    Connected { conn: ConnId, token: u64 },
+    /// A connection asked with [`Outbox::connect`] failed; `conn` is dead.
+    ConnectFailed {
+        conn: ConnId,
+        token: u64,
+        error: String,
+    },
+    /// A packet arrived.
+    Packet { conn: ConnId, packet: Packet },
+    /// The connection is gone: `error` is `None` for an orderly close by
+    /// the peer, else why it broke (reset, malformed frame, ...).
+    Closed { conn: ConnId, error: Option<String> },
+    /// A timer armed with [`Outbox::timer`] fired.
+    Timer { token: u64 },
+}
+
+/// A node role as a state machine.
+pub trait Node: Send + 'static {
+    /// Called once before any event (e.g. to connect to the masters).
+    fn start(&mut self, now: Instant, out: &mut Outbox);
+    /// Called for each event, in order.
+    fn handle(&mut self, now: Instant, event: Event, out: &mut Outbox);
+}
+
+/// What a node asks its shell to do.
+#[derive(Debug)]
+pub enum Action {
+    /// Send this packet on this connection.
+    Send { conn: ConnId, packet: Packet },
+    /// Close this connection after what was queued is written.
+    Close { conn: ConnId },
+    /// Open a connection; `conn` is its id from now on.
+    Connect {
+        conn: ConnId,
+        addr: SocketAddr,
+        token: u64,
+    },
+    /// Deliver `Event::Timer { token }` at `at`.
+    Timer { at: Instant, token: u64 },
+    /// Stop the node (the process exits).
+    Stop,
+}
+
+/// Collects a node's actions; allocates request ids per connection, like
+/// NEO: one counter per connection for the requests and notifications we
+/// send, answers reuse the request's id.
+#[derive(Debug)]
+pub struct Outbox {
+    actions: Vec<Action>,
+    next_id: HashMap<ConnId, u32>,
+    conn_ids: Arc<AtomicU64>,
+    now: Instant,
+}
+
+impl Outbox {
+    /// An outbox whose new connection ids come from `conn_ids`.
+    pub fn new(conn_ids: Arc<AtomicU64>, now: Instant) -> Outbox {
+        Outbox {
+            actions: Vec::new(),
+            next_id: HashMap::new(),
+            conn_ids,
+            now,
+        }
+    }
+
+    fn push_packet(&mut self, conn: ConnId, packet: Packet) {
+        self.actions.push(Action::Send { conn, packet });
+    }
+
+    fn take_id(&mut self, conn: ConnId) -> u32 {
+        let id = self.next_id.entry(conn).or_insert(0);
+        let this = *id;
+        *id = id.wrapping_add(1);
+        this
+    }
+
+    /// Sends a request; returns its id (its answer will carry it).
+    pub fn ask(&mut self, conn: ConnId, body: impl Into<Body>) -> u32 {
+        let id = self.take_id(conn);
+        self.push_packet(conn, Packet::new(id, body));
+        id
+    }
+
+    /// Sends a notification (it uses an id of the same counter).
+    pub fn notify(&mut self, conn: ConnId, body: impl Into<Body>) {
+        let id = self.take_id(conn);
+        self.push_packet(conn, Packet::new(id, body));
+    }
+
+    /// Answers request `id`.
+    pub fn answer(&mut self, conn: ConnId, id: u32, body: impl Into<Body>) {
+        self.push_packet(conn, Packet::new(id, body));
+    }
+
+    /// Sends a packet with an explicit id (NEO does this for a few
+    /// notifications that carry their request's id).
+    pub fn send_with_id(&mut self, conn: ConnId, id: u32, body: impl Into<Body>) {
+        self.push_packet(conn, Packet::new(id, body));
+    }
+
+    /// Answers request `id` with NEO's `Error` packet.
+    pub fn error(&mut self, conn: ConnId, id: u32, code: ErrorCode, message: &str) {
+        self.push_packet(conn, Packet::new(id, neo_proto::Error::new(code, message)));
+    }
+
+    /// Closes a connection (after the frames queued before).
+    pub fn close(&mut self, conn: ConnId) {
+        self.actions.push(Action::Close { conn });
+    }
+
+    /// Opens a connection to `addr`; `Connected` or `ConnectFailed` will
+    /// follow with `token`.
+    pub fn connect(&mut self, addr: SocketAddr, token: u64) -> ConnId {
+        let conn = self.conn_ids.fetch_add(1, Ordering::Relaxed);
+        self.actions.push(Action::Connect { conn, addr, token });
+        conn
+    }
+
+    /// Arms a one-shot timer.
+    pub fn timer(&mut self, after: Duration, token: u64) {
+        self.actions.push(Action::Timer {
+            at: self.now + after,
+            token,
+        });
+    }
+
+    /// Stops the node.
+    pub fn stop(&mut self) {
+        self.actions.push(Action::Stop);
+    }
+
+    /// Forgets the id counter of a closed connection.
+    pub fn forget(&mut self, conn: ConnId) {
+        self.next_id.remove(&conn);
+    }
+
+    /// Takes the actions collected so far.
+    pub fn drain(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// Sets the time used for timers.
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = now;
+    }
+}
+
+/// How a running node is reached and stopped.
+pub struct NodeHandle {
+    /// The address the node listens on, if it listens.
+    pub local_addr: Option<SocketAddr>,
+    events: mpsc::Sender<Msg>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl NodeHandle {
+    /// Asks the node to stop and waits until it has.
+    pub fn shutdown(mut self) {
+        let _ = self.events.send(Msg::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Waits until the node stops by itself.
+    pub fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+enum Msg {
+    Event(Event),
+    /// A connection's writer is ready: frames for `conn` go there.
+    Writer(ConnId, amsc::UnboundedSender<WriterMsg>),
+    Shutdown,
+}
+
+enum WriterMsg {
+    Packet(Packet),
+    Close,
+}
+
+/// Runs `node` for real: listens on `listener` (if any) and serves until
+/// the node stops or [`NodeHandle::shutdown`] is called. `tls`, when
+/// given, wraps every connection in TLS (NEO's `--ca/--cert/--key`).
+pub fn spawn<N: Node>(
+    mut node: N,
+    listener: Option<std::net::TcpListener>,
+    tls: Option<TlsConfig>,
+) -> io::Result<NodeHandle> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let local_addr = match &listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let conn_ids = Arc::new(AtomicU64::new(1));
+    let tls = tls.map(Arc::new);
+    if let Some(l) = listener {
+        l.set_nonblocking(true)?;
+        let tx = tx.clone();
+        let ids = conn_ids.clone();
+        let tls = tls.clone();
+        rt.spawn(async move {
+            let listener = match TcpListener::from_std(l) {
+                Ok(l) => l,
+                Err(e) => {
+                    log::error!("cannot listen: {e}");
+                    return;
+                }
+            };
+            loop {
+                match listener.accept().await {
+                    Ok((sock, peer)) => {
+                        let conn = ids.fetch_add(1, Ordering::Relaxed);
+                        let origin = Origin::Accepted(sock, peer);
+                        tokio::spawn(serve(conn, origin, tx.clone(), tls.clone()));
+                    }
+                    Err(e) => {
+                        log::warn!("accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+    }
+    let handle_tx = tx.clone();
+    let thread = thread::Builder::new()
+        .name("neo-node".into())
+        .spawn(move || {
+            let mut writers: HashMap<ConnId, amsc::UnboundedSender<WriterMsg>> = HashMap::new();
+            // Frames queued before a connection's writer exists.
+            let mut pending: HashMap<ConnId, Vec<WriterMsg>> = HashMap::new();
+            let mut timers: Vec<(Instant, u64)> = Vec::new();
+            let mut out = Outbox::new(conn_ids, Instant::now());
+            node.start(Instant::now(), &mut out);
+            let mut stop = false;
+            loop {
+                // Apply what the node asked.
+                for action in out.drain() {
+                    match action {
+                        Action::Send { conn, packet } => {
+                            deliver(&writers, &mut pending, conn, WriterMsg::Packet(packet))
+                        }
+                        Action::Close { conn } => {
+                            deliver(&writers, &mut pending, conn, WriterMsg::Close);
+                            writers.remove(&conn);
+                            out.forget(conn);
+                        }
+                        Action::Connect { conn, addr, token } => {
+                            let origin = Origin::Connected(token, addr);
+                            rt.spawn(serve(conn, origin, tx.clone(), tls.clone()));
+                        }
+                        Action::Timer { at, token } => timers.push((at, token)),
+                        Action::Stop => stop = true,
+                    }
+                }
+                if stop {
+                    break;
+                }
+                // Fire due timers, else wait for the next event.
+                let now = Instant::now();
+                if let Some(i) = timers.iter().position(|(at, _)| *at <= now) {
+                    let (_, token) = timers.swap_remove(i);
+                    out.set_now(now);
+                    node.handle(now, Event::Timer { token }, &mut out);
+                    continue;
+                }
+                let next = timers.iter().map(|(at, _)| *at).min();
+                let msg = match next {
+                    Some(at) => match rx.recv_timeout(at.saturating_duration_since(now)) {
+                        Ok(m) => m,
+                        Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    },
+                    None => match rx.recv() {
+                        Ok(m) => m,
+                        Err(_) => break,
+                    },
+                };
+                match msg {
+                    Msg::Shutdown => break,
+                    Msg::Writer(conn, w) => {
+                        for m in pending.remove(&conn).unwrap_or_default() {
+                            let _ = w.send(m);
+                        }
+                        writers.insert(conn, w);
+                    }
+                    Msg::Event(ev) => {
+                        if let Event::Closed { conn, .. } | Event::ConnectFailed { conn, .. } = &ev
+                        {
+                            writers.remove(conn);
+                            pending.remove(conn);
+                            out.forget(*conn);
+                        }
+                        let now = Instant::now();
+                        out.set_now(now);
+                        node.handle(now, ev, &mut out);
+                    }
+                }
+            }
+            // Flush what is queued, then drop every connection.
+            for (_, w) in writers.drain() {
+                let _ = w.send(WriterMsg::Close);
+            }
+            rt.shutdown_timeout(Duration::from_millis(200));
+        })?;
+    Ok(NodeHandle {
+        local_addr,
+        events: handle_tx,
+        thread: Some(thread),
+    })
+}
+
+fn deliver(
+    writers: &HashMap<ConnId, amsc::UnboundedSender<WriterMsg>>,
+    pending: &mut HashMap<ConnId, Vec<WriterMsg>>,
+    conn: ConnId,
+    msg: WriterMsg,
+) {
+    match writers.get(&conn) {
+        Some(w) => {
+            let _ = w.send(msg);
+        }
+        None => pending.entry(conn).or_default().push(msg),
+    }
+}
+
+enum Origin {
+    Accepted(TcpStream, SocketAddr),
+    Connected(u64, SocketAddr),
+}
+
+/// One connection: `neo_proto::conn` does TLS, NEO's handshake and the
+/// framing; this forwards its events to the node thread and the node's
+/// packets to it, in order.
+async fn serve(conn: ConnId, origin: Origin, tx: mpsc::Sender<Msg>, tls: Option<Arc<TlsConfig>>) {
+    let config = ConnConfig::default();
+    let (c, mut events, ev) = match origin {
+        Origin::Accepted(sock, peer) => {
+            match Connection::accept(sock, tls.as_deref(), config).await {
+                Ok((c, e)) => (c, e, Event::Accepted { conn, peer }),
+                Err(e) => {
+                    // The node never heard of this connection.
+                    log::warn!("refused a connection: {e}");
+                    return;
+                }
+            }
+        }
+        Origin::Connected(token, addr) => {
+            match Connection::connect(addr, tls.as_deref(), config).await {
+                Ok((c, e)) => (c, e, Event::Connected { conn, token }),
+                Err(e) => {
+                    let error = e.to_string();
+                    let _ = tx.send(Msg::Event(Event::ConnectFailed { conn, token, error }));
+                    return;
+                }
+            }
+        }
+    };
+    let (wtx, mut wrx) = amsc::unbounded_channel::<WriterMsg>();
+    if tx.send(Msg::Writer(conn, wtx)).is_err() || tx.send(Msg::Event(ev)).is_err() {
+        c.abort().await;
+        return;
+    }
+    let writer = c.clone();
+    tokio::spawn(async move {
+        while let Some(m) = wrx.recv().await {
+            match m {
+                WriterMsg::Packet(p) => {
+                    if writer.send(&p).await.is_err() {
+                        return;
+                    }
+                }
+                WriterMsg::Close => {
+                    writer.close().await;
+                    return;
+                }
+            }
+        }
+    });
+    while let Some(ev) = events.recv().await {
+        match ev {
+            ConnEvent::Packet(packet) => {
+                if tx.send(Msg::Event(Event::Packet { conn, packet })).is_err() {
+                    c.abort().await;
+                    return;
+                }
+            }
+            ConnEvent::Closed(reason) => {
+                let error = match reason {
+                    CloseReason::Abrupt(e) => Some(e.to_string()),
+                    _ => None,
+                };
+                let _ = tx.send(Msg::Event(Event::Closed { conn, error }));
+                return;
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::{ms, Sim};
+    use neo_proto::{Ping, Pong};
+    use std::sync::Mutex;
+
+    /// Answers every Ping with a Pong.
+    struct Ponger;
+    impl Node for Ponger {
+        fn start(&mut self, _: Instant, _: &mut Outbox) {}
+        fn handle(&mut self, _: Instant, ev: Event, out: &mut Outbox) {
+            if let Event::Packet { conn, packet } = ev {
+                if let Body::Ping(_) = packet.body {
+                    out.answer(conn, packet.id, Pong {});
+                }
+            }
+        }
+    }
+
+    /// Connects, sends `n` pings, records the ids of the pongs, retries a
+    /// failed connection after 100 ms, stops after the last pong.
+    struct Pinger {
+        to: SocketAddr,
+        n: usize,
+        sent: Vec<u32>,
+        got: Arc<Mutex<Vec<u32>>>,
+        failures: usize,
+    }
+    impl Node for Pinger {
+        fn start(&mut self, _: Instant, out: &mut Outbox) {
+            out.connect(self.to, 7);
+        }
+        fn handle(&mut self, _: Instant, ev: Event, out: &mut Outbox) {
+            match ev {
+                Event::Connected { conn, token } => {
+                    assert_eq!(token, 7);
+                    for _ in 0..self.n {
+                        let id = out.ask(conn, Ping {});
+                        self.sent.push(id);
+                    }
+                }
+                Event::ConnectFailed { .. } => {
+                    self.failures += 1;
+                    out.timer(Duration::from_millis(100), 1);
+                }
+                Event::Timer { token: 1 } => {
+                    out.connect(self.to, 7);
+                }
+                Event::Packet { conn, packet } => {
+                    assert!(matches!(packet.body, Body::Pong(_)));
+                    let mut got = self.got.lock().unwrap();
+                    got.push(packet.id);
+                    if got.len() == self.n {
+                        out.close(conn);
+                        out.stop();
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn pinger(to: SocketAddr, n: usize) -> (Pinger, Arc<Mutex<Vec<u32>>>) {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let p = Pinger {
+            to,
+            n,
+            sent: Vec::new(),
+            got: got.clone(),
+            failures: 0,
+        };
+        (p, got)
+    }
+
+    #[test]
+    fn sim_ping_pong_with_retry() {
+        let addr: SocketAddr = "127.0.0.1:10000".parse().unwrap();
+        let mut sim = Sim::new();
+        let (p, got) = pinger(addr, 3);
+        let pi = sim.add(None, p);
+        sim.run();
+        assert_eq!(sim.node::<Pinger>(pi).failures, 1, "nobody listens yet");
+        sim.add(Some(addr), Ponger);
+        sim.advance(ms(100));
+        assert_eq!(*got.lock().unwrap(), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn real_sockets_ping_pong() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = spawn(Ponger, Some(l), None).unwrap();
+        let (p, got) = pinger(server.local_addr.unwrap(), 100);
+        let client = spawn(p, None, None).unwrap();
+        client.join();
+        assert_eq!(*got.lock().unwrap(), (0..100).collect::<Vec<u32>>());
+        server.shutdown();
+    }
+
+    #[test]
+    fn real_connect_failure_is_reported() {
+        // A port nobody listens on: bind then drop.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        struct Once(Arc<Mutex<Option<String>>>, SocketAddr);
+        impl Node for Once {
+            fn start(&mut self, _: Instant, out: &mut Outbox) {
+                out.connect(self.1, 0);
+            }
+            fn handle(&mut self, _: Instant, ev: Event, out: &mut Outbox) {
+                if let Event::ConnectFailed { error, .. } = ev {
+                    *self.0.lock().unwrap() = Some(error);
+                    out.stop();
+                }
+            }
+        }
+        let seen = Arc::new(Mutex::new(None));
+        spawn(Once(seen.clone(), addr), None, None).unwrap().join();
+        let e = seen.lock().unwrap().clone().unwrap();
+        assert!(e.contains(&addr.to_string()), "{e}");
+    }
+}

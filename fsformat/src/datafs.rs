@@ -275,7 +275,7 @@ impl DataFs {
     }
 
     /// Transactions from `pos` (which must be a transaction boundary, e.g.
-    /// a [`Txn::pos`] or [`Txn::next_pos`]) up to tid `stop` included.
+    /// a [`TxnHeader::pos`] or [`TxnHeader::next_pos`]) up to tid `stop` included.
     pub fn iter_from(&self, pos: u64, stop: Option<Tid>) -> TxnIter<'_> {
         TxnIter {
             file: self.bytes(),

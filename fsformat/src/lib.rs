@@ -5,14 +5,14 @@
 //! appending writer and verification equal to ZODB's `fstest`. Everything
 //! else in the project (the Importer, the exporter) stands on it.
 //!
-//! - [`format`]: the byte layout, zero-copy [`TxnHeader`] / [`DataHeader`]
+//! - [`format`](mod@format): the byte layout, zero-copy [`TxnHeader`] / [`DataHeader`]
 //!   views and encoders;
 //! - [`DataFs`]: a mapped file, forward/backward iteration ([`Txn`],
 //!   [`TxnIter`], [`RecordIter`]), where the valid part ends ([`Tail`]);
 //! - [`FileStorage`]: the index ([`Index`], sidecar `<file>.neoindex`) and
 //!   ZODB's `load`, `loadBefore`, `loadSerial`, `history`, ...;
 //! - [`Writer`]: appends transactions the way ZODB commits them;
-//! - [`verify`]: `fstest`.
+//! - the [`verify`] module: ZODB's `fstest`.
 //!
 //! ```
 //! use fsformat::{FileStorage, Magic, Oid, Tid, TxnStatus, Writer};

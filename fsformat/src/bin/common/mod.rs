@@ -2,6 +2,7 @@
 //! subset, hence the `dead_code` allowance).
 #![allow(dead_code)]
 
+pub mod copy;
 pub mod pickle;
 pub mod progress;
 pub mod pyfmt;

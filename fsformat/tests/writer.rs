@@ -395,3 +395,32 @@ fn index_bytes_per_object() {
     println!("index: {} objects, {per:.2} bytes per object", st.len());
     assert!(per <= 16.0, "{per} bytes per object");
 }
+
+#[test]
+fn writer_saves_a_sidecar_the_reader_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("Data.fs");
+    let w = build(&p);
+    w.save_index().unwrap();
+    let end = w.end();
+    w.finish().unwrap();
+    let st = FileStorage::open(&p).unwrap();
+    assert_eq!(st.index_source(), IndexSource::Sidecar { covered: end });
+    let scanned = FileStorage::open_with(&p, no_sidecar()).unwrap();
+    assert_eq!(st.index(), scanned.index());
+    assert_eq!(st.last_txn(), scanned.last_txn());
+    // Reopened for appending, the writer starts from the sidecar too.
+    let mut w = Writer::open(&p).unwrap();
+    assert_eq!(w.end(), end);
+    assert_eq!(w.index(), scanned.index());
+    let t = w.begin(
+        Tid(w.last_txn().unwrap().1 .0 + 1),
+        TxnStatus::Packed,
+        b"",
+        b"",
+        b"",
+    );
+    t.unwrap().commit().unwrap();
+    w.finish().unwrap();
+    assert_eq!(zodb_check(&p)["fstest"], "ok");
+}

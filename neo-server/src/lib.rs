@@ -2,3 +2,6 @@
 //! Rust client library, built on `neo-proto`. (Being written: see issue 4.)
 
 pub mod config;
+pub mod runtime;
+pub mod sim;
+pub mod storage;

@@ -2,6 +2,4 @@
 //! Rust client library, built on `neo-proto`. (Being written: see issue 4.)
 
 pub mod config;
-pub mod runtime;
-pub mod sim;
 pub mod storage;

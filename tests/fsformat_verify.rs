@@ -236,9 +236,15 @@ fn targeted(tag: &str, f: &[u8]) -> Vec<Variant> {
     ] {
         add(name.to_owned(), f[..cut as usize].to_vec(), expect);
     }
+    // The file ends inside a data record header: the last transaction
+    // claims 10 bytes of records and its redundant length follows.
+    let mut cut = f[..(last.pos + last.header_len + 18) as usize].to_vec();
+    put64(&mut cut, last.pos + 8, last.header_len + 10);
+    add("cut-record-header".to_owned(), cut, "truncated at");
     let mut magic = f.to_vec();
     magic[3] = b'X';
     add("magic".to_owned(), magic, "invalid file header");
+    add("empty".to_owned(), Vec::new(), "empty file");
     out
 }
 
@@ -278,6 +284,15 @@ fn targeted_corruptions_match_fstest() {
             compare(p, verdict).unwrap_or_else(|e| panic!("{e}")),
             Agreement::SameError,
             "{}",
+            v.name
+        );
+        // The tool says the same: exit 1, fstest's offset.
+        let (code, out, err) = run_neo_fs(&[std::ffi::OsStr::new("verify"), p.as_os_str()]);
+        let at = ours(p).expect_err("corrupt").offset();
+        assert_eq!(code, 1, "{}: {out}{err}", v.name);
+        assert!(
+            out.contains(&format!("CORRUPT at offset {at}:")),
+            "{}: {out}",
             v.name
         );
     }

@@ -203,20 +203,28 @@ impl DataFs {
     }
 
     /// Maps the file again if its size changed (another process appended
-    /// transactions). Returns whether the size changed. Borrowed views must
-    /// be dropped first, which the `&mut self` enforces.
+    /// transactions), and forgets the cached [`Tail`] if it changed or did
+    /// not reach the end of the file (a `'c'` transaction whose status was
+    /// since cleared in place becomes visible). Returns whether anything may
+    /// have changed. Borrowed views must be dropped first, which the
+    /// `&mut self` enforces. A file replaced by another (ZODB's pack renames
+    /// a new file over it) is not seen: open it again.
     pub fn refresh(&mut self) -> Result<bool> {
         let len = self
             .file
             .metadata()
             .map_err(|e| Error::io(&self.path, "stat", e))?
             .len();
-        if len == self.len() {
-            return Ok(false);
+        if len != self.len() {
+            self.map = map_file(&self.path, &self.file)?;
+            self.tail = OnceLock::new();
+            return Ok(true);
         }
-        self.map = map_file(&self.path, &self.file)?;
-        self.tail = OnceLock::new();
-        Ok(true)
+        let partial = self.tail.get().is_some_and(|t| t.end < len);
+        if partial {
+            self.tail = OnceLock::new();
+        }
+        Ok(partial)
     }
 
     /// The path given to [`DataFs::open`].

@@ -139,9 +139,7 @@ impl Index {
         if !self.overlay.is_empty() {
             let mut new: Vec<(u64, u64)> = self.overlay.drain().collect();
             new.sort_unstable_by_key(|e| e.0);
-            let (o, p) = merge(&self.oids, &self.poss, &new);
-            self.oids = o;
-            self.poss = p;
+            merge_into(&mut self.oids, &mut self.poss, &new);
         }
         self.overlay = Overlay::default();
         self.oids.shrink_to_fit();
@@ -210,42 +208,63 @@ impl<A: Iterator<Item = (u64, u64)>, B: Iterator<Item = (u64, u64)>> Iterator fo
     }
 }
 
-/// Merges sorted `new` (oids unique) into sorted arrays; `new` wins.
-fn merge(oids: &[u64], poss: &[u64], new: &[(u64, u64)]) -> (Vec<u64>, Vec<u64>) {
-    let mut o = Vec::with_capacity(oids.len() + new.len());
-    let mut p = Vec::with_capacity(oids.len() + new.len());
-    let (mut i, mut j) = (0, 0);
-    while i < oids.len() && j < new.len() {
-        let (no, np) = new[j];
-        if oids[i] < no {
-            o.push(oids[i]);
-            p.push(poss[i]);
+/// Merges sorted `new` (oids unique) into the sorted arrays, in place
+/// (from the back, after growing them by the number of new oids): `new`
+/// wins. Peak memory is the merged arrays plus `new`.
+fn merge_into(oids: &mut Vec<u64>, poss: &mut Vec<u64>, new: &[(u64, u64)]) {
+    // How many oids of `new` are not in the arrays yet.
+    let (mut i, mut j, mut fresh) = (0, 0, 0);
+    while j < new.len() {
+        if i < oids.len() && oids[i] < new[j].0 {
             i += 1;
         } else {
-            if oids[i] == no {
-                i += 1;
+            if i >= oids.len() || oids[i] != new[j].0 {
+                fresh += 1;
             }
-            o.push(no);
-            p.push(np);
             j += 1;
         }
     }
-    o.extend_from_slice(&oids[i..]);
-    p.extend_from_slice(&poss[i..]);
-    for &(no, np) in &new[j..] {
-        o.push(no);
-        p.push(np);
+    let n = oids.len();
+    oids.resize(n + fresh, 0);
+    poss.resize(n + fresh, 0);
+    let (mut i, mut j, mut k) = (n, new.len(), n + fresh);
+    while j > 0 {
+        let (no, np) = new[j - 1];
+        k -= 1;
+        if i > 0 && oids[i - 1] > no {
+            oids[k] = oids[i - 1];
+            poss[k] = poss[i - 1];
+            i -= 1;
+        } else {
+            if i > 0 && oids[i - 1] == no {
+                i -= 1;
+            }
+            oids[k] = no;
+            poss[k] = np;
+            j -= 1;
+        }
     }
-    (o, p)
+    debug_assert_eq!(i, k);
 }
 
 /// Builds an [`Index`] from records met in file order (later positions
 /// win), sorting in batches: no per-record allocation, no hashing.
-#[derive(Default)]
 pub struct IndexBuilder {
     oids: Vec<u64>,
     poss: Vec<u64>,
     buf: Vec<(u64, u64)>,
+    batch_min: usize,
+}
+
+impl Default for IndexBuilder {
+    fn default() -> Self {
+        IndexBuilder {
+            oids: Vec::new(),
+            poss: Vec::new(),
+            buf: Vec::new(),
+            batch_min: 1 << 20,
+        }
+    }
 }
 
 impl IndexBuilder {
@@ -255,7 +274,7 @@ impl IndexBuilder {
         IndexBuilder {
             oids: index.oids,
             poss: index.poss,
-            buf: Vec::new(),
+            ..IndexBuilder::default()
         }
     }
 
@@ -263,7 +282,7 @@ impl IndexBuilder {
     #[inline]
     pub fn push(&mut self, oid: Oid, pos: u64) {
         self.buf.push((oid.0, pos));
-        if self.buf.len() >= self.oids.len().max(1 << 20) {
+        if self.buf.len() >= (self.oids.len() / 2).max(self.batch_min) {
             self.flush();
         }
     }
@@ -284,9 +303,7 @@ impl IndexBuilder {
             w += 1;
         }
         self.buf.truncate(w);
-        let (o, p) = merge(&self.oids, &self.poss, &self.buf);
-        self.oids = o;
-        self.poss = p;
+        merge_into(&mut self.oids, &mut self.poss, &self.buf);
         self.buf.clear();
     }
 
@@ -435,14 +452,23 @@ mod tests {
 
     #[test]
     fn builder_keeps_newest_and_sorts() {
-        let mut b = IndexBuilder::default();
+        for batch_min in [1 << 20, 1000, 7] {
+            builder_case(batch_min);
+        }
+    }
+
+    fn builder_case(batch_min: usize) {
+        let mut b = IndexBuilder {
+            batch_min,
+            ..IndexBuilder::default()
+        };
         let mut model = std::collections::BTreeMap::new();
         let mut x: u64 = 12345;
         for pos in 1..200_000u64 {
             x = x
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            let oid = (x >> 33) % 50_000;
+            let oid = (x >> 33) % (pos / 2 + 10);
             b.push(Oid(oid), pos * 10);
             model.insert(oid, pos * 10);
         }

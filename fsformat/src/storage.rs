@@ -187,11 +187,13 @@ impl FileStorage {
     }
 
     /// Picks up transactions appended since opening (by another process):
-    /// remaps the file and indexes the new transactions. Returns how many
-    /// were added. If the file shrank below what was indexed, everything is
+    /// remaps the file and indexes the new transactions, including one that
+    /// was a `'c'` (commit in progress) at the last look and has since been
+    /// finished. Returns how many were added. If the file shrank below what was indexed, everything is
     /// rebuilt.
     pub fn refresh(&mut self) -> Result<usize> {
-        if !self.fs.refresh()? {
+        self.fs.refresh()?;
+        if self.fs.len() == self.end {
             return Ok(0);
         }
         if self.fs.len() < self.end {
@@ -365,9 +367,12 @@ impl FileStorage {
     pub fn load_serial(&self, oid: Oid, serial: Tid) -> Result<&[u8]> {
         let mut h = self.record_of(oid, self.lookup(oid)?)?;
         while h.serial != serial {
+            if h.serial < serial {
+                return Err(Error::NotFound { oid });
+            }
             match Self::prev_of(&h)? {
-                Some(p) if h.serial >= serial => h = self.record_of(oid, p)?,
-                _ => return Err(Error::NotFound { oid }),
+                Some(p) => h = self.record_of(oid, p)?,
+                None => return Err(Error::NotFound { oid }),
             }
         }
         self.data_of(oid, &h)

@@ -424,3 +424,30 @@ fn writer_saves_a_sidecar_the_reader_uses() {
     w.finish().unwrap();
     assert_eq!(zodb_check(&p)["fstest"], "ok");
 }
+
+#[test]
+fn refresh_sees_a_checkpoint_finished_in_place() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("Data.fs");
+    let w = build(&p);
+    let (tpos, tid) = w.last_txn().unwrap();
+    w.finish().unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    // As ZODB's tpc_vote leaves it: status 'c' until tpc_finish.
+    f.write_all_at(b"c", tpos + 16).unwrap();
+    let mut st = FileStorage::open_with(&p, no_sidecar()).unwrap();
+    assert_eq!(st.size(), tpos);
+    assert!(st.last_txn().unwrap().1 < tid);
+    assert_eq!(st.refresh().unwrap(), 0);
+    f.write_all_at(b" ", tpos + 16).unwrap();
+    assert_eq!(st.refresh().unwrap(), 1);
+    assert_eq!(st.last_txn(), Some((tpos, tid)));
+    assert_eq!(st.size(), std::fs::metadata(&p).unwrap().len());
+    let mut fs = DataFs::open(&p).unwrap();
+    f.write_all_at(b"c", tpos + 16).unwrap();
+    assert_eq!(fs.tail().end, tpos);
+    f.write_all_at(b" ", tpos + 16).unwrap();
+    assert!(fs.refresh().unwrap());
+    assert_eq!(fs.tail().end, st.size());
+}

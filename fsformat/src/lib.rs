@@ -40,6 +40,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 mod datafs;
 pub mod error;
 pub mod format;

@@ -129,6 +129,68 @@ pub fn fstest_many(paths: &[PathBuf]) -> HashMap<PathBuf, Fstest> {
         .collect()
 }
 
+const OPEN_DRIVER: &str = r#"
+import json, logging, sys
+from ZODB.FileStorage import FileStorage
+
+class NoIndex(FileStorage):
+    def _restore_index(self):
+        return None
+
+class Capture(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines = []
+    def emit(self, record):
+        self.lines.append("%s %s" % (record.levelname, record.getMessage()))
+
+cap = Capture()
+logging.getLogger("ZODB").addHandler(cap)
+logging.getLogger("ZODB").setLevel(logging.DEBUG)
+out = {}
+for p in sys.argv[1:]:
+    cap.lines = []
+    error = None
+    try:
+        NoIndex(p, read_only=True).close()
+    except Exception as e:
+        error = "%s: %s" % (type(e).__name__, e)
+    out[p] = {"error": error, "log": cap.lines}
+print(json.dumps(out))
+"#;
+
+/// What ZODB says opening a file read-only with its index rebuilt by
+/// scanning (`read_index`): the exception, if any, and the log lines
+/// (`"LEVEL message"`).
+pub struct ZodbOpen {
+    pub error: Option<String>,
+    pub log: Vec<String>,
+}
+
+/// Opens every path with ZODB's `FileStorage`, in one oracle process.
+pub fn zodb_open_many(paths: &[PathBuf]) -> HashMap<PathBuf, ZodbOpen> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("open_many.py");
+    std::fs::write(&script, OPEN_DRIVER).expect("write driver");
+    let args: Vec<&std::ffi::OsStr> = paths.iter().map(|p| p.as_os_str()).collect();
+    let out = neo_e2e::run_oracle(&script, &args);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("driver JSON");
+    paths
+        .iter()
+        .map(|p| {
+            let r = &v[p.to_str().expect("utf-8 path")];
+            let log = r["log"]
+                .as_array()
+                .expect("log")
+                .iter()
+                .map(|l| l.as_str().expect("line").to_owned())
+                .collect();
+            let error = r["error"].as_str().map(str::to_owned);
+            (p.clone(), ZodbOpen { error, log })
+        })
+        .collect()
+}
+
 /// The offset in an fstest message: the number after its last " at ".
 pub fn fstest_offset(msg: &str) -> Option<u64> {
     let i = msg.rfind(" at ")?;

@@ -165,6 +165,12 @@ pub enum Error {
         /// The last one in the file.
         last: Tid,
     },
+    /// Another process holds the lock of the file (`<path>.lock`, taken
+    /// with `flock` like ZODB's `zc.lockfile`).
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
     /// Bad use of the writer API (empty data, backpointer not before the
     /// transaction, writer poisoned by an earlier failure, ...).
     Writer {
@@ -297,6 +303,11 @@ impl fmt::Display for Error {
             TidNotIncreasing { tid, last } => {
                 write!(f, "transaction id {tid} is not above the last one {last}")
             }
+            Locked { path } => write!(
+                f,
+                "{}: locked by another process (ZODB or a writer)",
+                path.display()
+            ),
             Writer { reason } => write!(f, "writer: {reason}"),
         }
     }
@@ -402,6 +413,7 @@ impl Clone for Error {
                 tid: *tid,
                 last: *last,
             },
+            Locked { path } => Locked { path: path.clone() },
             Writer { reason } => Writer {
                 reason: reason.clone(),
             },

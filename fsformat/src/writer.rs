@@ -16,8 +16,13 @@
 //! records of one object in one transaction have the same `prev`), `tpos`
 //! = the transaction's offset. Records of a `'u'` transaction are not
 //! indexed, like ZODB's `read_index`.
+//!
+//! Like ZODB, a writer holds an exclusive `flock` on `<path>.lock` (writing
+//! its pid in it, as `zc.lockfile` does), so it never appends to a file a
+//! ZODB `FileStorage` (or another writer) has open for writing.
 
-use std::fs::{File, OpenOptions as FsOpenOptions};
+use std::fs::{File, OpenOptions as FsOpenOptions, TryLockError};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -55,6 +60,7 @@ pub struct Committed {
 pub struct Writer {
     path: PathBuf,
     file: File,
+    _lock: File,
     magic: Magic,
     index: Index,
     end: u64,
@@ -71,6 +77,7 @@ impl Writer {
     /// Creates a new file (it must not exist) holding only `magic`.
     pub fn create(path: impl AsRef<Path>, magic: Magic) -> Result<Writer> {
         let path = path.as_ref().to_path_buf();
+        let lock = lock(&path)?;
         let file = FsOpenOptions::new()
             .read(true)
             .write(true)
@@ -82,6 +89,7 @@ impl Writer {
         Ok(Writer {
             path,
             file,
+            _lock: lock,
             magic,
             index: Index::new(),
             end: MAGIC_LEN,
@@ -102,6 +110,7 @@ impl Writer {
     /// the `FS30` magic.
     pub fn open(path: impl AsRef<Path>) -> Result<Writer> {
         let path = path.as_ref().to_path_buf();
+        let lock = lock(&path)?;
         let st = FileStorage::open_with(&path, OpenOptions::default())?;
         let (end, last_txn, len) = (st.size(), st.last_txn(), st.datafs().len());
         let magic = st.datafs().magic();
@@ -124,6 +133,7 @@ impl Writer {
         Ok(Writer {
             path,
             file,
+            _lock: lock,
             magic,
             index,
             end: end.max(MAGIC_LEN),
@@ -252,6 +262,41 @@ impl Writer {
             self.poisoned = true;
         }
     }
+}
+
+impl Drop for Writer {
+    /// Syncs what [`Writer::finish`] was not called for (errors are logged).
+    fn drop(&mut self) {
+        if self.dirty && !self.poisoned {
+            if let Err(e) = self.file.sync_data() {
+                log::error!("{}: fsync on close: {e}", self.path.display());
+            }
+        }
+    }
+}
+
+/// Takes the exclusive lock `<path>.lock` as ZODB's `zc.lockfile` does.
+fn lock(path: &Path) -> Result<File> {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".lock");
+    let lpath = PathBuf::from(s);
+    let mut f = FsOpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lpath)
+        .map_err(|e| Error::io(&lpath, "open", e))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => return Err(Error::Locked { path: lpath }),
+        Err(TryLockError::Error(e)) => return Err(Error::io(&lpath, "lock", e)),
+    }
+    let pid = format!(" {}\n", std::process::id());
+    f.write_all(pid.as_bytes())
+        .and_then(|()| f.set_len(pid.len() as u64))
+        .map_err(|e| Error::io(&lpath, "write", e))?;
+    Ok(f)
 }
 
 /// Copies the bytes from `end` to `len` to `<path>.tr<N>` (ZODB's `_truncate`).

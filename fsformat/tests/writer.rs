@@ -451,3 +451,34 @@ fn refresh_sees_a_checkpoint_finished_in_place() {
     assert!(fs.refresh().unwrap());
     assert_eq!(fs.tail().end, st.size());
 }
+
+#[test]
+fn writer_and_zodb_exclude_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("Data.fs");
+    let w = build(&p);
+    assert!(matches!(Writer::open(&p), Err(Error::Locked { .. })));
+    // ZODB's read-write open takes the same lock and must fail.
+    let out = std::process::Command::new(common::oracle_python())
+        .arg("-c")
+        .arg("import sys\nfrom ZODB.FileStorage import FileStorage\nFileStorage(sys.argv[1])")
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LockError"));
+    drop(w);
+    let w = Writer::open(&p).unwrap();
+    drop(w);
+    let out = std::process::Command::new(common::oracle_python())
+        .arg("-c")
+        .arg("import sys\nfrom ZODB.FileStorage import FileStorage\nFileStorage(sys.argv[1]).close()")
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -130,6 +130,25 @@ fn timings() {
     let n = st.index().iter().count();
     println!("index iteration ({n}): {:.3} s", t.elapsed().as_secs_f64());
 
+    // The sidecar: saved beside a symlink (never beside the bench file).
+    let sdir = tempfile::tempdir().unwrap();
+    let link = sdir.path().join("bench.fs");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    let st2 = FileStorage::open_with(&link, opts).unwrap();
+    let t = Instant::now();
+    st2.save_index().unwrap();
+    let save = t.elapsed().as_secs_f64();
+    drop(st2);
+    let t = Instant::now();
+    let st2 = FileStorage::open(&link).unwrap();
+    let load = t.elapsed().as_secs_f64();
+    assert!(matches!(
+        st2.index_source(),
+        fsformat::IndexSource::Sidecar { .. }
+    ));
+    assert_eq!(st2.index(), st.index());
+    println!("sidecar: save {save:.3} s, open with it {load:.3} s");
+
     // Restore-style copy of every transaction (one fsync at the end); the
     // copy has the same layout, so source offsets map by a constant shift.
     let dir = tempfile::tempdir_in(path.parent().unwrap()).unwrap();

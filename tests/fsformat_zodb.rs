@@ -386,3 +386,15 @@ fn writer_appends_load_in_zodb() {
     let (code, out, _) = run_neo_fs(&[OsStr::new("verify"), p.as_os_str()]);
     assert_eq!(code, 0, "{out}");
 }
+
+#[test]
+fn copy_refuses_an_existing_destination() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dst = dir.path().join("Data.fs");
+    std::fs::write(&dst, b"precious").expect("write");
+    let src = neo_e2e::testdata().join("small.fs");
+    let (code, _, err) = run_neo_fs(&[OsStr::new("copy"), src.as_os_str(), dst.as_os_str()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot create"), "{err}");
+    assert_eq!(std::fs::read(&dst).expect("read"), b"precious");
+}

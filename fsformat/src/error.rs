@@ -207,7 +207,6 @@ impl Error {
         }
     }
 
-    #[allow(dead_code)] // used by the reader and writer
     pub(crate) fn io(path: impl Into<PathBuf>, op: &'static str, source: io::Error) -> Self {
         Error::Io {
             path: path.into(),

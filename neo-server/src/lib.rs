@@ -2,4 +2,6 @@
 //! Rust client library, built on `neo-proto`. (Being written: see issue 4.)
 
 pub mod config;
+pub mod nodes;
+pub mod pt;
 pub mod storage;

@@ -110,6 +110,11 @@ pub trait Backend {
     /// `config.nid` (cached by backends, refreshed when they change).
     fn partition_view(&mut self) -> DbResult<PartitionView>;
 
+    /// Makes a partition readable (or not anymore) regardless of `pt`,
+    /// while this node replicates it (NEO's `replicated` context). Not
+    /// stored.
+    fn set_temporarily_readable(&mut self, partition: u32, readable: bool) -> DbResult<()>;
+
     /// Records the last completed pack of a cell of this node
     /// (`_setPartitionPacked`).
     fn set_partition_packed(&mut self, partition: u32, pack_id: u64) -> DbResult<()>;
@@ -357,6 +362,12 @@ pub trait Backend {
         tid: Tid,
     ) -> DbResult<(Option<Oid>, usize)>;
 
+    /// One step of dropping a partition's data (`_dropPartition`): deletes
+    /// at most `count` `obj` rows (in `(tid, oid)` order) and returns the
+    /// data ids they referred to (to prune); once none is left, deletes the
+    /// partition's transactions and their pack orders.
+    fn drop_partition_step(&mut self, partition: u32, count: u64) -> DbResult<DropStep>;
+
     // ===== provided: NEO's base-class logic =====
 
     /// `config.version`.
@@ -573,6 +584,57 @@ pub trait Backend {
             }],
             false,
         )
+    }
+
+    /// Where replication of each cell of this node should resume
+    /// (`iterCellNextTIDs`).
+    fn cell_next_tids(&mut self) -> DbResult<Vec<(u32, CellNext)>> {
+        let backup = self
+            .backup_tid()?
+            .map(|t| if t.0 == 0 { 0 } else { t.0 + 1 });
+        let mut out = Vec::new();
+        for (offset, tid) in self.assigned_cells()? {
+            if tid >= 0 {
+                let t = from_sql(tid, "pt.tid")?;
+                out.push((
+                    offset,
+                    CellNext::Replicate {
+                        next_tid: Tid(if t == 0 { 0 } else { t + 1 }),
+                    },
+                ));
+            } else if CellState::from_code(-tid).is_some_and(CellState::is_readable) {
+                let next = match backup {
+                    None => CellNext::Readable,
+                    Some(next) => {
+                        let trans = self.last_tid_in(offset, None)?.map_or(0, |t| t.0 + 1);
+                        let obj = self.last_ids_in(offset)?.0.map_or(0, |t| t.0);
+                        CellNext::Backup {
+                            trans: Tid(next.max(trans)),
+                            obj: Tid(next.max(obj)),
+                        }
+                    }
+                };
+                out.push((offset, next));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Lowers the last completed pack of a cell to `pack_id` if it is
+    /// greater, before replicating from a node that packed less
+    /// (`updateCompletedPackByReplication`).
+    fn update_completed_pack_by_replication(
+        &mut self,
+        partition: u32,
+        pack_id: Tid,
+    ) -> DbResult<()> {
+        if self
+            .partition_packed(partition)?
+            .is_some_and(|p| pack_id.0 < p)
+        {
+            self.set_partition_packed(partition, pack_id.0)?;
+        }
+        Ok(())
     }
 
     /// Smallest tid over readable partitions, [`MAX_TID`] if none

@@ -106,6 +106,7 @@ pub struct MemoryBackend {
     disk: MemoryDisk,
     work: Tables,
     view: Option<PartitionView>,
+    extra_readable: BTreeSet<u32>,
     data_last_ids: HashMap<u32, u64>,
     held: HeldData,
     plan: CrashPlan,
@@ -144,6 +145,7 @@ impl MemoryBackend {
             disk: disk.clone(),
             work,
             view: None,
+            extra_readable: BTreeSet::new(),
             data_last_ids: HashMap::new(),
             held,
             plan: CrashPlan::default(),
@@ -213,7 +215,9 @@ impl MemoryBackend {
         if self.view.is_none() {
             let rows = pt_rows(&self.work);
             let nid = parse_nid(&self.work)?;
-            self.view = Some(PartitionView::from_rows(&rows, nid));
+            let mut view = PartitionView::from_rows(&rows, nid);
+            view.readable.extend(self.extra_readable.iter().copied());
+            self.view = Some(view);
         }
         Ok(self.view.get_or_insert_with(PartitionView::default))
     }
@@ -363,6 +367,17 @@ impl Backend for MemoryBackend {
     fn partition_view(&mut self) -> DbResult<PartitionView> {
         self.tick()?;
         self.view().cloned()
+    }
+
+    fn set_temporarily_readable(&mut self, partition: u32, readable: bool) -> DbResult<()> {
+        self.tick()?;
+        if readable {
+            self.extra_readable.insert(partition);
+        } else {
+            self.extra_readable.remove(&partition);
+        }
+        self.view = None;
+        Ok(())
     }
 
     fn set_partition_packed(&mut self, partition: u32, pack_id: u64) -> DbResult<()> {
@@ -1041,6 +1056,31 @@ impl Backend for MemoryBackend {
         }
         self.prune_data(&ids)?;
         Ok(())
+    }
+
+    fn drop_partition_step(&mut self, partition: u32, count: u64) -> DbResult<DropStep> {
+        self.tick()?;
+        let keys: Vec<(u32, u64, u64)> = self
+            .obj_by_tid(partition)
+            .into_iter()
+            .take(take(Some(count)))
+            .map(|(t, o)| (partition, o, t))
+            .collect();
+        if !keys.is_empty() {
+            let mut ids = BTreeSet::new();
+            for k in keys {
+                if let Some((Some(id), _)) = self.work.obj.remove(&k) {
+                    ids.insert(id);
+                }
+            }
+            return Ok(DropStep::Objects(ids.into_iter().collect()));
+        }
+        let tids: Vec<u64> = self.trans_tids(partition).collect();
+        for t in &tids {
+            self.work.pack.remove(t);
+            self.work.trans.remove(&(partition, *t));
+        }
+        Ok(DropStep::Transactions(tids.len() as u64))
     }
 
     fn pack_orders(&mut self, min_completed: Tid) -> DbResult<Vec<PackOrder>> {

@@ -32,7 +32,7 @@
 //! the abstract Unix socket `\0neostorage:<st_dev>:<st_ino>`, so Python NEO
 //! and this program exclude each other.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -164,6 +164,7 @@ pub struct SqliteBackend {
     in_tx: bool,
     dedup: bool,
     view: Option<PartitionView>,
+    extra_readable: BTreeSet<u32>,
     config_cache: HashMap<String, Option<String>>,
     data_last_ids: HashMap<u32, u64>,
     held: HeldData,
@@ -261,6 +262,7 @@ impl SqliteBackend {
             in_tx: false,
             dedup: false,
             view: None,
+            extra_readable: BTreeSet::new(),
             config_cache: HashMap::new(),
             data_last_ids: HashMap::new(),
             held: HeldData::default(),
@@ -486,7 +488,9 @@ impl SqliteBackend {
         if self.view.is_none() {
             let rows = self.pt_rows()?;
             let nid = self.nid()?;
-            self.view = Some(PartitionView::from_rows(&rows, nid));
+            let mut view = PartitionView::from_rows(&rows, nid);
+            view.readable.extend(self.extra_readable.iter().copied());
+            self.view = Some(view);
         }
         Ok(self.view.get_or_insert_with(PartitionView::default))
     }
@@ -735,6 +739,16 @@ impl Backend for SqliteBackend {
 
     fn partition_view(&mut self) -> DbResult<PartitionView> {
         self.view().cloned()
+    }
+
+    fn set_temporarily_readable(&mut self, partition: u32, readable: bool) -> DbResult<()> {
+        if readable {
+            self.extra_readable.insert(partition);
+        } else {
+            self.extra_readable.remove(&partition);
+        }
+        self.view = None;
+        Ok(())
     }
 
     fn set_partition_packed(&mut self, partition: u32, pack_id: u64) -> DbResult<()> {
@@ -1541,6 +1555,46 @@ impl Backend for SqliteBackend {
         self.exec_batch(&format!("DELETE FROM obj{filter}"), CTX)?;
         self.prune_data(&ids)?;
         Ok(())
+    }
+
+    fn drop_partition_step(&mut self, partition: u32, count: u64) -> DbResult<DropStep> {
+        let rows = self.rows(
+            "SELECT oid, tid, data_id FROM obj WHERE partition=? ORDER BY tid, oid LIMIT ?",
+            params![partition, limit(Some(count))],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                ))
+            },
+        )?;
+        if !rows.is_empty() {
+            let mut ids = BTreeSet::new();
+            for (oid, tid, data_id) in rows {
+                self.exec(
+                    "DELETE FROM obj WHERE partition=? AND oid=? AND tid=?",
+                    params![partition, oid, tid],
+                    "dropping a partition",
+                )?;
+                if let Some(d) = data_id {
+                    ids.insert(from_sql(d, "data_id")?);
+                }
+            }
+            return Ok(DropStep::Objects(ids.into_iter().collect()));
+        }
+        self.exec(
+            "DELETE FROM pack WHERE tid IN \
+             (SELECT tid FROM trans JOIN pack USING (tid) WHERE partition=?)",
+            [partition],
+            "dropping a partition",
+        )?;
+        let n = self.exec(
+            "DELETE FROM trans WHERE partition=?",
+            [partition],
+            "dropping a partition",
+        )?;
+        Ok(DropStep::Transactions(n as u64))
     }
 
     fn pack_orders(&mut self, min_completed: Tid) -> DbResult<Vec<PackOrder>> {

@@ -95,6 +95,7 @@ both!(
     partition_table_changes,
     non_readable_and_out_of_range,
     unfinished_after_restart,
+    drop_and_replication_helpers,
 );
 
 const NID: Nid = 0x1000_0001;
@@ -1004,6 +1005,286 @@ fn unfinished_after_restart<H: Harness>(h: &mut H) {
     );
     db.drop_partitions_temporary(Some(&[0])).unwrap();
     assert!(db.unfinished_transactions().unwrap().is_empty());
+}
+
+fn drop_and_replication_helpers<H: Harness>(h: &mut H) {
+    let mut db = h.fresh(false);
+    setup(&mut db);
+    populate(&mut db);
+    // Cell states drive where replication resumes.
+    assert_eq!(
+        db.cell_next_tids().unwrap(),
+        vec![(0, CellNext::Readable), (1, CellNext::Readable)]
+    );
+    db.change_partition_table(2, 0, &[(1, NID, CellState::OutOfDate)], false, Tid(0))
+        .unwrap();
+    assert_eq!(
+        db.cell_next_tids().unwrap(),
+        vec![
+            (0, CellNext::Readable),
+            (1, CellNext::Replicate { next_tid: Tid(22) })
+        ]
+    );
+    db.set_backup_tid(Some(Tid(15))).unwrap();
+    assert_eq!(
+        db.cell_next_tids().unwrap()[0],
+        (
+            0,
+            CellNext::Backup {
+                trans: Tid(21),
+                obj: Tid(21)
+            }
+        )
+    );
+    // Temporarily readable while replicating.
+    assert!(matches!(
+        db.get_object(Oid(1), None, None),
+        Err(DbError::NonReadableCell { partition: 1 })
+    ));
+    db.set_temporarily_readable(1, true).unwrap();
+    assert_eq!(
+        found(db.get_object(Oid(1), None, None).unwrap()).serial,
+        Tid(11)
+    );
+    db.set_temporarily_readable(1, false).unwrap();
+    assert!(db.get_object(Oid(1), None, None).is_err());
+    // Completed packs only go down.
+    db.set_partition_packed(0, 30).unwrap();
+    db.update_completed_pack_by_replication(0, Tid(40)).unwrap();
+    assert_eq!(db.partition_packed(0).unwrap(), Some(30));
+    db.update_completed_pack_by_replication(0, Tid(20)).unwrap();
+    assert_eq!(db.partition_packed(0).unwrap(), Some(20));
+    // Dropping partition 0 in steps of 2 records: (10,0) (10,2), then
+    // (20,0) (20,4), then (21,2), then its 2 transactions, then nothing.
+    let data = |db: &mut H::B, oid, tid| {
+        let r = db.fetch_object(Oid(oid), Tid(tid)).unwrap().unwrap();
+        r.data.unwrap()
+    };
+    let a = data(&mut db, 0, 10);
+    let _ = a;
+    let mut steps = Vec::new();
+    loop {
+        let step = db.drop_partition_step(0, 2).unwrap();
+        match &step {
+            DropStep::Objects(ids) => {
+                assert!(!ids.is_empty());
+                steps.push(ids.len() as u64);
+                assert_eq!(db.prune_data(ids).unwrap(), ids.len());
+            }
+            DropStep::Transactions(0) => break,
+            DropStep::Transactions(n) => steps.push(100 + n),
+        }
+        assert!(steps.len() < 10);
+    }
+    assert_eq!(steps, vec![2, 2, 1, 102]);
+    assert!(db.orphan_data().unwrap().is_empty());
+    assert_eq!(db.last_ids_in(0).unwrap(), (None, None));
+    assert_eq!(db.last_tid_in(0, None).unwrap(), None);
+    assert_eq!(db.last_tid_in(1, None).unwrap(), Some(Tid(21)));
+}
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// One random step on a backend; returns a description of every result
+/// so two backends can be compared.
+fn random_step(db: &mut dyn Backend, rng: &mut Rng, tid: &mut u64, log: &mut Vec<String>) {
+    let np = u64::from(NP);
+    let any_tid = |rng: &mut Rng, tid: u64| Tid(rng.below(tid + 3));
+    let oid = Oid(rng.below(7));
+    match rng.below(14) {
+        // Commit (or abort, one time in 5) a transaction of 1-3 objects.
+        0..=4 => {
+            *tid += 1 + rng.below(3);
+            let (t, ttid) = (*tid, *tid - np);
+            let abort = rng.below(5) == 0;
+            let mut refs = Vec::new();
+            let mut held = Vec::new();
+            let mut failed = None;
+            let mut oids: Vec<u64> = (0..1 + rng.below(3)).map(|_| rng.below(7)).collect();
+            oids.sort_unstable();
+            oids.dedup();
+            for &o in &oids {
+                let kind = rng.below(6);
+                // Undo: reuse the data of a recent serial, if it exists.
+                let undo = (kind == 1).then(|| match db.last_object_tid(Oid(o)) {
+                    Ok(Some(last)) if rng.below(2) == 0 => last,
+                    _ => Tid(t.saturating_sub(1 + rng.below(6))),
+                });
+                let r = match kind {
+                    0 => Ok(None),
+                    1 => db.hold_data(None, Oid(o), b"", 0, undo),
+                    _ => {
+                        let d = format!("data {}", rng.below(4)).into_bytes();
+                        db.hold_data(Some(&make_checksum(&d)), Oid(o), &d, 0, None)
+                    }
+                };
+                match r {
+                    Ok(id) => {
+                        held.extend(id);
+                        refs.push(ObjectRef {
+                            oid: Oid(o),
+                            data_id: id,
+                            value_tid: undo,
+                        });
+                    }
+                    Err(e) => failed = Some(format!("{e:?}")),
+                }
+            }
+            log.push(format!("commit {t}: {failed:?}"));
+            if failed.is_none() {
+                db.store_transaction(Tid(ttid), &refs, Some(&meta(ttid, &oids)), true)
+                    .unwrap();
+                db.commit().unwrap();
+            }
+            if abort || failed.is_some() {
+                db.abort_transaction(Tid(ttid)).unwrap();
+                db.release_data(&held, true).unwrap();
+                db.commit().unwrap();
+                *tid -= 1;
+            } else {
+                db.lock_transaction(Tid(t), Tid(ttid), false).unwrap();
+                db.unlock_transaction(Tid(t), Tid(ttid), true, true, false)
+                    .unwrap();
+                db.commit().unwrap();
+            }
+        }
+        5 => {
+            let at = (rng.below(2) == 0).then(|| any_tid(rng, *tid));
+            let before = (rng.below(2) == 0).then(|| any_tid(rng, *tid));
+            log.push(format!("{:?}", db.get_object(oid, at, before)));
+        }
+        6 => log.push(format!(
+            "{:?}",
+            db.object_history(oid, rng.below(3), rng.below(4))
+        )),
+        7 => {
+            let p = rng.below(np) as u32;
+            let (a, b) = (any_tid(rng, *tid), any_tid(rng, *tid));
+            let len = (rng.below(2) == 0).then(|| rng.below(5));
+            log.push(format!(
+                "{:?} {:?} {:?} {:?}",
+                db.check_tid_range(p, len, a, b),
+                db.check_serial_range(p, len, a, b, oid),
+                db.replication_tid_list(a, b, len, p),
+                db.replication_object_list(a, b, len, p, oid),
+            ));
+        }
+        8 => {
+            let p = rng.below(np) as u32;
+            let t = any_tid(rng, *tid);
+            log.push(format!(
+                "{:?} {:?}",
+                db.oids_from(p, 1 + rng.below(3), oid, t),
+                db.tid_list(rng.below(3), 1 + rng.below(4), &[p])
+            ));
+        }
+        9 => {
+            let ltid = (rng.below(2) == 0).then(|| any_tid(rng, *tid));
+            let current = (rng.below(4) == 0).then(|| any_tid(rng, *tid));
+            log.push(format!(
+                "{:?}",
+                db.find_undo_tid(oid, ltid, any_tid(rng, *tid), current)
+            ));
+        }
+        10 => {
+            let serial = (rng.below(2) == 0).then(|| any_tid(rng, *tid));
+            db.delete_object(oid, serial).unwrap();
+            db.commit().unwrap();
+        }
+        11 => {
+            let p = rng.below(np) as u32;
+            let t = any_tid(rng, *tid);
+            let r = if rng.below(2) == 0 {
+                db.pack_partition(p, PackScope::Oids(&[oid, Oid(oid.0 + np)]), t)
+            } else {
+                let limit = 1 + rng.below(3);
+                db.pack_partition(
+                    p,
+                    PackScope::From {
+                        min_oid: oid,
+                        limit,
+                    },
+                    t,
+                )
+            };
+            log.push(format!("pack {r:?}"));
+            db.commit().unwrap();
+        }
+        12 if rng.below(4) == 0 => {
+            let t = Tid(1 + rng.below(*tid + 1));
+            db.set_truncate_tid(Some(t)).unwrap();
+            db.commit().unwrap();
+            db.truncate().unwrap();
+            log.push(format!("truncate {t:?}"));
+        }
+        _ => log.push(format!(
+            "{:?} {:?} {:?} {:?}",
+            db.last_ids(),
+            db.orphan_data(),
+            db.first_tid(),
+            db.unfinished_transactions()
+        )),
+    }
+}
+
+/// The same random operations on both backends give the same answers.
+#[test]
+fn backends_agree_on_random_operations() {
+    let dir = tempfile::tempdir().unwrap();
+    for seed in 1..=8u64 {
+        let path = dir.path().join(format!("r{seed}.sqlite"));
+        // Durability is not what this tests: spare the fsyncs.
+        let fast = SqliteOptions {
+            pragmas: vec![("synchronous".into(), "OFF".into())],
+            ..SqliteOptions::default()
+        };
+        let mut sql = SqliteBackend::open(&path, &fast).unwrap();
+        let mut mem = MemoryBackend::new(false);
+        setup(&mut sql);
+        setup(&mut mem);
+        let (mut r1, mut r2) = (Rng(seed * 0x9e37_79b9), Rng(seed * 0x9e37_79b9));
+        let (mut t1, mut t2) = (10, 10);
+        let (mut l1, mut l2) = (Vec::new(), Vec::new());
+        for step in 0..300 {
+            random_step(&mut sql, &mut r1, &mut t1, &mut l1);
+            random_step(&mut mem, &mut r2, &mut t2, &mut l2);
+            assert_eq!(l1, l2, "seed {seed} step {step}");
+        }
+        let count = |what: &str| l1.iter().filter(|l| l.contains(what)).count();
+        eprintln!(
+            "seed {seed}: {} results, {} found, {} undo records, {} commits failed",
+            l1.len(),
+            count("Found"),
+            count("data_serial: Some"),
+            count("Some(\"UndoPack")
+        );
+        assert!(count("Found") > 5 && count("commit") > 40);
+        // Both survive a restart with the same content.
+        let mut sql = SqliteBackend::open(&path, &SqliteOptions::default())
+            .map(|_| unreachable!("still locked"))
+            .unwrap_or_else(|_| {
+                drop(sql);
+                SqliteBackend::open(&path, &SqliteOptions::default()).unwrap()
+            });
+        let mut mem = MemoryBackend::open(mem.disk());
+        let (mut r1, mut r2) = (Rng(seed), Rng(seed));
+        for _ in 0..50 {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            random_step(&mut sql, &mut r1, &mut t1, &mut a);
+            random_step(&mut mem, &mut r2, &mut t2, &mut b);
+            assert_eq!(a, b, "seed {seed} after restart");
+        }
+    }
 }
 
 // ----- SQLite only -----

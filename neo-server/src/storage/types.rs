@@ -114,7 +114,8 @@ pub struct PtChange {
 pub struct PartitionView {
     /// Number of partitions: `1 + MAX(pt.partition)`, 0 if `pt` is empty.
     pub np: u32,
-    /// Partitions with a cell of this node that is `UP_TO_DATE` or `FEEDING`.
+    /// Partitions with a cell of this node that is `UP_TO_DATE` or
+    /// `FEEDING`, plus those made temporarily readable for replication.
     pub readable: BTreeSet<u32>,
 }
 
@@ -271,6 +272,37 @@ pub enum PackScope<'a> {
     From { min_oid: Oid, limit: u64 },
     /// These oids (a partial pack).
     Oids(&'a [Oid]),
+}
+
+/// What [`Backend::drop_partition_step`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DropStep {
+    /// Object records were deleted; their (distinct, non-NULL) data ids,
+    /// to prune.
+    Objects(Vec<DataId>),
+    /// No object was left: this many transactions were deleted (0: the
+    /// partition is empty, dropping is done).
+    Transactions(u64),
+}
+
+/// Where replication of a cell resumes ([`Backend::cell_next_tids`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CellNext {
+    /// An `OUT_OF_DATE` cell: replicate from this tid.
+    Replicate {
+        /// First tid to replicate.
+        next_tid: Tid,
+    },
+    /// A readable cell of a backup cluster: resume transactions and objects
+    /// from these tids.
+    Backup {
+        /// First tid of `trans` to fetch.
+        trans: Tid,
+        /// First tid of `obj` to check again.
+        obj: Tid,
+    },
+    /// A readable cell of a normal cluster: nothing to replicate.
+    Readable,
 }
 
 /// What can go wrong in the database layer.

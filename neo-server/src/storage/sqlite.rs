@@ -256,6 +256,7 @@ impl SqliteBackend {
     pub fn open(path: &Path, opts: &SqliteOptions) -> DbResult<Self> {
         let conn = Connection::open(path).map_err(sq(path, "opening the database"))?;
         let lock = lock_file(path)?;
+        conn.set_prepared_statement_cache_capacity(64);
         let mut db = SqliteBackend {
             conn,
             path: path.to_owned(),

@@ -102,7 +102,7 @@ const NID: Nid = 0x1000_0001;
 const NP: u32 = 2;
 
 /// nid, and `NP` partitions all `UP_TO_DATE` on this node.
-fn setup<B: Backend>(db: &mut B) {
+fn setup<B: Backend + ?Sized>(db: &mut B) {
     db.set_nid(NID).unwrap();
     let cells: Vec<_> = (0..NP).map(|p| (p, NID, CellState::UpToDate)).collect();
     let drop = db
@@ -124,7 +124,11 @@ fn meta(ttid: u64, oids: &[u64]) -> TxnMeta {
 }
 
 /// Votes (store + commit) a transaction of `objs` (`None` data: deletion).
-fn vote<B: Backend>(db: &mut B, ttid: u64, objs: &[(u64, Option<&[u8]>)]) -> Vec<ObjectRef> {
+fn vote<B: Backend + ?Sized>(
+    db: &mut B,
+    ttid: u64,
+    objs: &[(u64, Option<&[u8]>)],
+) -> Vec<ObjectRef> {
     let mut refs = Vec::new();
     for &(oid, data) in objs {
         let data_id = match data {
@@ -147,7 +151,7 @@ fn vote<B: Backend>(db: &mut B, ttid: u64, objs: &[(u64, Option<&[u8]>)]) -> Vec
 }
 
 /// Full 2PC; ttid is `tid - NP` (same partition, as NEO's master ensures).
-fn commit_txn<B: Backend>(db: &mut B, tid: u64, objs: &[(u64, Option<&[u8]>)]) {
+fn commit_txn<B: Backend + ?Sized>(db: &mut B, tid: u64, objs: &[(u64, Option<&[u8]>)]) {
     let ttid = tid - u64::from(NP);
     vote(db, ttid, objs);
     db.lock_transaction(Tid(tid), Tid(ttid), false).unwrap();
@@ -528,7 +532,7 @@ fn history<H: Harness>(h: &mut H) {
 }
 
 /// Transactions over both partitions: tids 10, 11, 20, 21, ...
-fn populate<B: Backend>(db: &mut B) {
+fn populate<B: Backend + ?Sized>(db: &mut B) {
     commit_txn(db, 10, &[(0, Some(b"a")), (1, Some(b"b")), (2, Some(b"c"))]);
     commit_txn(db, 11, &[(1, Some(b"d")), (3, Some(b"e"))]);
     commit_txn(db, 20, &[(0, Some(b"f")), (4, Some(b"g"))]);
@@ -1815,5 +1819,23 @@ fn memory_crash_at_every_step() {
             assert!(steps < 100, "never finished");
         }
         assert!(steps > 5, "too few steps: {steps}");
+    }
+}
+
+/// The daemon moves backends to blocking threads and may box them.
+#[test]
+fn backends_are_send_and_object_safe() {
+    fn send<T: Send + 'static>() {}
+    send::<SqliteBackend>();
+    send::<MemoryBackend>();
+    let mut boxed: Vec<Box<dyn Backend + Send>> = vec![Box::new(MemoryBackend::new(false))];
+    let (_dir, path) = temp_db();
+    boxed.push(Box::new(
+        SqliteBackend::open(&path, &SqliteOptions::default()).unwrap(),
+    ));
+    for db in &mut boxed {
+        setup(db.as_mut());
+        commit_txn(db.as_mut(), 10, &[(1, Some(b"x"))]);
+        assert_eq!(db.last_object_tid(Oid(1)).unwrap(), Some(Tid(10)));
     }
 }

@@ -20,6 +20,8 @@
 //!   transaction to `ttrans` (with a NULL tid); lock sets `ttrans.tid`;
 //!   unlock moves the rows to `trans`/`obj`.
 
+#![deny(missing_docs)]
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use fsformat::{Oid, Tid};

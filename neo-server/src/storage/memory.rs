@@ -14,6 +14,8 @@
 //! restart: it sees exactly what was committed, and rebuilds the volatile
 //! state (held data, caches) as NEO does when it opens a database.
 
+#![deny(missing_docs)]
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 

@@ -32,6 +32,8 @@
 //! the abstract Unix socket `\0neostorage:<st_dev>:<st_ino>`, so Python NEO
 //! and this program exclude each other.
 
+#![deny(missing_docs)]
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

@@ -6,6 +6,8 @@
 //! as `u64` newtypes and refuse, with [`DbError::OutOfRange`], any value that
 //! would not fit, instead of letting it wrap.
 
+#![deny(missing_docs)]
+
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::PathBuf;
@@ -196,7 +198,7 @@ pub struct PackOrder {
     pub pack_tid: Tid,
 }
 
-/// What [`Backend::get_transaction`] answers.
+/// What [`Backend::get_transaction`](super::Backend::get_transaction) answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TransactionRecord {
     /// Metadata (with its `ttid`).
@@ -206,7 +208,7 @@ pub struct TransactionRecord {
     pub pack: Option<PackOrder>,
 }
 
-/// One object revision, as [`Backend::get_object`] answers it.
+/// One object revision, as [`Backend::get_object`](super::Backend::get_object) answers it.
 ///
 /// A deletion has `compression`, `checksum` and `data` all `None`. An undo
 /// record (backpointer) shares the data of an older revision and tells
@@ -239,7 +241,7 @@ pub enum ObjectLookup {
     DoesNotExist,
 }
 
-/// [`Backend::check_tid_range`]'s answer.
+/// [`Backend::check_tid_range`](super::Backend::check_tid_range)'s answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TidRangeCheck {
     /// Number of transactions found.
@@ -250,7 +252,7 @@ pub struct TidRangeCheck {
     pub max_tid: Tid,
 }
 
-/// [`Backend::check_serial_range`]'s answer (in NEO's order).
+/// [`Backend::check_serial_range`](super::Backend::check_serial_range)'s answer (in NEO's order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SerialRangeCheck {
     /// Number of object records found.
@@ -265,16 +267,21 @@ pub struct SerialRangeCheck {
     pub max_oid: Oid,
 }
 
-/// Which oids of a partition [`Backend::pack_partition`] processes.
+/// Which oids of a partition [`Backend::pack_partition`](super::Backend::pack_partition) processes.
 #[derive(Clone, Copy, Debug)]
 pub enum PackScope<'a> {
     /// At most `limit` oids, from `min_oid` up, in oid order.
-    From { min_oid: Oid, limit: u64 },
+    From {
+        /// First oid to consider.
+        min_oid: Oid,
+        /// Maximum number of oids.
+        limit: u64,
+    },
     /// These oids (a partial pack).
     Oids(&'a [Oid]),
 }
 
-/// What [`Backend::drop_partition_step`] did.
+/// What [`Backend::drop_partition_step`](super::Backend::drop_partition_step) did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DropStep {
     /// Object records were deleted; their (distinct, non-NULL) data ids,
@@ -285,7 +292,7 @@ pub enum DropStep {
     Transactions(u64),
 }
 
-/// Where replication of a cell resumes ([`Backend::cell_next_tids`]).
+/// Where replication of a cell resumes ([`Backend::cell_next_tids`](super::Backend::cell_next_tids)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CellNext {
     /// An `OUT_OF_DATE` cell: replicate from this tid.

@@ -1828,6 +1828,8 @@ fn backends_are_send_and_object_safe() {
     fn send<T: Send + 'static>() {}
     send::<SqliteBackend>();
     send::<MemoryBackend>();
+    fn error<T: std::error::Error + Send + Sync + 'static>() {}
+    error::<DbError>();
     let mut boxed: Vec<Box<dyn Backend + Send>> = vec![Box::new(MemoryBackend::new(false))];
     let (_dir, path) = temp_db();
     boxed.push(Box::new(
@@ -1838,4 +1840,35 @@ fn backends_are_send_and_object_safe() {
         commit_txn(db.as_mut(), 10, &[(1, Some(b"x"))]);
         assert_eq!(db.last_object_tid(Oid(1)).unwrap(), Some(Tid(10)));
     }
+}
+
+/// Bad values written behind our back are reported, not trusted.
+#[test]
+fn sqlite_reports_corrupted_rows() {
+    let (_dir, path) = temp_db();
+    let mut db = SqliteBackend::open(&path, &SqliteOptions::default()).unwrap();
+    setup(&mut db);
+    commit_txn(&mut db, 10, &[(2, Some(b"x"))]);
+    drop(db);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch(
+        "UPDATE trans SET oids=x'00010203040506';
+         UPDATE data SET hash=x'0102';
+         INSERT INTO obj VALUES (0, 4, -5, NULL, NULL);
+         INSERT INTO obj VALUES (0, 6, 12, NULL, -1);",
+    )
+    .unwrap();
+    drop(c);
+    let mut db = SqliteBackend::open(&path, &SqliteOptions::default()).unwrap();
+    let corrupted = |r: Result<(), DbError>| match r {
+        Err(DbError::Corrupted { what }) => what,
+        other => panic!("expected Corrupted, got {other:?}"),
+    };
+    let w = corrupted(db.get_transaction(Tid(10), false).map(|_| ()));
+    assert!(w.contains("oids length"), "{w}");
+    let w = corrupted(db.get_object(Oid(2), None, None).map(|_| ()));
+    assert!(w.contains("hash of 2 bytes"), "{w}");
+    corrupted(db.get_object(Oid(4), None, None).map(|_| ()));
+    corrupted(db.get_object(Oid(6), None, None).map(|_| ()));
+    corrupted(db.object_history(Oid(4), 0, 10).map(|_| ()));
 }

@@ -87,6 +87,7 @@ fn copies_are_what_zodb_sees_in_the_source() {
             assert_eq!(code, 1, "{n}: {err}");
             assert!(err.contains("version"), "{n}: {err}");
             assert!(!dst.exists(), "{n}: half a copy left behind");
+            assert!(!sub.join(format!("{n}.lock")).exists(), "{n}: lock left");
             continue;
         }
         assert_eq!(code, 0, "{n}: {err}");

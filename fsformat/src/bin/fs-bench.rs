@@ -175,6 +175,9 @@ fn main() -> Result<()> {
     })?;
     let copy_same = std::fs::metadata(&copy_path)?.len() == size;
     std::fs::remove_file(&copy_path)?;
+    let mut lock = copy_path.into_os_string();
+    lock.push(".lock");
+    let _ = std::fs::remove_file(lock);
 
     let oids: Vec<_> = st.index().iter().map(|(o, _)| o).collect();
     let mut rng = args.seed ^ 0x5EED;

@@ -296,11 +296,20 @@ fn copy(src: &Path, dst: &Path) -> Result<()> {
             Ok(())
         }
         Err(e) => {
-            // DST was created by us: do not leave half a copy behind.
+            // DST was created by us (the writer, and its lock, are gone by
+            // now): do not leave half a copy behind.
             let _ = std::fs::remove_file(dst);
+            let _ = std::fs::remove_file(lock_path(dst));
             Err(e.context(format!("copy of {} failed", src.display())))
         }
     }
+}
+
+/// The writer's lock file beside `path` (`<path>.lock`, as ZODB's).
+fn lock_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".lock");
+    PathBuf::from(s)
 }
 
 /// analyze.py's counters.

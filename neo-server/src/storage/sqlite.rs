@@ -18,7 +18,11 @@
 //! `obj(data_id)`, and with deduplication the unique `_data_i1` on
 //! `data(hash, compression)`. Oids and tids are SQL integers (below 2^63);
 //! oid lists are concatenated 8-byte big-endian oids; `config.version` is
-//! `"4"`. Older versions (which NEO migrates) and newer ones are refused.
+//! `"4"`. Databases of older NEO versions (0 to 3) are upgraded at open,
+//! step by step as NEO does (`_migrate1` to `_migrate4`: drop the old
+//! `ttrans`, re-key `obj`, renumber `pt` states into `pt.tid`, add
+//! `pt.pack`), committing after each step so an interrupted upgrade resumes;
+//! newer versions are refused.
 //!
 //! Durability, as NEO: NEO sets no pragma unless the database is given as
 //! a `file:` URI with `synchronous`/`journal_mode`/`cache_size` parameters,
@@ -91,6 +95,11 @@ const SCHEMA: &[(&str, &str)] = &[
          PRIMARY KEY (tid, oid)) WITHOUT ROWID",
     ),
 ];
+
+/// `pt` of schema version 3 (before `pack`), an upgrade step.
+const PT_V3: &str =
+    "CREATE TABLE {} (\n    partition INTEGER NOT NULL,\n    nid INTEGER NOT NULL,\n    \
+     tid INTEGER NOT NULL,\n    PRIMARY KEY (partition, nid)) WITHOUT ROWID";
 
 /// NEO's indexes: `(name, statement)`.
 const INDEXES: &[(&str, &str)] = &[
@@ -348,13 +357,19 @@ impl SqliteBackend {
             self.set_config("version", Some(&SCHEMA_VERSION.to_string()))?;
         } else {
             let version = self.config("version")?;
-            if version.as_deref() != Some(&SCHEMA_VERSION.to_string()) {
-                return Err(DbError::UnsupportedVersion {
-                    path: self.path.clone(),
-                    found: version,
-                    expected: SCHEMA_VERSION,
-                });
+            let unsupported = || DbError::UnsupportedVersion {
+                path: self.path.clone(),
+                found: version.clone(),
+                expected: SCHEMA_VERSION,
+            };
+            let v: u32 = match version.as_deref() {
+                None => 0,
+                Some(v) => v.trim().parse().map_err(|_| unsupported())?,
+            };
+            if v > SCHEMA_VERSION {
+                return Err(unsupported());
             }
+            self.migrate(v)?;
         }
         for (t, sql) in &SCHEMA[1..] {
             let sql = sql.replace("{}", &format!("IF NOT EXISTS {t}"));
@@ -388,6 +403,88 @@ impl SqliteBackend {
             .collect::<DbResult<Vec<_>>>()?;
         self.held.reset(counts);
         self.commit()
+    }
+
+    /// Whether a table has rows; `None` if it does not exist (`nonempty`).
+    fn nonempty(&self, table: &str) -> DbResult<Option<bool>> {
+        if !self.table_exists(table)? {
+            return Ok(None);
+        }
+        let row = self.row(&format!("SELECT 1 FROM {table} LIMIT 1"), [], |_| Ok(()))?;
+        Ok(Some(row.is_some()))
+    }
+
+    /// Rebuilds `table` with the schema `create` (`{}`: table name), copying
+    /// rows with `select`; resumes an interrupted rebuild (`_alterTable`).
+    fn alter_table(&mut self, table: &str, create: &str, select: &str) -> DbResult<()> {
+        const CTX: &str = "upgrading the schema";
+        let new = format!("new_{table}");
+        if self.nonempty(table)?.is_none() {
+            if self.nonempty(&new)?.is_none() {
+                return Ok(());
+            }
+        } else {
+            self.exec_batch(&format!("DROP TABLE IF EXISTS {new}"), CTX)?;
+            self.exec_batch(&create.replace("{}", &new), CTX)?;
+            self.exec_batch(
+                &format!("INSERT INTO {new} SELECT {select} FROM {table}"),
+                CTX,
+            )?;
+            self.exec_batch(&format!("DROP TABLE {table}"), CTX)?;
+        }
+        self.exec_batch(&format!("ALTER TABLE {new} RENAME TO {table}"), CTX)
+    }
+
+    /// Upgrades a database of schema version `from` to [`SCHEMA_VERSION`],
+    /// as NEO's `migrate`, committing after each step.
+    fn migrate(&mut self, from: u32) -> DbResult<()> {
+        let schema = |t: &str| {
+            SCHEMA
+                .iter()
+                .find(|(name, _)| *name == t)
+                .map_or("", |(_, sql)| *sql)
+        };
+        for step in from + 1..=SCHEMA_VERSION {
+            log::info!(
+                "{}: upgrading the database to version {step}",
+                self.path.display()
+            );
+            match step {
+                1 => {
+                    // Unfinished data cannot be migrated (NEO 1.6).
+                    if self.nonempty("ttrans")? == Some(true)
+                        || self.nonempty("tobj")? == Some(true)
+                    {
+                        return Err(DbError::CannotUpgrade {
+                            path: self.path.clone(),
+                            reason: "the database can not be upgraded because it has \
+                                     unfinished transactions: use an older version of NEO \
+                                     to verify them"
+                                .into(),
+                        });
+                    }
+                    self.exec_batch("DROP TABLE IF EXISTS ttrans", "upgrading the schema")?;
+                }
+                2 => self.alter_table("obj", schema("obj"), "*")?,
+                3 => self.alter_table(
+                    "pt",
+                    PT_V3,
+                    "rid, nid, CASE state WHEN 0 THEN -1 WHEN 2 THEN -2 ELSE 1-state END",
+                )?,
+                _ => {
+                    self.set_config("partitions", None)?;
+                    let nid = self.nid()?.map_or("NULL".to_owned(), |n| n.to_string());
+                    self.alter_table(
+                        "pt",
+                        schema("pt"),
+                        &format!("*, CASE WHEN nid={nid} THEN 0 ELSE NULL END"),
+                    )?;
+                }
+            }
+            self.set_config("version", Some(&step.to_string()))?;
+            self.commit()?;
+        }
+        Ok(())
     }
 
     /// Every NEO table must have NEO's columns, in order.

@@ -1565,7 +1565,7 @@ fn sqlite_refuses_foreign_and_wrong_version() {
     let e = SqliteBackend::open(&other, &SqliteOptions::default()).unwrap_err();
     assert!(matches!(e, DbError::NotNeoDatabase { .. }), "{e}");
 
-    for (v, name) in [("3", "v3.sqlite"), ("5", "v5.sqlite")] {
+    for (v, name) in [("x", "vx.sqlite"), ("5", "v5.sqlite")] {
         let p = dir.path().join(name);
         drop(SqliteBackend::open(&p, &SqliteOptions::default()).unwrap());
         let c = rusqlite::Connection::open(&p).unwrap();
@@ -1871,4 +1871,131 @@ fn sqlite_reports_corrupted_rows() {
     corrupted(db.get_object(Oid(4), None, None).map(|_| ()));
     corrupted(db.get_object(Oid(6), None, None).map(|_| ()));
     corrupted(db.object_history(Oid(4), 0, 10).map(|_| ()));
+}
+
+/// A database of NEO before schema versions (no `config.version`, `pt` with
+/// old state numbers, `obj` keyed by tid) is upgraded as NEO upgrades it.
+#[test]
+fn sqlite_upgrades_old_schema() {
+    let (dir, path) = temp_db();
+    let old_schema = "
+        CREATE TABLE config (name TEXT NOT NULL PRIMARY KEY, value TEXT) WITHOUT ROWID;
+        CREATE TABLE pt (rid INTEGER NOT NULL, nid INTEGER NOT NULL,
+                         state INTEGER NOT NULL, PRIMARY KEY (rid, nid));
+        CREATE TABLE trans (partition INTEGER NOT NULL, tid INTEGER NOT NULL,
+            packed BOOLEAN NOT NULL, oids BLOB NOT NULL, user BLOB NOT NULL,
+            description BLOB NOT NULL, ext BLOB NOT NULL, ttid INTEGER NOT NULL,
+            PRIMARY KEY (partition, tid)) WITHOUT ROWID;
+        CREATE TABLE obj (partition INTEGER NOT NULL, oid INTEGER NOT NULL,
+            tid INTEGER NOT NULL, data_id INTEGER, value_tid INTEGER,
+            PRIMARY KEY (partition, tid, oid));
+        CREATE INDEX _obj_i1 ON obj(partition, oid, tid);
+        CREATE TABLE data (id INTEGER PRIMARY KEY, hash BLOB NOT NULL,
+            compression INTEGER NOT NULL, value BLOB NOT NULL);
+        CREATE TABLE ttrans (partition INTEGER NOT NULL, tid INTEGER NOT NULL,
+            packed BOOLEAN NOT NULL, oids BLOB NOT NULL, user BLOB NOT NULL,
+            description BLOB NOT NULL, ext BLOB NOT NULL, ttid INTEGER NOT NULL);
+        CREATE TABLE tobj (partition INTEGER NOT NULL, oid INTEGER NOT NULL,
+            tid INTEGER NOT NULL, data_id INTEGER, value_tid INTEGER,
+            PRIMARY KEY (tid, oid)) WITHOUT ROWID;
+        INSERT INTO config VALUES ('name', 'old'), ('nid', '1'), ('partitions', '2'),
+            ('replicas', '1'), ('ptid', '9');
+        -- old states: UP_TO_DATE 0, OUT_OF_DATE 1, FEEDING 2, CORRUPTED 4
+        INSERT INTO pt VALUES (0, 1, 0), (1, 1, 1), (0, 2, 2), (1, 2, 4);
+        INSERT INTO data VALUES (7, zeroblob(20), 0, x'6f6c64');
+        INSERT INTO obj VALUES (0, 4, 10, 7, NULL);
+        INSERT INTO trans VALUES (0, 10, 0, x'0000000000000004', x'', x'', x'', 10);
+    ";
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch(old_schema).unwrap();
+    drop(c);
+    let mut db = SqliteBackend::open(&path, &SqliteOptions::default()).unwrap();
+    assert_eq!(db.version().unwrap().as_deref(), Some("4"));
+    assert_eq!(db.config("partitions").unwrap(), None);
+    let mut rows = db.pt_rows().unwrap();
+    rows.sort_by_key(|r| (r.partition, r.nid));
+    let row = |partition, nid, tid, pack| PtRow {
+        partition,
+        nid,
+        tid,
+        pack,
+    };
+    assert_eq!(
+        rows,
+        vec![
+            row(0, 1, -1, Some(0)),
+            row(0, 2, -2, None),
+            row(1, 1, 0, Some(0)),
+            row(1, 2, -3, None),
+        ]
+    );
+    assert_eq!(
+        db.partition_table().unwrap()[1..],
+        [
+            (0, 2, CellState::Feeding),
+            (1, 1, CellState::OutOfDate),
+            (1, 2, CellState::Corrupted)
+        ]
+    );
+    let r = found(db.get_object(Oid(4), None, None).unwrap());
+    assert_eq!((r.serial, r.data.as_deref()), (Tid(10), Some(&b"old"[..])));
+    assert_eq!(
+        db.get_transaction(Tid(10), false)
+            .unwrap()
+            .unwrap()
+            .meta
+            .oids,
+        vec![Oid(4)]
+    );
+    drop(db);
+    // The upgraded file has exactly the current schema.
+    let (_d2, fresh) = temp_db();
+    drop(SqliteBackend::open(&fresh, &SqliteOptions::default()).unwrap());
+    let columns = |p: &std::path::Path| {
+        let c = rusqlite::Connection::open(p).unwrap();
+        let mut out = Vec::new();
+        for (t, _, _) in expected_schema() {
+            let cols: Vec<(String, String, bool, u32)> = c
+                .prepare(&format!("PRAGMA table_info({t})"))
+                .unwrap()
+                .query_map([], |r| Ok((r.get(1)?, r.get(2)?, r.get(3)?, r.get(5)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let idx: Vec<String> = c
+                .prepare(&format!("PRAGMA index_list({t})"))
+                .unwrap()
+                .query_map([], |r| r.get(1))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let mut idx: Vec<Vec<String>> = idx
+                .iter()
+                .filter(|i| i.starts_with('_'))
+                .map(|i| {
+                    c.prepare(&format!("PRAGMA index_info({i})"))
+                        .unwrap()
+                        .query_map([], |r| r.get(2))
+                        .unwrap()
+                        .collect::<Result<_, _>>()
+                        .unwrap()
+                })
+                .collect();
+            idx.sort();
+            out.push((t, cols, idx));
+        }
+        out
+    };
+    assert_eq!(columns(&path), columns(&fresh));
+
+    // Unfinished transactions block the upgrade, as in NEO.
+    let p = dir.path().join("unfinished.sqlite");
+    let c = rusqlite::Connection::open(&p).unwrap();
+    c.execute_batch(old_schema).unwrap();
+    c.execute_batch("INSERT INTO tobj VALUES (0, 6, 20, NULL, NULL)")
+        .unwrap();
+    drop(c);
+    let e = SqliteBackend::open(&p, &SqliteOptions::default()).unwrap_err();
+    assert!(matches!(e, DbError::CannotUpgrade { .. }), "{e}");
+    assert!(e.to_string().contains("unfinished.sqlite"), "{e}");
 }

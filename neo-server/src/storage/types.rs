@@ -341,6 +341,13 @@ pub enum DbError {
         /// The version we handle.
         expected: u32,
     },
+    /// An older database that cannot be upgraded automatically.
+    CannotUpgrade {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// Another process (Python NEO or us) has this database open.
     Locked {
         /// The database file.
@@ -413,6 +420,9 @@ impl fmt::Display for DbError {
                 path.display(),
                 found.as_deref().unwrap_or("<missing>")
             ),
+            DbError::CannotUpgrade { path, reason } => {
+                write!(f, "{}: {reason}", path.display())
+            }
             DbError::Locked { path } => write!(
                 f,
                 "{}: error: database is locked (used by another storage node)",

@@ -2,6 +2,7 @@
 //! Rust client library, built on `neo-proto`. (Being written: see issue 4.)
 
 pub mod config;
+pub mod master;
 pub mod nodes;
 pub mod pt;
 pub mod storage;

@@ -400,6 +400,175 @@ impl PartitionTable {
         Ok(self.cell_list())
     }
 
+    /// NEO's `tweak` (master/pt.py) without topology: reassigns the cells
+    /// so that the nodes of `keep` (the others are dropped) hold the same
+    /// number of cells, off by one, in the pattern of [`Self::make`],
+    /// choosing for each node the pattern that moves the least data. New
+    /// cells are OUT_OF_DATE (UP_TO_DATE if the table has no id yet); cells
+    /// to drop stay FEEDING as long as the partition lacks readable cells,
+    /// otherwise they are discarded. Returns the changes, in NEO's order.
+    pub fn tweak(&mut self, keep: &[NodeId]) -> Result<Vec<CellChange>, PtError> {
+        let nodes: Vec<NodeId> = keep
+            .iter()
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if nodes.is_empty() {
+            return Err(PtError::NoStorage);
+        }
+        let np = self.np();
+        let n = nodes.len();
+        let repeats = (self.nr as usize + 1).min(n);
+        let mut patterns: Vec<Vec<Offset>> = vec![Vec::new(); n];
+        let mut i = 0;
+        for offset in 0..np {
+            for _ in 0..repeats {
+                patterns[i % n].push(offset);
+                i += 1;
+            }
+        }
+        // Distinct options (biggest first, then lexicographic) and counts.
+        let mut counts: BTreeMap<Vec<Offset>, usize> = BTreeMap::new();
+        for p in patterns {
+            *counts.entry(p).or_insert(0) += 1;
+        }
+        let mut options: Vec<Vec<Offset>> = counts.keys().cloned().collect();
+        options.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        let mut count: Vec<usize> = options.iter().map(|o| counts[o]).collect();
+        // Each node's cells: offset -> state.
+        let cells_of = |node: NodeId| -> BTreeMap<Offset, CellState> {
+            self.rows
+                .iter()
+                .enumerate()
+                .filter_map(|(o, row)| {
+                    row.iter()
+                        .find(|c| c.uuid == node)
+                        .map(|c| (o as Offset, c.state))
+                })
+                .collect()
+        };
+        let node_cells: Vec<BTreeMap<Offset, CellState>> =
+            nodes.iter().map(|n| cells_of(*n)).collect();
+
+        // Strategy 1: every node keeps its non-feeding cells.
+        let mut strategies: Vec<Vec<(usize, Vec<usize>)>> = Vec::new();
+        let first: Option<Vec<(usize, Vec<usize>)>> = node_cells
+            .iter()
+            .enumerate()
+            .map(|(i, cells)| {
+                let own: Vec<Offset> = cells
+                    .iter()
+                    .filter(|(_, s)| **s != CellState::Feeding)
+                    .map(|(o, _)| *o)
+                    .collect();
+                let fit: Vec<usize> = (0..options.len())
+                    .filter(|x| own.iter().all(|o| options[*x].contains(o)))
+                    .collect();
+                (!fit.is_empty()).then_some((i, fit))
+            })
+            .collect();
+        strategies.extend(first);
+        // Strategy 2: nodes whose best and worst choices differ most first.
+        let mut second: Vec<((i64, i64), usize, Vec<usize>)> = Vec::new();
+        for (i, cells) in node_cells.iter().enumerate() {
+            let mut costs: Vec<((usize, usize), usize)> = (0..options.len())
+                .map(|x| {
+                    let mut discard = (0, 0);
+                    for (o, s) in cells {
+                        if !options[x].contains(o) {
+                            if is_readable(*s) {
+                                discard.0 += 1;
+                            } else {
+                                discard.1 += 1;
+                            }
+                        }
+                    }
+                    (discard, x)
+                })
+                .collect();
+            costs.sort();
+            let (min, max) = (costs[0].0, costs[costs.len() - 1].0);
+            let key = (min.0 as i64 - max.0 as i64, min.1 as i64 - max.1 as i64);
+            second.push((key, i, costs.into_iter().map(|c| c.1).collect()));
+        }
+        second.sort();
+        strategies.push(second.into_iter().map(|(_, i, o)| (i, o)).collect());
+
+        let mut solution: Option<(Vec<(usize, Vec<usize>)>, Vec<usize>)> = None;
+        for order in strategies {
+            if let Some(chosen) = assign(&order, &mut count) {
+                solution = Some((order, chosen));
+                break;
+            }
+        }
+        let Some((order, chosen)) = solution else {
+            return Err(PtError::NoStorage);
+        };
+
+        let new_state = if self.ptid.is_none() {
+            self.ptid = Some(1);
+            CellState::UpToDate
+        } else {
+            CellState::OutOfDate
+        };
+        let mut changes = Vec::new();
+        let mut outdated = vec![repeats; np as usize];
+        let mut discard: Vec<Vec<NodeId>> = vec![Vec::new(); np as usize];
+        for ((node_index, _), x) in order.iter().zip(&chosen) {
+            let node = nodes[*node_index];
+            let mut cells = node_cells[*node_index].clone();
+            for &offset in &options[*x] {
+                match cells.remove(&offset) {
+                    None => {
+                        self.rows[offset as usize].push(Cell {
+                            uuid: node,
+                            state: new_state,
+                        });
+                        changes.push((offset, node, new_state));
+                    }
+                    Some(state) if is_readable(state) => {
+                        if state == CellState::Feeding {
+                            self.set_cell(offset, node, CellState::UpToDate)?;
+                            changes.push((offset, node, CellState::UpToDate));
+                        }
+                        outdated[offset as usize] -= 1;
+                    }
+                    Some(_) => {}
+                }
+            }
+            for offset in cells.keys() {
+                discard[*offset as usize].push(node);
+            }
+        }
+        for (offset, row) in self.rows.iter().enumerate() {
+            for c in row {
+                if !nodes.contains(&c.uuid) {
+                    discard[offset].push(c.uuid);
+                }
+            }
+        }
+        for (offset, list) in discard.into_iter().enumerate() {
+            let offset = offset as Offset;
+            let mut left = outdated[offset as usize];
+            for node in list {
+                let state = self.cell(offset, node).unwrap_or(CellState::Discarded);
+                if left > 0 && is_readable(state) {
+                    left -= 1;
+                    if state == CellState::Feeding {
+                        continue;
+                    }
+                    self.set_cell(offset, node, CellState::Feeding)?;
+                    changes.push((offset, node, CellState::Feeding));
+                } else {
+                    self.set_cell(offset, node, CellState::Discarded)?;
+                    changes.push((offset, node, CellState::Discarded));
+                }
+            }
+        }
+        Ok(changes)
+    }
+
     /// Outdates the readable cells of nodes that are not running (master/pt.py
     /// `outdate`): FEEDING cells are discarded, UP_TO_DATE ones become
     /// OUT_OF_DATE — except, in a partition no running node can serve any
@@ -488,6 +657,44 @@ impl PartitionTable {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// Backtracking over nodes (in `order`, each with its options by
+/// preference): one option per node, each option used at most `count`
+/// times. Returns the chosen option of each node.
+fn assign(order: &[(usize, Vec<usize>)], count: &mut [usize]) -> Option<Vec<usize>> {
+    // stack of (index into the node's options list)
+    let mut chosen: Vec<usize> = Vec::new();
+    let mut cursor: Vec<usize> = vec![0];
+    let mut budget = 1_000_000u32;
+    while !cursor.is_empty() {
+        budget = budget.checked_sub(1)?;
+        let depth = cursor.len() - 1;
+        if depth == order.len() {
+            return Some(chosen);
+        }
+        let opts = &order[depth].1;
+        let c = cursor[depth];
+        if c >= opts.len() {
+            cursor.pop();
+            if let Some(x) = chosen.pop() {
+                count[x] += 1;
+                if let Some(last) = cursor.last_mut() {
+                    *last += 1;
+                }
+            }
+            continue;
+        }
+        let x = opts[c];
+        if count[x] > 0 {
+            count[x] -= 1;
+            chosen.push(x);
+            cursor.push(0);
+        } else {
+            cursor[depth] += 1;
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -671,5 +878,52 @@ mod tests {
                 "S3 R ..O..O..O..O..O..O..O..O..O..O..O..O..O..O..O..O",
             ]
         );
+    }
+
+    #[test]
+    fn tweak_like_conversation_05() {
+        // np=4, nr=0, S1 holds everything, S2 added: 05-storage-join, line 72.
+        let mut pt = PartitionTable::new(4, 0).unwrap();
+        pt.make(&[s(1)]).unwrap();
+        let changes = pt.tweak(&[s(1), s(2)]).unwrap();
+        assert_eq!(
+            changes,
+            [
+                (1, s(2), CellState::OutOfDate),
+                (3, s(2), CellState::OutOfDate),
+                (1, s(1), CellState::Feeding),
+                (3, s(1), CellState::Feeding),
+            ]
+        );
+        assert_eq!(layout(&pt), ["U.", "FO", "U.", "FO"]);
+        // Replication done, feeding cells dropped, then nr=1 (line 416).
+        for o in [1, 3] {
+            pt.set_cell(o, s(2), CellState::UpToDate).unwrap();
+            pt.set_cell(o, s(1), CellState::Discarded).unwrap();
+        }
+        pt.set_nr(1);
+        let changes = pt.tweak(&[s(1), s(2)]).unwrap();
+        assert_eq!(
+            changes,
+            [
+                (1, s(1), CellState::OutOfDate),
+                (3, s(1), CellState::OutOfDate),
+                (0, s(2), CellState::OutOfDate),
+                (2, s(2), CellState::OutOfDate),
+            ]
+        );
+        // A second tweak changes nothing.
+        assert!(pt.tweak(&[s(1), s(2)]).unwrap().is_empty());
+        assert_eq!(pt.tweak(&[]), Err(PtError::NoStorage));
+    }
+
+    #[test]
+    fn tweak_on_empty_table_is_make() {
+        let mut a = PartitionTable::new(10, 1).unwrap();
+        a.make(&[s(1), s(2), s(3), s(4), s(5)]).unwrap();
+        let mut b = PartitionTable::new(10, 1).unwrap();
+        b.tweak(&[s(1), s(2), s(3), s(4), s(5)]).unwrap();
+        assert_eq!(layout(&a), layout(&b));
+        assert_eq!(b.ptid(), Some(1));
     }
 }

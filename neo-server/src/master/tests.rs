@@ -1,0 +1,1 @@
+//! Sim tests of the master.

@@ -20,6 +20,7 @@
 
 pub mod backend;
 pub mod memory;
+pub mod node;
 pub mod sqlite;
 mod types;
 

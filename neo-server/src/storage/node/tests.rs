@@ -1,0 +1,1196 @@
+//! The storage node in [`Sim`], driven by a scripted master and scripted
+//! clients that send what NEO's master and client send (recorded
+//! conversations 01, 02, 03 of `shared/neo-protocol`).
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use fsformat::{Oid, Tid};
+use neo_proto::*;
+
+use super::*;
+use crate::runtime::{ConnId, Event, Node, Outbox};
+use crate::sim::{ms, Sim};
+use crate::storage::{
+    make_checksum, Backend, CrashPlan, MemoryBackend, SqliteBackend, SqliteOptions,
+};
+
+const M1: NodeId = NodeId(-268_435_455);
+const C1: NodeId = NodeId(-536_870_911);
+const C2: NodeId = NodeId(-536_870_910);
+const S1: NodeId = NodeId(1);
+const NP: u32 = 4;
+
+fn master_addr() -> SocketAddr {
+    "127.0.0.1:31000".parse().unwrap()
+}
+fn storage_addr() -> SocketAddr {
+    "127.0.0.1:31100".parse().unwrap()
+}
+
+/// A scripted peer: records what it gets, sends what the test tells it.
+#[derive(Default)]
+struct Peer {
+    conns: Vec<ConnId>,
+    inbox: Vec<(ConnId, Packet)>,
+    closed: Vec<ConnId>,
+    failed: usize,
+}
+
+impl Node for Peer {
+    fn start(&mut self, _: Instant, _: &mut Outbox) {}
+    fn handle(&mut self, _: Instant, ev: Event, _: &mut Outbox) {
+        match ev {
+            Event::Accepted { conn, .. } | Event::Connected { conn, .. } => self.conns.push(conn),
+            Event::Packet { conn, packet } => self.inbox.push((conn, packet)),
+            Event::Closed { conn, .. } => self.closed.push(conn),
+            Event::ConnectFailed { .. } => self.failed += 1,
+            Event::Timer { .. } => {}
+        }
+    }
+}
+
+type Mem = StorageNode<MemoryBackend>;
+
+fn config() -> StorageConfig {
+    StorageConfig {
+        cluster: "test".into(),
+        masters: vec![master_addr()],
+        address: storage_addr(),
+        nid: None,
+        database: "memory".into(),
+        disable_pack: false,
+    }
+}
+
+/// The cluster under test: indexes of the nodes and their connections.
+struct Cluster {
+    sim: Sim,
+    m: usize,
+    s: usize,
+    mconn: ConnId,
+    ts: f64,
+}
+
+impl Cluster {
+    fn send(&mut self, i: usize, conn: ConnId, body: impl Into<Body>) {
+        let body = body.into();
+        self.sim.poke::<Peer>(i, |_, out| out.notify(conn, body));
+        self.sim.run();
+    }
+
+    fn ask(&mut self, i: usize, conn: ConnId, body: impl Into<Body>) -> u32 {
+        let body = body.into();
+        let mut id = 0;
+        self.sim.poke::<Peer>(i, |_, out| id = out.ask(conn, body));
+        self.sim.run();
+        id
+    }
+
+    /// The answer to request `id`, if it came.
+    fn answer(&mut self, i: usize, id: u32) -> Option<Body> {
+        let inbox = &mut self.sim.node_mut::<Peer>(i).inbox;
+        let pos = inbox.iter().position(|(_, p)| {
+            p.id == id && matches!(p.body.kind(), PacketKind::Answer | PacketKind::Error)
+        })?;
+        Some(inbox.remove(pos).1.body)
+    }
+
+    fn request(&mut self, i: usize, conn: ConnId, body: impl Into<Body>) -> Body {
+        let id = self.ask(i, conn, body);
+        self.answer(i, id).expect("an answer")
+    }
+
+    /// Takes the notifications received so far.
+    fn notifications(&mut self, i: usize) -> Vec<Body> {
+        let inbox = &mut self.sim.node_mut::<Peer>(i).inbox;
+        let (n, rest): (Vec<_>, Vec<_>) = std::mem::take(inbox)
+            .into_iter()
+            .partition(|(_, p)| p.body.kind() == PacketKind::Notification);
+        *inbox = rest;
+        n.into_iter().map(|(_, p)| p.body).collect()
+    }
+
+    fn storage(&mut self) -> &mut Mem {
+        self.sim.node_mut::<Mem>(self.s)
+    }
+
+    fn client_info(&mut self, nid: NodeId, state: NodeState) -> f64 {
+        self.ts += 1.0;
+        let ts = self.ts;
+        let info = NodeInfo {
+            node_type: NodeType::Client,
+            address: None,
+            uuid: Some(nid),
+            state,
+            id_timestamp: Some(ts),
+        };
+        self.send(
+            self.m,
+            self.mconn,
+            NotifyNodeInformation {
+                timestamp: ts,
+                node_list: vec![info],
+            },
+        );
+        ts
+    }
+
+    /// A client announced by the master and identified by the storage.
+    fn client(&mut self, nid: NodeId) -> (usize, ConnId) {
+        let ts = self.client_info(nid, NodeState::Running);
+        let c = self.sim.add(None, Peer::default());
+        self.sim.poke::<Peer>(c, |_, out| {
+            out.connect(storage_addr(), 0);
+        });
+        self.sim.run();
+        let conn = self.sim.node::<Peer>(c).conns[0];
+        let a = self.request(c, conn, identification(nid, ts));
+        let Body::AcceptIdentification(a) = a else {
+            panic!("{a:?}")
+        };
+        assert_eq!(
+            (a.node_type, a.uuid, a.your_uuid),
+            (NodeType::Storage, Some(S1), Some(nid))
+        );
+        (c, conn)
+    }
+}
+
+fn identification(nid: NodeId, ts: f64) -> RequestIdentification {
+    RequestIdentification {
+        node_type: NodeType::Client,
+        uuid: Some(nid),
+        address: None,
+        name: Bytes::from_static(b"test"),
+        id_timestamp: Some(ts),
+        extra: Map::new(),
+    }
+}
+
+fn full_pt(ptid: u64) -> SendPartitionTable {
+    SendPartitionTable {
+        ptid: Some(ptid),
+        num_replicas: 0,
+        row_list: (0..NP)
+            .map(|_| {
+                vec![Cell {
+                    uuid: S1,
+                    state: neo_proto::CellState::UpToDate,
+                }]
+            })
+            .collect(),
+    }
+}
+
+/// Master and storage, the storage connected and identified (S1).
+fn identified<B: Backend + Send + 'static>(db: B) -> (Sim, usize, usize, ConnId) {
+    let mut sim = Sim::new();
+    let m = sim.add(Some(master_addr()), Peer::default());
+    let s = sim.add(
+        Some(storage_addr()),
+        StorageNode::new(config(), db).unwrap(),
+    );
+    sim.run();
+    let mconn = sim.node::<Peer>(m).conns[0];
+    let (_, p) = sim.node_mut::<Peer>(m).inbox.remove(0);
+    let Body::RequestIdentification(r) = p.body else {
+        panic!("{p:?}")
+    };
+    assert_eq!(r.node_type, NodeType::Storage);
+    assert_eq!(r.address, Some(Address::new("127.0.0.1", 31100)));
+    assert_eq!(r.name.as_ref(), b"test");
+    assert_eq!(r.id_timestamp, None);
+    let keys: Vec<&[u8]> = r.extra.iter().map(|(k, _)| k.as_ref()).collect();
+    assert_eq!(keys, [&b"devpath"[..], b"new_nid"]);
+    let reply = AcceptIdentification {
+        node_type: NodeType::Master,
+        uuid: Some(M1),
+        your_uuid: Some(r.uuid.unwrap_or(S1)),
+    };
+    sim.poke::<Peer>(m, |_, out| out.answer(mconn, p.id, reply));
+    sim.run();
+    (sim, m, s, mconn)
+}
+
+/// Bootstrap as in conversation 01, up to RUNNING.
+fn running() -> Cluster {
+    let (sim, m, s, mconn) = identified(MemoryBackend::new(false));
+    let mut c = Cluster {
+        sim,
+        m,
+        s,
+        mconn,
+        ts: 1000.0,
+    };
+    start(&mut c, true);
+    c
+}
+
+/// Recovery, verification and start with a new (or the same) partition
+/// table.
+fn start(c: &mut Cluster, new: bool) {
+    let (m, mconn) = (c.m, c.mconn);
+    let r = c.request(m, mconn, AskRecovery {});
+    if new {
+        assert_eq!(
+            r,
+            Body::AnswerRecovery(AnswerRecovery {
+                ptid: None,
+                backup_tid: None,
+                truncate_tid: None
+            })
+        );
+        c.send(
+            m,
+            mconn,
+            NotifyClusterInformation {
+                state: ClusterState::Verifying,
+            },
+        );
+        c.send(m, mconn, full_pt(1));
+    }
+    let Body::AnswerPartitionTable(pt) = c.request(m, mconn, AskPartitionTable {}) else {
+        panic!()
+    };
+    assert_eq!(pt.ptid, Some(1));
+    assert_eq!(pt.row_list, full_pt(1).row_list);
+    let Body::AnswerLockedTransactions(_) = c.request(m, mconn, AskLockedTransactions {}) else {
+        panic!()
+    };
+    let ids = c.request(m, mconn, AskLastIDs {});
+    if new {
+        assert_eq!(
+            ids,
+            Body::AnswerLastIDs(AnswerLastIDs {
+                last_tid: None,
+                last_oid: None,
+                first_tid: Some(MAX_TID)
+            })
+        );
+        // As recorded: readable cells have completed pack 0.
+        assert_eq!(
+            c.notifications(m),
+            [Body::NotifyPackCompleted(NotifyPackCompleted {
+                pack_id: ZERO_TID
+            })]
+        );
+    }
+    let orders = c.request(m, mconn, AskPackOrders { pack_id: Tid(1) });
+    assert_eq!(
+        orders,
+        Body::AnswerPackOrders(AnswerPackOrders { pack_list: vec![] })
+    );
+    c.send(
+        m,
+        mconn,
+        NotifyClusterInformation {
+            state: ClusterState::Running,
+        },
+    );
+    c.send(m, mconn, StartOperation { backup: false });
+    let n = c.notifications(m);
+    assert!(n.contains(&Body::NotifyReady(NotifyReady {})), "{n:?}");
+    assert!(c.storage().is_operational());
+}
+
+fn obj(oid: u64, serial: Tid, ttid: Tid, data: &[u8]) -> AskStoreObject {
+    AskStoreObject {
+        oid: Oid(oid),
+        serial,
+        compression: 0,
+        checksum: Checksum(make_checksum(data)),
+        data: Bytes::copy_from_slice(data),
+        data_serial: None,
+        ttid,
+    }
+}
+
+fn meta(ttid: Tid, oids: &[u64]) -> AskStoreTransaction {
+    AskStoreTransaction {
+        ttid,
+        user: Bytes::from_static(b"/ alice"),
+        description: Bytes::from_static(b"desc"),
+        extension: Bytes::new(),
+        oid_list: oids.iter().map(|&o| Oid(o)).collect(),
+        pack: None,
+    }
+}
+
+fn stored(conflict: Option<Tid>) -> Body {
+    Body::AnswerStoreObject(AnswerStoreObject { conflict })
+}
+
+/// A whole commit by client `(ci, cc)`: stores, vote, lock, unlock.
+fn commit(c: &mut Cluster, ci: usize, cc: ConnId, ttid: Tid, tid: Tid, objs: &[(u64, Tid, &[u8])]) {
+    for &(oid, serial, data) in objs {
+        assert_eq!(
+            c.request(ci, cc, obj(oid, serial, ttid, data)),
+            stored(None)
+        );
+    }
+    let oids: Vec<u64> = objs.iter().map(|o| o.0).collect();
+    assert_eq!(
+        c.request(ci, cc, meta(ttid, &oids)),
+        Body::AnswerStoreTransaction(AnswerStoreTransaction {})
+    );
+    let (m, mconn) = (c.m, c.mconn);
+    assert_eq!(
+        c.request(
+            m,
+            mconn,
+            AskLockInformation {
+                ttid,
+                tid,
+                pack: false
+            }
+        ),
+        Body::AnswerInformationLocked(AnswerInformationLocked { ttid })
+    );
+    c.send(m, mconn, NotifyUnlockInformation { ttid });
+}
+
+fn load(
+    c: &mut Cluster,
+    ci: usize,
+    cc: ConnId,
+    oid: u64,
+    at: Option<Tid>,
+    before: Option<Tid>,
+) -> Body {
+    c.request(
+        ci,
+        cc,
+        AskObject {
+            oid: Oid(oid),
+            at,
+            before,
+        },
+    )
+}
+
+fn error_code(b: &Body) -> Option<ErrorCode> {
+    match b {
+        Body::Error(e) => Some(e.code),
+        _ => None,
+    }
+}
+
+#[test]
+fn bootstrap_stores_the_nid_and_the_partition_table() {
+    let mut c = running();
+    assert_eq!(c.storage().nid(), Some(S1));
+    let db = c.storage().db_mut();
+    assert_eq!(db.nid().unwrap(), Some(1));
+    assert_eq!(db.name().unwrap().as_deref(), Some("test"));
+    assert_eq!(db.ptid().unwrap(), Some(1));
+    assert_eq!(db.partition_view().unwrap().readable.len(), NP as usize);
+}
+
+#[test]
+fn retries_masters_every_second() {
+    let mut sim = Sim::new();
+    let s = sim.add(
+        Some(storage_addr()),
+        StorageNode::new(config(), MemoryBackend::new(false)).unwrap(),
+    );
+    sim.advance(ms(2500));
+    assert!(!sim.node::<Mem>(s).is_operational());
+    let m = sim.add(Some(master_addr()), Peer::default());
+    sim.advance(ms(400));
+    assert!(
+        sim.node::<Peer>(m).conns.is_empty(),
+        "not before the second"
+    );
+    sim.advance(ms(200));
+    assert_eq!(sim.node::<Peer>(m).conns.len(), 1);
+    let inbox = &sim.node::<Peer>(m).inbox;
+    assert!(matches!(inbox[0].1.body, Body::RequestIdentification(_)));
+}
+
+#[test]
+fn refuses_a_database_of_another_cluster() {
+    let mut db = MemoryBackend::new(false);
+    db.set_name("other").unwrap();
+    let mut cfg = config();
+    cfg.database = "/var/lib/neo/s1.sqlite".into();
+    let err = StorageNode::new(cfg, db).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, NodeError::NameMismatch { .. }));
+    for part in ["/var/lib/neo/s1.sqlite", "\"other\"", "\"test\""] {
+        assert!(msg.contains(part), "{msg}");
+    }
+}
+
+#[test]
+fn identification_of_clients() {
+    let mut c = running();
+    // Wrong cluster name.
+    let x = c.sim.add(None, Peer::default());
+    c.sim.poke::<Peer>(x, |_, out| {
+        out.connect(storage_addr(), 0);
+    });
+    c.sim.run();
+    let xc = c.sim.node::<Peer>(x).conns[0];
+    let mut r = identification(C1, 1.0);
+    r.name = Bytes::from_static(b"alien");
+    let a = c.request(x, xc, r);
+    assert_eq!(error_code(&a), Some(ErrorCode::ProtocolError));
+    assert_eq!(c.sim.node::<Peer>(x).closed, [xc]);
+    // A client the master has not announced yet waits for the
+    // announcement.
+    let y = c.sim.add(None, Peer::default());
+    c.sim.poke::<Peer>(y, |_, out| {
+        out.connect(storage_addr(), 0);
+    });
+    c.sim.run();
+    let yc = c.sim.node::<Peer>(y).conns[0];
+    let ts = c.ts + 1.0;
+    let id = c.ask(y, yc, identification(C2, ts));
+    assert!(c.answer(y, id).is_none());
+    c.client_info(C2, NodeState::Running);
+    let a = c.answer(y, id).unwrap();
+    assert!(matches!(a, Body::AcceptIdentification(_)), "{a:?}");
+    // An older timestamp the master does not know: NOT_READY.
+    let z = c.sim.add(None, Peer::default());
+    c.sim.poke::<Peer>(z, |_, out| {
+        out.connect(storage_addr(), 0);
+    });
+    c.sim.run();
+    let zc = c.sim.node::<Peer>(z).conns[0];
+    let a = c.request(z, zc, identification(C1, 1.0));
+    assert_eq!(error_code(&a), Some(ErrorCode::NotReady));
+}
+
+#[test]
+fn not_ready_before_start_operation() {
+    let (mut sim, _m, _s, _mconn) = identified(MemoryBackend::new(false));
+    let x = sim.add(None, Peer::default());
+    sim.poke::<Peer>(x, |_, out| {
+        out.connect(storage_addr(), 0);
+    });
+    sim.run();
+    let xc = sim.node::<Peer>(x).conns[0];
+    let mut id = 0;
+    sim.poke::<Peer>(x, |_, out| id = out.ask(xc, identification(C1, 1.0)));
+    sim.run();
+    let p = &sim.node::<Peer>(x).inbox[0].1;
+    assert_eq!(p.id, id);
+    assert_eq!(error_code(&p.body), Some(ErrorCode::NotReady));
+    assert_eq!(sim.node::<Peer>(x).closed, [xc]);
+}
+
+#[test]
+fn commit_then_loads_with_neo_semantics() {
+    let mut c = running();
+    let (ci, cc) = c.client(C1);
+    // Missing root before anything: OID_DOES_NOT_EXIST, message = dump(oid).
+    let a = load(&mut c, ci, cc, 0, None, Some(Tid(1)));
+    assert_eq!(
+        a,
+        Body::Error(neo_proto::Error::new(
+            ErrorCode::OidDoesNotExist,
+            "0000000000000000"
+        ))
+    );
+    let (t1, t2) = (Tid(0x100), Tid(0x200));
+    commit(
+        &mut c,
+        ci,
+        cc,
+        Tid(0xf0),
+        t1,
+        &[(0, ZERO_TID, b"root v1"), (1, ZERO_TID, b"a v1")],
+    );
+    commit(&mut c, ci, cc, Tid(0x1f0), t2, &[(0, t1, b"root v2")]);
+    // Current.
+    let Body::AnswerObject(o) = load(&mut c, ci, cc, 0, None, None) else {
+        panic!()
+    };
+    assert_eq!(
+        (o.serial, o.next_serial, o.data.as_ref()),
+        (t2, None, &b"root v2"[..])
+    );
+    assert_eq!(o.checksum, Checksum(make_checksum(b"root v2")));
+    // loadSerial: next_serial set.
+    let Body::AnswerObject(o) = load(&mut c, ci, cc, 0, Some(t1), None) else {
+        panic!()
+    };
+    assert_eq!(
+        (o.serial, o.next_serial, o.data.as_ref()),
+        (t1, Some(t2), &b"root v1"[..])
+    );
+    // loadBefore.
+    let Body::AnswerObject(o) = load(&mut c, ci, cc, 0, None, Some(t2)) else {
+        panic!()
+    };
+    assert_eq!(o.serial, t1);
+    // Before the first revision: OID_NOT_FOUND.
+    let a = load(&mut c, ci, cc, 1, None, Some(t1));
+    assert_eq!(
+        a,
+        Body::Error(neo_proto::Error::new(
+            ErrorCode::OidNotFound,
+            "0000000000000001"
+        ))
+    );
+    let a = load(&mut c, ci, cc, 0xdead, None, Some(t2));
+    assert_eq!(error_code(&a), Some(ErrorCode::OidDoesNotExist));
+    // Transaction metadata, tids, history.
+    let Body::AnswerTransactionInformation(t) =
+        c.request(ci, cc, AskTransactionInformation { tid: t1 })
+    else {
+        panic!()
+    };
+    assert_eq!((t.user.as_ref(), t.oid_list.len()), (&b"/ alice"[..], 2));
+    let a = c.request(ci, cc, AskTransactionInformation { tid: Tid(0x150) });
+    assert_eq!(error_code(&a), Some(ErrorCode::TidNotFound));
+    let a = c.request(
+        ci,
+        cc,
+        AskTIDs {
+            first: 0,
+            last: 20,
+            partition: INVALID_PARTITION,
+        },
+    );
+    assert_eq!(
+        a,
+        Body::AnswerTIDs(AnswerTIDs {
+            tid_list: vec![t2, t1]
+        })
+    );
+    let a = c.request(
+        ci,
+        cc,
+        AskTIDsFrom {
+            min_tid: ZERO_TID,
+            max_tid: t2,
+            length: 100,
+            partition: (t1.0 % u64::from(NP)) as u32,
+        },
+    );
+    assert_eq!(
+        a,
+        Body::AnswerTIDsFrom(AnswerTIDsFrom {
+            tid_list: vec![t1, t2]
+        })
+    );
+    let a = c.request(
+        ci,
+        cc,
+        AskObjectHistory {
+            oid: Oid(0),
+            first: 0,
+            last: 10,
+        },
+    );
+    assert_eq!(
+        a,
+        Body::AnswerObjectHistory(AnswerObjectHistory {
+            oid: Oid(0),
+            history_list: vec![(t2, 7), (t1, 7)]
+        })
+    );
+    let a = c.request(
+        ci,
+        cc,
+        AskObjectHistory {
+            oid: Oid(9),
+            first: 0,
+            last: 10,
+        },
+    );
+    assert_eq!(error_code(&a), Some(ErrorCode::OidNotFound));
+    let a = c.request(
+        ci,
+        cc,
+        AskOIDsFrom {
+            partition: 1,
+            length: 10,
+            min_oid: Oid(0),
+            tid: t2,
+        },
+    );
+    assert_eq!(
+        a,
+        Body::AnswerOIDsFrom(AnswerOIDsFrom {
+            next_oid: None,
+            oid_list: vec![Oid(1)]
+        })
+    );
+    let a = c.request(ci, cc, AskFinalTID { ttid: Tid(0x1f0) });
+    assert_eq!(a, Body::AnswerFinalTID(AnswerFinalTID { tid: Some(t2) }));
+    // Ping.
+    assert_eq!(c.request(ci, cc, Ping {}), Body::Pong(Pong {}));
+}
+
+#[test]
+fn loads_wait_between_lock_and_unlock() {
+    let mut c = running();
+    let (ci, cc) = c.client(C1);
+    let (ttid, tid) = (Tid(0x10), Tid(0x14));
+    assert_eq!(
+        c.request(ci, cc, obj(5, ZERO_TID, ttid, b"five")),
+        stored(None)
+    );
+    c.request(ci, cc, meta(ttid, &[5]));
+    let (m, mconn) = (c.m, c.mconn);
+    c.request(
+        m,
+        mconn,
+        AskLockInformation {
+            ttid,
+            tid,
+            pack: false,
+        },
+    );
+    let id = c.ask(
+        ci,
+        cc,
+        AskObject {
+            oid: Oid(5),
+            at: None,
+            before: None,
+        },
+    );
+    assert!(c.answer(ci, id).is_none(), "the load must wait for unlock");
+    assert_eq!(c.storage().queued(), 1);
+    c.send(m, mconn, NotifyUnlockInformation { ttid });
+    let Some(Body::AnswerObject(o)) = c.answer(ci, id) else {
+        panic!()
+    };
+    assert_eq!((o.serial, o.data.as_ref()), (tid, &b"five"[..]));
+    assert_eq!(c.storage().queued(), 0);
+    assert!(c.storage().transactions().is_empty());
+}
+
+#[test]
+fn conflicts_lock_waits_and_abort() {
+    let mut c = running();
+    let (ci, cc) = c.client(C1);
+    let (di, dc) = c.client(C2);
+    let t1 = Tid(0x100);
+    commit(&mut c, ci, cc, Tid(0xfc), t1, &[(2, ZERO_TID, b"b1")]);
+    // A store based on an old serial conflicts with the last one.
+    assert_eq!(
+        c.request(di, dc, obj(2, ZERO_TID, Tid(0x200), b"b2")),
+        stored(Some(t1))
+    );
+    c.send(
+        di,
+        dc,
+        AbortTransaction {
+            ttid: Tid(0x200),
+            uuid_list: vec![],
+        },
+    );
+    assert!(c.storage().transactions().is_empty());
+    // Older transaction A holds the lock; younger B waits for it.
+    let (ta, tb) = (Tid(0x300), Tid(0x400));
+    assert_eq!(c.request(ci, cc, obj(2, t1, ta, b"A")), stored(None));
+    let id = c.ask(di, dc, obj(2, t1, tb, b"B"));
+    assert!(c.answer(di, id).is_none());
+    // A aborts (from the client, then the master, as recorded): B gets
+    // the lock and its store goes through.
+    c.send(
+        ci,
+        cc,
+        AbortTransaction {
+            ttid: ta,
+            uuid_list: vec![],
+        },
+    );
+    assert_eq!(c.answer(di, id), Some(stored(None)));
+    let (m, mconn) = (c.m, c.mconn);
+    c.send(
+        m,
+        mconn,
+        AbortTransaction {
+            ttid: ta,
+            uuid_list: vec![],
+        },
+    );
+    c.request(di, dc, meta(tb, &[2]));
+    c.request(
+        m,
+        mconn,
+        AskLockInformation {
+            ttid: tb,
+            tid: Tid(0x404),
+            pack: false,
+        },
+    );
+    c.send(m, mconn, NotifyUnlockInformation { ttid: tb });
+    let Body::AnswerObject(o) = load(&mut c, ci, cc, 2, None, None) else {
+        panic!()
+    };
+    assert_eq!((o.serial, o.data.as_ref()), (Tid(0x404), &b"B"[..]));
+    // The aborted data of A is gone (not deduplicated: 2 rows left).
+    let db = c.storage().db_mut();
+    assert!(db.orphan_data().unwrap().is_empty());
+}
+
+#[test]
+fn read_current_check() {
+    let mut c = running();
+    let (ci, cc) = c.client(C1);
+    let t1 = Tid(0x100);
+    commit(
+        &mut c,
+        ci,
+        cc,
+        Tid(0xfc),
+        t1,
+        &[(1, ZERO_TID, b"a"), (2, ZERO_TID, b"b")],
+    );
+    // Another transaction read oid 1 before t1: conflict, no lock taken.
+    let (di, dc) = c.client(C2);
+    let a = c.request(
+        di,
+        dc,
+        AskCheckCurrentSerial {
+            ttid: Tid(0x300),
+            oid: Oid(1),
+            serial: ZERO_TID,
+        },
+    );
+    assert_eq!(
+        a,
+        Body::AnswerCheckCurrentSerial(AnswerCheckCurrentSerial { conflict: Some(t1) })
+    );
+    let ttid = Tid(0x200);
+    assert_eq!(c.request(ci, cc, obj(2, t1, ttid, b"b2")), stored(None));
+    let a = c.request(
+        ci,
+        cc,
+        AskCheckCurrentSerial {
+            ttid,
+            oid: Oid(1),
+            serial: t1,
+        },
+    );
+    assert_eq!(
+        a,
+        Body::AnswerCheckCurrentSerial(AnswerCheckCurrentSerial { conflict: None })
+    );
+    // Now oid 1 is locked by 0x200: a younger check waits for it.
+    let id = c.ask(
+        di,
+        dc,
+        AskCheckCurrentSerial {
+            ttid: Tid(0x400),
+            oid: Oid(1),
+            serial: t1,
+        },
+    );
+    assert!(c.answer(di, id).is_none());
+    c.send(
+        ci,
+        cc,
+        AbortTransaction {
+            ttid,
+            uuid_list: vec![],
+        },
+    );
+    assert_eq!(
+        c.answer(di, id),
+        Some(Body::AnswerCheckCurrentSerial(AnswerCheckCurrentSerial {
+            conflict: None
+        }))
+    );
+}
+
+#[test]
+fn invalid_checksum_and_compression_are_protocol_errors() {
+    let mut c = running();
+    let (ci, cc) = c.client(C1);
+    let mut o = obj(1, ZERO_TID, Tid(0x10), b"data");
+    o.checksum = Checksum([7; 20]);
+    let a = c.request(ci, cc, o);
+    assert_eq!(
+        a,
+        Body::Error(neo_proto::Error::new(
+            ErrorCode::ProtocolError,
+            "invalid checksum"
+        ))
+    );
+    assert_eq!(c.sim.node::<Peer>(ci).closed, [cc]);
+    // The client's connection is gone: its transaction too.
+    assert!(c.storage().transactions().is_empty());
+    let (di, dc) = c.client(C2);
+    let mut o = obj(1, ZERO_TID, Tid(0x20), b"data");
+    o.compression = 2;
+    let a = c.request(di, dc, o);
+    assert_eq!(error_code(&a), Some(ErrorCode::ProtocolError));
+}
+
+#[test]
+fn undo_serials_and_undo_of_a_creation() {
+    let mut c = running();
+    let (ci, cc) = c.client(C1);
+    let (t1, t2) = (Tid(0x100), Tid(0x200));
+    commit(&mut c, ci, cc, Tid(0xfc), t1, &[(1, ZERO_TID, b"a1")]);
+    commit(
+        &mut c,
+        ci,
+        cc,
+        Tid(0x1fc),
+        t2,
+        &[(1, t1, b"a2"), (4, ZERO_TID, b"new")],
+    );
+    // Undo t2, as in conversation 02.
+    let ttid = Tid(0x300);
+    let a = c.request(
+        ci,
+        cc,
+        AskObjectUndoSerial {
+            ttid,
+            ltid: Tid(0x201),
+            undone_tid: t2,
+            oid_list: vec![Oid(1), Oid(4)],
+        },
+    );
+    let Body::AnswerObjectUndoSerial(u) = a else {
+        panic!("{a:?}")
+    };
+    assert_eq!(u.object_tid_dict.get(&Oid(1)), Some(&(t2, Some(t1), true)));
+    assert_eq!(u.object_tid_dict.get(&Oid(4)), Some(&(t2, None, true)));
+    // The undo stores: a backpointer to t1's data, and a deletion.
+    let mut undo = obj(1, t2, ttid, b"a1");
+    undo.data_serial = Some(t1);
+    assert_eq!(c.request(ci, cc, undo), stored(None));
+    let del = AskStoreObject {
+        oid: Oid(4),
+        serial: t2,
+        compression: 0,
+        checksum: ZERO_HASH,
+        data: Bytes::new(),
+        data_serial: None,
+        ttid,
+    };
+    assert_eq!(c.request(ci, cc, del), stored(None));
+    c.request(ci, cc, meta(ttid, &[1, 4]));
+    let (m, mconn) = (c.m, c.mconn);
+    let t3 = Tid(0x304);
+    c.request(
+        m,
+        mconn,
+        AskLockInformation {
+            ttid,
+            tid: t3,
+            pack: false,
+        },
+    );
+    c.send(m, mconn, NotifyUnlockInformation { ttid });
+    let Body::AnswerObject(o) = load(&mut c, ci, cc, 1, None, None) else {
+        panic!()
+    };
+    assert_eq!(
+        (o.serial, o.data.as_ref(), o.data_serial),
+        (t3, &b"a1"[..], Some(t1))
+    );
+    let Body::AnswerObject(o) = load(&mut c, ci, cc, 4, None, None) else {
+        panic!()
+    };
+    assert_eq!((o.serial, o.checksum, o.data.len()), (t3, ZERO_HASH, 0));
+}
+
+#[test]
+fn deadlock_avoidance_relock() {
+    let mut c = running();
+    let (ci, cc) = c.client(C1);
+    let (di, dc) = c.client(C2);
+    // Younger B (0x400) locks oid 3 first; older A (0x300) then stores it.
+    let (ta, tb) = (Tid(0x300), Tid(0x400));
+    assert_eq!(c.request(di, dc, obj(3, ZERO_TID, tb, b"B")), stored(None));
+    let id = c.ask(ci, cc, obj(3, ZERO_TID, ta, b"A"));
+    assert!(c.answer(ci, id).is_none());
+    let n = c.notifications(di);
+    assert_eq!(
+        n,
+        [Body::NotifyDeadlock(NotifyDeadlock {
+            ttid: tb,
+            oid: Oid(3)
+        })]
+    );
+    // B relocks: A gets the lock, B waits for A.
+    let rid = c.ask(
+        di,
+        dc,
+        AskRelockObject {
+            ttid: tb,
+            oid: Oid(3),
+        },
+    );
+    assert_eq!(c.answer(ci, id), Some(stored(None)));
+    assert!(c.answer(di, rid).is_none());
+    // A commits; B's relock gets the conflict with its data back.
+    c.request(ci, cc, meta(ta, &[3]));
+    let (m, mconn) = (c.m, c.mconn);
+    let t = Tid(0x304);
+    c.request(
+        m,
+        mconn,
+        AskLockInformation {
+            ttid: ta,
+            tid: t,
+            pack: false,
+        },
+    );
+    c.send(m, mconn, NotifyUnlockInformation { ttid: ta });
+    let Some(Body::AnswerRelockObject(r)) = c.answer(di, rid) else {
+        panic!()
+    };
+    let (serial, conflict, data) = r.conflict.unwrap();
+    assert_eq!((serial, conflict), (ZERO_TID, t));
+    let (_, h, d) = data.unwrap();
+    assert_eq!((h.0, d.as_ref()), (make_checksum(b"B"), &b"B"[..]));
+}
+
+#[test]
+fn stop_operation_and_shutdown() {
+    let mut c = running();
+    let (ci, cc) = c.client(C1);
+    let (m, mconn) = (c.m, c.mconn);
+    c.send(m, mconn, StopOperation {});
+    assert!(!c.storage().is_operational());
+    assert_eq!(c.sim.node::<Peer>(ci).closed, [cc]);
+    // Back to initialization: start again with the stored table.
+    start(&mut c, false);
+    // STOPPING, then told it is DOWN: exits (conversation 03).
+    c.send(
+        m,
+        mconn,
+        NotifyClusterInformation {
+            state: ClusterState::Stopping,
+        },
+    );
+    c.send(
+        m,
+        mconn,
+        NotifyNodeInformation {
+            timestamp: 5000.0,
+            node_list: vec![NodeInfo {
+                node_type: NodeType::Storage,
+                address: Some(Address::new("127.0.0.1", 31100)),
+                uuid: Some(S1),
+                state: NodeState::Down,
+                id_timestamp: None,
+            }],
+        },
+    );
+    assert!(c.storage().is_stopped());
+    assert_eq!(c.sim.node::<Peer>(m).closed, [mconn]);
+    assert!(c.storage().exit_report().failure().is_none());
+}
+
+#[test]
+fn master_loss_reconnects_with_the_stored_nid() {
+    let mut c = running();
+    let (ci, cc) = c.client(C1);
+    c.sim.kill(c.m);
+    c.sim.run();
+    assert!(!c.storage().is_operational());
+    assert_eq!(c.sim.node::<Peer>(ci).closed, [cc]);
+    let m2 = c.sim.add(Some(master_addr()), Peer::default());
+    c.sim.advance(ms(1100));
+    let inbox = &c.sim.node::<Peer>(m2).inbox;
+    let Body::RequestIdentification(r) = &inbox[0].1.body else {
+        panic!()
+    };
+    assert_eq!(r.uuid, Some(S1));
+}
+
+/// Everything a scripted run does until it ends or the database crashes:
+/// returns the ttids whose lock was answered.
+fn commits_until_crash(c: &mut Cluster, ci: usize, cc: ConnId) -> Vec<(Tid, Tid)> {
+    let mut locked = Vec::new();
+    let mut last = ZERO_TID;
+    for i in 0..6u64 {
+        let ttid = Tid(0x1000 + 0x100 * i);
+        let tid = Tid(ttid.0 + u64::from(NP));
+        let data = format!("root {i}");
+        let id = c.ask(ci, cc, obj(0, last, ttid, data.as_bytes()));
+        if c.answer(ci, id) != Some(stored(None)) {
+            return locked;
+        }
+        let id = c.ask(ci, cc, meta(ttid, &[0]));
+        if c.answer(ci, id).is_none() {
+            return locked;
+        }
+        let (m, mconn) = (c.m, c.mconn);
+        let id = c.ask(
+            m,
+            mconn,
+            AskLockInformation {
+                ttid,
+                tid,
+                pack: false,
+            },
+        );
+        match c.answer(m, id) {
+            Some(Body::AnswerInformationLocked(_)) => locked.push((ttid, tid)),
+            _ => return locked,
+        }
+        c.send(m, mconn, NotifyUnlockInformation { ttid });
+        if i % 2 == 1 {
+            c.sim.advance(ms(1100)); // the deferred commit
+        }
+        if c.storage().is_stopped() {
+            return locked;
+        }
+        last = tid;
+    }
+    locked
+}
+
+/// After a restart, NEO's recovery: the master validates the locked
+/// transactions, then every answered lock must be visible.
+fn check_recovered<B: Backend + Send + 'static>(db: B, locked: &[(Tid, Tid)]) {
+    let (sim, m, s, mconn) = identified(db);
+    let mut c = Cluster {
+        sim,
+        m,
+        s,
+        mconn,
+        ts: 1000.0,
+    };
+    let Body::AnswerLockedTransactions(l) = c.request(m, mconn, AskLockedTransactions {}) else {
+        panic!()
+    };
+    for (ttid, tid) in l.tid_dict.iter() {
+        if let Some(tid) = tid {
+            c.send(
+                m,
+                mconn,
+                ValidateTransaction {
+                    ttid: *ttid,
+                    tid: *tid,
+                },
+            );
+        }
+    }
+    c.send(
+        m,
+        mconn,
+        NotifyClusterInformation {
+            state: ClusterState::Running,
+        },
+    );
+    c.send(m, mconn, StartOperation { backup: false });
+    let node = c.sim.node_mut::<StorageNode<B>>(s);
+    assert!(node.is_operational());
+    let db = node.db_mut();
+    for &(ttid, tid) in locked {
+        assert_eq!(db.final_tid(ttid).unwrap(), Some(tid), "lost {ttid}");
+        assert!(db.get_transaction(tid, false).unwrap().is_some());
+    }
+    // A lock that reached the disk but was not answered may be there too.
+    if let Some(&(_, tid)) = locked.last() {
+        assert!(db.last_object_tid(Oid(0)).unwrap() >= Some(tid));
+    }
+}
+
+#[test]
+fn memory_crash_at_every_point_keeps_locked_transactions() {
+    // Crash at every database operation of the scripted run, until the run
+    // is long enough to finish without crashing.
+    for reaches_disk in [false, true] {
+        let mut crashes = 0;
+        for after in 0.. {
+            let mut c = running();
+            let (ci, cc) = c.client(C1);
+            c.storage().db_mut().set_crash_plan(CrashPlan {
+                after_ops: Some(after),
+                commit_reaches_disk: reaches_disk,
+            });
+            let locked = commits_until_crash(&mut c, ci, cc);
+            let stopped = c.storage().is_stopped();
+            if stopped {
+                crashes += 1;
+                assert!(c.storage().exit_report().failure().is_some());
+            } else {
+                assert_eq!(locked.len(), 6);
+            }
+            let disk = c.storage().db().disk().clone();
+            drop(c);
+            check_recovered(MemoryBackend::open(&disk), &locked);
+            if !stopped {
+                break;
+            }
+        }
+        assert!(crashes > 30, "only {crashes} crash points");
+    }
+}
+
+#[test]
+fn sqlite_reopened_after_a_crash_keeps_locked_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s1.sqlite");
+    let locked = {
+        let db = SqliteBackend::open(&path, &SqliteOptions::default()).unwrap();
+        let (sim, m, s, mconn) = identified(db);
+        let mut c = Cluster {
+            sim,
+            m,
+            s,
+            mconn,
+            ts: 1000.0,
+        };
+        start_with::<SqliteBackend>(&mut c);
+        let ts = c.client_info(C1, NodeState::Running);
+        let ci = c.sim.add(None, Peer::default());
+        c.sim.poke::<Peer>(ci, |_, out| {
+            out.connect(storage_addr(), 0);
+        });
+        c.sim.run();
+        let cc = c.sim.node::<Peer>(ci).conns[0];
+        c.request(ci, cc, identification(C1, ts));
+        let locked = commits_until_sqlite(&mut c, ci, cc);
+        // The process dies: nothing more is committed (the unlock of the
+        // last transaction was not).
+        drop(c);
+        locked
+    };
+    assert_eq!(locked.len(), 3);
+    let db = SqliteBackend::open(&path, &SqliteOptions::default()).unwrap();
+    check_recovered(db, &locked);
+}
+
+/// `start` for a node of another backend type.
+fn start_with<B: Backend + Send + 'static>(c: &mut Cluster) {
+    let (m, mconn) = (c.m, c.mconn);
+    c.request(m, mconn, AskRecovery {});
+    c.send(m, mconn, full_pt(1));
+    c.request(m, mconn, AskLockedTransactions {});
+    c.request(m, mconn, AskLastIDs {});
+    c.send(m, mconn, StartOperation { backup: false });
+    assert!(c.sim.node::<StorageNode<B>>(c.s).is_operational());
+}
+
+fn commits_until_sqlite(c: &mut Cluster, ci: usize, cc: ConnId) -> Vec<(Tid, Tid)> {
+    let mut locked = Vec::new();
+    let mut last = ZERO_TID;
+    for i in 0..3u64 {
+        let ttid = Tid(0x1000 + 0x100 * i);
+        let tid = Tid(ttid.0 + u64::from(NP));
+        assert_eq!(c.request(ci, cc, obj(0, last, ttid, b"x")), stored(None));
+        c.request(ci, cc, meta(ttid, &[0]));
+        let (m, mconn) = (c.m, c.mconn);
+        let a = c.request(
+            m,
+            mconn,
+            AskLockInformation {
+                ttid,
+                tid,
+                pack: false,
+            },
+        );
+        assert!(matches!(a, Body::AnswerInformationLocked(_)));
+        locked.push((ttid, tid));
+        c.send(m, mconn, NotifyUnlockInformation { ttid });
+        last = tid;
+    }
+    locked
+}

@@ -33,6 +33,9 @@ pub const HANDSHAKE: [u8; 6] = [0x92, 0xa3, b'N', b'E', b'O', PROTOCOL_VERSION];
 pub const MAGIC_SIZE: usize = 5;
 /// First byte of a TLS handshake record.
 pub const TLS_HANDSHAKE_BYTE: u8 = 0x16;
+/// First byte of a TLS alert record (what a TLS server answers to plain
+/// bytes).
+pub const TLS_ALERT_BYTE: u8 = 0x15;
 
 /// Why the peer's first bytes were refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +48,7 @@ pub enum HandshakeError {
         /// The peer's version byte, if it is a small int.
         theirs: Option<u8>,
     },
-    /// The peer starts a TLS handshake but we do not use TLS.
+    /// The peer speaks TLS (handshake or alert record) but we do not.
     PeerUsesTls,
     /// The peer does not speak NEO at all.
     NotNeo {
@@ -63,7 +66,7 @@ impl fmt::Display for HandshakeError {
             },
             HandshakeError::PeerUsesTls => write!(
                 f,
-                "peer starts a TLS handshake but TLS is not enabled here (configure --ca/--cert/--key)"
+                "peer uses TLS but TLS is not enabled here (configure --ca/--cert/--key)"
             ),
             HandshakeError::NotNeo { received } => {
                 write!(f, "peer is not a NEO node (first bytes {received:02x?})")
@@ -90,7 +93,7 @@ pub fn check_handshake(received: &[u8]) -> Result<bool, HandshakeError> {
             theirs: (v < 0x80).then_some(v),
         });
     }
-    if got.first() == Some(&TLS_HANDSHAKE_BYTE) {
+    if matches!(got.first(), Some(&(TLS_HANDSHAKE_BYTE | TLS_ALERT_BYTE))) {
         return Err(HandshakeError::PeerUsesTls);
     }
     let magic = n.min(MAGIC_SIZE);

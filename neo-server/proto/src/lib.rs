@@ -54,18 +54,22 @@
 //! [`wire_struct!`] invocation.
 
 pub mod codec;
+pub mod conn;
 pub mod frame;
 pub mod packets;
+pub mod tls;
 pub mod types;
 pub mod value;
 
 pub use bytes::Bytes;
 pub use codec::{Decode, DecodeError, DecodeErrorKind, Encode, Map, Reader, Writer};
+pub use conn::{CloseReason, ConnConfig, ConnError, Connection, Event, Events};
 pub use frame::{
     check_handshake, FrameDecoder, FrameError, HandshakeError, Scan, ScanError, Scanner, HANDSHAKE,
     MAGIC_SIZE,
 };
 pub use fsformat::{Oid, Tid};
 pub use packets::*;
+pub use tls::{TlsConfig, TlsConfigError};
 pub use types::*;
 pub use value::Value;

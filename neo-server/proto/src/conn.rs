@@ -1,0 +1,684 @@
+//! A NEO connection over tokio: handshake, request ids, answers matched to
+//! requests, everything else handed to the node as [`Event`]s, timeouts,
+//! orderly and abrupt close, and a bounded send queue.
+//!
+//! ```text
+//!   Connection::ask ──► pending[id] ──► send queue (bounded) ──► writer task ──► socket
+//!                          ▲                                                      │
+//!   answers / Errors ──────┘◄── reader task ◄── FrameDecoder ◄─────────────────────┘
+//!   requests, notifications, unmatched answers, Closed ──► Events (bounded)
+//! ```
+//!
+//! Ids: one counter per connection, from 0, for the requests and
+//! notifications we send; [`Connection::answer`] reuses the request's id.
+//! An answer (or `Error`) whose id has a waiting [`Connection::ask`] goes
+//! to it; any other packet goes to [`Events`]. Both queues are bounded:
+//! a slow peer makes `ask`/`notify` wait (back-pressure), and a node that
+//! does not drain its events stops the reading of that connection.
+//!
+//! Closing: [`Connection::close`] sends what is queued, then shuts the
+//! socket down ([`CloseReason::LocalClosed`]); the peer closing at a frame
+//! boundary is [`CloseReason::PeerClosed`]; anything else (reset, a frame
+//! cut by EOF, a malformed frame, which NEO also answers by closing) is
+//! [`CloseReason::Abrupt`]. Exactly one [`Event::Closed`] is delivered and
+//! all waiting requests fail. The tasks keep the connection alive until it
+//! is closed, even if every handle is dropped.
+//!
+//! TLS ([`crate::tls`]) wraps the socket before NEO's handshake, as NEO.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use log::{debug, warn};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::frame::{FrameDecoder, FrameError, HandshakeError, HANDSHAKE};
+use crate::packets::{Body, FrameTooLarge, Packet, PacketKind};
+use crate::tls::{Sniff, TlsConfig};
+
+/// Tunables of a connection.
+#[derive(Debug, Clone)]
+pub struct ConnConfig {
+    /// Frames that may wait to be written before senders wait.
+    pub send_queue: usize,
+    /// Events that may wait for the node before reading stops.
+    pub event_queue: usize,
+    /// How long [`Connection::ask`] waits for an answer.
+    pub request_timeout: Duration,
+    /// How long TLS + NEO's handshake may take.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ConnConfig {
+    fn default() -> Self {
+        ConnConfig {
+            send_queue: 256,
+            event_queue: 256,
+            request_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What can go wrong on a connection; every variant names the peer.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ConnError {
+    /// A socket error.
+    Io {
+        /// Peer address.
+        peer: String,
+        /// The error.
+        error: Arc<io::Error>,
+    },
+    /// The peer's NEO handshake was refused.
+    Handshake {
+        /// Peer address.
+        peer: String,
+        /// Why.
+        error: HandshakeError,
+    },
+    /// The peer closed before its 6 handshake bytes.
+    ClosedDuringHandshake {
+        /// Peer address.
+        peer: String,
+        /// What it sent.
+        received: Vec<u8>,
+    },
+    /// TLS + handshake took longer than [`ConnConfig::handshake_timeout`].
+    HandshakeTimeout {
+        /// Peer address.
+        peer: String,
+    },
+    /// We use TLS and the peer speaks plain NEO.
+    PeerNotTls {
+        /// Peer address.
+        peer: String,
+    },
+    /// TLS failed (certificate refused, ...).
+    Tls {
+        /// Peer address.
+        peer: String,
+        /// rustls's reason.
+        message: String,
+    },
+    /// The peer sent something that is no NEO frame or packet.
+    Protocol {
+        /// Peer address.
+        peer: String,
+        /// Why.
+        error: FrameError,
+    },
+    /// The peer closed in the middle of a frame.
+    TruncatedFrame {
+        /// Peer address.
+        peer: String,
+        /// Bytes of the unfinished frame.
+        buffered: usize,
+    },
+    /// No answer within the timeout.
+    Timeout {
+        /// Peer address.
+        peer: String,
+        /// Request id.
+        id: u32,
+        /// Request code.
+        code: u16,
+    },
+    /// A packet too big to send.
+    TooLarge {
+        /// Peer address.
+        peer: String,
+        /// Size.
+        error: FrameTooLarge,
+    },
+    /// The connection was closed (orderly) before this could be done.
+    Closed {
+        /// Peer address.
+        peer: String,
+    },
+}
+
+impl fmt::Display for ConnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnError::Io { peer, error } => write!(f, "{peer}: {error}"),
+            ConnError::Handshake { peer, error } => write!(f, "{peer}: {error}"),
+            ConnError::ClosedDuringHandshake { peer, received } => write!(
+                f,
+                "{peer}: closed during the handshake after {received:02x?} (TLS expected by the peer?)"
+            ),
+            ConnError::HandshakeTimeout { peer } => write!(f, "{peer}: handshake timed out"),
+            ConnError::PeerNotTls { peer } => write!(
+                f,
+                "{peer}: peer does not use TLS but TLS is enabled here (peer sent NEO's plain handshake)"
+            ),
+            ConnError::Tls { peer, message } => write!(f, "{peer}: TLS: {message}"),
+            ConnError::Protocol { peer, error } => write!(f, "{peer}: {error}"),
+            ConnError::TruncatedFrame { peer, buffered } => {
+                write!(f, "{peer}: closed inside a frame ({buffered} bytes pending)")
+            }
+            ConnError::Timeout { peer, id, code } => {
+                write!(f, "{peer}: no answer to request {id} (0x{code:04x})")
+            }
+            ConnError::TooLarge { peer, error } => write!(f, "{peer}: {error}"),
+            ConnError::Closed { peer } => write!(f, "{peer}: connection closed"),
+        }
+    }
+}
+
+impl std::error::Error for ConnError {}
+
+/// Why a connection ended.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer closed at a frame boundary.
+    PeerClosed,
+    /// We closed it with [`Connection::close`].
+    LocalClosed,
+    /// Anything else: error, reset, malformed input, [`Connection::abort`].
+    Abrupt(ConnError),
+}
+
+impl CloseReason {
+    /// Whether both sides ended cleanly.
+    pub fn is_orderly(&self) -> bool {
+        !matches!(self, CloseReason::Abrupt(_))
+    }
+}
+
+/// What the peer sends that is not an answer we wait for.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// A request (answer it with [`Connection::answer`] and its id), a
+    /// notification, or an answer nobody waits for.
+    Packet(Packet),
+    /// The connection ended; the last event.
+    Closed(CloseReason),
+}
+
+/// The stream of [`Event`]s of one connection.
+#[derive(Debug)]
+pub struct Events {
+    rx: mpsc::Receiver<Event>,
+}
+
+impl Events {
+    /// The next event; `None` after [`Event::Closed`] was received.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+}
+
+enum Outgoing {
+    Frame(Vec<u8>),
+    Close,
+}
+
+type Waiter = oneshot::Sender<Result<Body, ConnError>>;
+
+struct State {
+    closed: Option<CloseReason>,
+    pending: HashMap<u32, (u16, Waiter)>,
+}
+
+struct Inner {
+    peer: String,
+    next_id: AtomicU32,
+    state: Mutex<State>,
+    out: mpsc::Sender<Outgoing>,
+    stop: watch::Sender<bool>,
+    config: ConnConfig,
+}
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock leaves plain data behind: go on.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn closed_error(&self, reason: &CloseReason) -> ConnError {
+        match reason {
+            CloseReason::Abrupt(e) => e.clone(),
+            _ => ConnError::Closed {
+                peer: self.peer.clone(),
+            },
+        }
+    }
+
+    /// Ends the connection once: fails the waiting requests and stops
+    /// both tasks (the reader then delivers the Closed event, last).
+    fn finish(&self, reason: CloseReason) {
+        let pending = {
+            let mut st = self.state();
+            if st.closed.is_some() {
+                return;
+            }
+            st.closed = Some(reason.clone());
+            std::mem::take(&mut st.pending)
+        };
+        let err = self.closed_error(&reason);
+        for (_, (_, w)) in pending {
+            let _ = w.send(Err(err.clone()));
+        }
+        match &reason {
+            CloseReason::Abrupt(e) => warn!("connection {e}"),
+            r => debug!("connection with {} closed: {r:?}", self.peer),
+        }
+        let _ = self.stop.send(true);
+    }
+
+    async fn dispatch(&self, events: &mpsc::Sender<Event>, p: Packet) {
+        if matches!(p.body.kind(), PacketKind::Answer | PacketKind::Error) {
+            let waiter = self.state().pending.remove(&p.id);
+            if let Some((_, w)) = waiter {
+                let _ = w.send(Ok(p.body));
+                return;
+            }
+        }
+        if events.send(Event::Packet(p)).await.is_err() {
+            debug!("{}: events dropped, packet ignored", self.peer);
+        }
+    }
+
+    fn io_error(&self, e: io::Error) -> ConnError {
+        tls_or_io(&self.peer, e)
+    }
+}
+
+fn tls_or_io(peer: &str, e: io::Error) -> ConnError {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(t) => ConnError::Tls {
+            peer: peer.to_owned(),
+            message: t.to_string(),
+        },
+        None => ConnError::Io {
+            peer: peer.to_owned(),
+            error: Arc::new(e),
+        },
+    }
+}
+
+/// One NEO connection (cheap to clone; all clones are the same
+/// connection).
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Connection({})", self.inner.peer)
+    }
+}
+
+impl Connection {
+    /// Opens a TCP connection (TLS if `tls` is given), exchanges the
+    /// handshake and starts the connection's tasks.
+    pub async fn connect(
+        addr: SocketAddr,
+        tls: Option<&TlsConfig>,
+        config: ConnConfig,
+    ) -> Result<(Connection, Events), ConnError> {
+        let peer = addr.to_string();
+        let deadline = config.handshake_timeout;
+        let setup = async {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|e| tls_or_io(&peer, e))?;
+            let _ = tcp.set_nodelay(true);
+            match tls {
+                None => Self::start(tcp, peer.clone(), config).await,
+                Some(tls) => {
+                    let name = ServerName::IpAddress(addr.ip().into());
+                    let connect = TlsConnector::from(tls.client.clone())
+                        .connect(name, Sniff::new(tcp))
+                        .into_fallible();
+                    match connect.await {
+                        Ok(s) => Self::start(s, peer.clone(), config).await,
+                        Err((e, sniff)) => Err(tls_failure(&peer, e, &sniff.first)),
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(deadline, setup)
+            .await
+            .unwrap_or_else(|_| Err(ConnError::HandshakeTimeout { peer: peer.clone() }))
+    }
+
+    /// Takes an accepted TCP connection (TLS if `tls` is given), exchanges
+    /// the handshake and starts the connection's tasks.
+    pub async fn accept(
+        tcp: TcpStream,
+        tls: Option<&TlsConfig>,
+        config: ConnConfig,
+    ) -> Result<(Connection, Events), ConnError> {
+        let peer = tcp
+            .peer_addr()
+            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        let _ = tcp.set_nodelay(true);
+        let deadline = config.handshake_timeout;
+        let setup = async {
+            match tls {
+                None => Self::start(tcp, peer.clone(), config).await,
+                Some(tls) => {
+                    let accept = TlsAcceptor::from(tls.server.clone())
+                        .accept(Sniff::new(tcp))
+                        .into_fallible();
+                    match accept.await {
+                        Ok(s) => Self::start(s, peer.clone(), config).await,
+                        Err((e, sniff)) => Err(tls_failure(&peer, e, &sniff.first)),
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(deadline, setup)
+            .await
+            .unwrap_or_else(|_| Err(ConnError::HandshakeTimeout { peer: peer.clone() }))
+    }
+
+    /// Runs NEO's handshake on any byte stream, then starts the reader
+    /// and writer tasks.
+    pub async fn start<S>(
+        stream: S,
+        peer: String,
+        config: ConnConfig,
+    ) -> Result<(Connection, Events), ConnError>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (mut rd, wr) = tokio::io::split(stream);
+        let mut wr = BufWriter::new(wr);
+        // Both ends send at once, without waiting for the peer.
+        let sent = async {
+            wr.write_all(&HANDSHAKE).await?;
+            wr.flush().await
+        };
+        sent.await.map_err(|e| tls_or_io(&peer, e))?;
+        let mut dec = FrameDecoder::new();
+        loop {
+            match dec.poll_handshake() {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(error) => return Err(ConnError::Handshake { peer, error }),
+            }
+            dec.buffer_mut().reserve(64);
+            match rd.read_buf(dec.buffer_mut()).await {
+                Ok(0) => {
+                    return Err(ConnError::ClosedDuringHandshake {
+                        received: dec.buffer_mut().to_vec(),
+                        peer,
+                    })
+                }
+                Ok(_) => {}
+                Err(e) => return Err(tls_or_io(&peer, e)),
+            }
+        }
+        debug!("{peer}: NEO handshake done");
+
+        let (out_tx, out_rx) = mpsc::channel(config.send_queue.max(1));
+        let (ev_tx, ev_rx) = mpsc::channel(config.event_queue.max(1));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            peer,
+            next_id: AtomicU32::new(0),
+            state: Mutex::new(State {
+                closed: None,
+                pending: HashMap::new(),
+            }),
+            out: out_tx,
+            stop: stop_tx,
+            config,
+        });
+        tokio::spawn(read_task(inner.clone(), rd, dec, ev_tx, stop_rx.clone()));
+        tokio::spawn(write_task(inner.clone(), wr, out_rx, stop_rx));
+        Ok((Connection { inner }, Events { rx: ev_rx }))
+    }
+
+    /// The peer's address.
+    pub fn peer(&self) -> &str {
+        &self.inner.peer
+    }
+
+    /// Why it ended, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.inner.state().closed.clone()
+    }
+
+    /// Whether it has ended.
+    pub fn is_closed(&self) -> bool {
+        self.inner.state().closed.is_some()
+    }
+
+    /// Takes the next id of this connection (wrapping after 0xffffffff).
+    pub fn next_id(&self) -> u32 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn check_open(&self) -> Result<(), ConnError> {
+        match &self.inner.state().closed {
+            Some(r) => Err(self.inner.closed_error(r)),
+            None => Ok(()),
+        }
+    }
+
+    /// Queues a packet with its own id (waits while the queue is full).
+    pub async fn send(&self, packet: &Packet) -> Result<(), ConnError> {
+        self.check_open()?;
+        let bytes = packet.encode().map_err(|error| ConnError::TooLarge {
+            peer: self.inner.peer.clone(),
+            error,
+        })?;
+        self.inner
+            .out
+            .send(Outgoing::Frame(bytes))
+            .await
+            .map_err(|_| ConnError::Closed {
+                peer: self.inner.peer.clone(),
+            })
+    }
+
+    /// Sends a notification with a new id; returns the id.
+    pub async fn notify(&self, body: impl Into<Body>) -> Result<u32, ConnError> {
+        let id = self.next_id();
+        self.send(&Packet::new(id, body)).await?;
+        Ok(id)
+    }
+
+    /// Answers the request `id` (an answer packet or an `Error`).
+    pub async fn answer(&self, id: u32, body: impl Into<Body>) -> Result<(), ConnError> {
+        self.send(&Packet::new(id, body)).await
+    }
+
+    /// Sends a request and waits for its answer (or `Error`, returned as
+    /// [`Body::Error`]) up to [`ConnConfig::request_timeout`].
+    pub async fn ask(&self, body: impl Into<Body>) -> Result<Body, ConnError> {
+        self.ask_timeout(body, self.inner.config.request_timeout)
+            .await
+    }
+
+    /// [`Connection::ask`] with another timeout.
+    pub async fn ask_timeout(
+        &self,
+        body: impl Into<Body>,
+        timeout: Duration,
+    ) -> Result<Body, ConnError> {
+        let body = body.into();
+        let code = body.code();
+        let id = self.next_id();
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut st = self.inner.state();
+            if let Some(r) = &st.closed {
+                return Err(self.inner.closed_error(r));
+            }
+            st.pending.insert(id, (code, tx));
+        }
+        if let Err(e) = self.send(&Packet::new(id, body)).await {
+            self.inner.state().pending.remove(&id);
+            return Err(e);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(ConnError::Closed {
+                peer: self.inner.peer.clone(),
+            }),
+            Err(_) => {
+                self.inner.state().pending.remove(&id);
+                Err(ConnError::Timeout {
+                    peer: self.inner.peer.clone(),
+                    id,
+                    code,
+                })
+            }
+        }
+    }
+
+    /// Requests sent and not answered yet.
+    pub fn pending_requests(&self) -> usize {
+        self.inner.state().pending.len()
+    }
+
+    /// Orderly close: what is queued is sent, then the socket is shut
+    /// down. Returns once the connection has ended.
+    pub async fn close(&self) {
+        let mut stop = self.inner.stop.subscribe();
+        if self.inner.out.send(Outgoing::Close).await.is_ok() {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    }
+
+    /// Drops the connection at once, without sending what is queued.
+    pub async fn abort(&self) {
+        let peer = self.inner.peer.clone();
+        let error = ConnError::Io {
+            peer,
+            error: Arc::new(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "aborted locally",
+            )),
+        };
+        self.inner.finish(CloseReason::Abrupt(error));
+    }
+}
+
+fn tls_failure(peer: &str, e: io::Error, first: &[u8]) -> ConnError {
+    if first.first() == Some(&HANDSHAKE[0]) {
+        ConnError::PeerNotTls {
+            peer: peer.to_owned(),
+        }
+    } else {
+        tls_or_io(peer, e)
+    }
+}
+
+async fn read_task<R: AsyncRead + Unpin>(
+    inner: Arc<Inner>,
+    mut rd: R,
+    mut dec: FrameDecoder,
+    events: mpsc::Sender<Event>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let work = async {
+        loop {
+            loop {
+                match dec.next_packet() {
+                    Ok(Some(p)) => inner.dispatch(&events, p).await,
+                    Ok(None) => break,
+                    Err(error) => {
+                        return CloseReason::Abrupt(ConnError::Protocol {
+                            peer: inner.peer.clone(),
+                            error,
+                        })
+                    }
+                }
+            }
+            let buf = dec.buffer_mut();
+            if buf.capacity() - buf.len() < 16 * 1024 {
+                buf.reserve(64 * 1024);
+            }
+            match rd.read_buf(dec.buffer_mut()).await {
+                Ok(0) if dec.buffered() == 0 => return CloseReason::PeerClosed,
+                Ok(0) => {
+                    return CloseReason::Abrupt(ConnError::TruncatedFrame {
+                        peer: inner.peer.clone(),
+                        buffered: dec.buffered(),
+                    })
+                }
+                Ok(_) => {}
+                Err(e) => return CloseReason::Abrupt(inner.io_error(e)),
+            }
+        }
+    };
+    let reason = tokio::select! {
+        reason = work => Some(reason),
+        _ = stop.wait_for(|s| *s) => None,
+    };
+    if let Some(reason) = reason {
+        inner.finish(reason);
+    }
+    // The reader is the only sender of events: Closed is the last one, and
+    // dropping `events` afterwards ends the stream.
+    let reason = inner.state().closed.clone();
+    if let Some(reason) = reason {
+        let _ = events.send(Event::Closed(reason)).await;
+    }
+}
+
+async fn write_task<W: AsyncWrite + Unpin>(
+    inner: Arc<Inner>,
+    mut wr: BufWriter<W>,
+    mut rx: mpsc::Receiver<Outgoing>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let work = async {
+        loop {
+            let item = rx.recv().await;
+            let mut next = item;
+            loop {
+                match next {
+                    Some(Outgoing::Frame(b)) => {
+                        if let Err(e) = wr.write_all(&b).await {
+                            return CloseReason::Abrupt(inner.io_error(e));
+                        }
+                    }
+                    Some(Outgoing::Close) | None => {
+                        let done = async {
+                            wr.flush().await?;
+                            wr.shutdown().await
+                        };
+                        return match done.await {
+                            Ok(()) => CloseReason::LocalClosed,
+                            Err(e) => CloseReason::Abrupt(inner.io_error(e)),
+                        };
+                    }
+                }
+                match rx.try_recv() {
+                    Ok(o) => next = Some(o),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = wr.flush().await {
+                return CloseReason::Abrupt(inner.io_error(e));
+            }
+        }
+    };
+    let reason = tokio::select! {
+        reason = work => Some(reason),
+        _ = stop.wait_for(|s| *s) => None,
+    };
+    if let Some(reason) = reason {
+        inner.finish(reason);
+    }
+}

@@ -12,7 +12,8 @@
 //! Ids: one counter per connection, from 0, for the requests and
 //! notifications we send; [`Connection::answer`] reuses the request's id.
 //! An answer (or `Error`) whose id has a waiting [`Connection::ask`] goes
-//! to it; any other packet goes to [`Events`]. Both queues are bounded:
+//! to it; any other packet goes to [`Events`] (or to a [`Handler`] through
+//! [`Connection::serve`]). Both queues are bounded:
 //! a slow peer makes `ask`/`notify` wait (back-pressure), and a node that
 //! does not drain its events stops the reading of that connection.
 //!
@@ -28,6 +29,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -219,6 +221,20 @@ impl Events {
     pub async fn recv(&mut self) -> Option<Event> {
         self.rx.recv().await
     }
+}
+
+/// A node's logic for one connection, driven by [`Connection::serve`]:
+/// what to do with each packet the peer sends (requests, notifications,
+/// answers nobody waits for), and with the end of the connection.
+pub trait Handler: Send {
+    /// Handles one packet; a request is answered with
+    /// `conn.answer(packet.id, ...)`. Packets are handled one at a time, in
+    /// order (spawn a task for long work).
+    fn packet(&mut self, conn: &Connection, packet: Packet) -> impl Future<Output = ()> + Send;
+
+    /// The connection ended; called once, after every packet.
+    fn closed(&mut self, conn: &Connection, reason: CloseReason)
+        -> impl Future<Output = ()> + Send;
 }
 
 enum Outgoing {
@@ -444,6 +460,19 @@ impl Connection {
         tokio::spawn(read_task(inner.clone(), rd, dec, ev_tx, stop_rx.clone()));
         tokio::spawn(write_task(inner.clone(), wr, out_rx, stop_rx));
         Ok((Connection { inner }, Events { rx: ev_rx }))
+    }
+
+    /// Feeds the connection's events to `handler` until it ends.
+    pub async fn serve<H: Handler>(&self, mut events: Events, handler: &mut H) {
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Packet(p) => handler.packet(self, p).await,
+                Event::Closed(reason) => {
+                    handler.closed(self, reason).await;
+                    return;
+                }
+            }
+        }
     }
 
     /// The peer's address.

@@ -53,6 +53,9 @@
 //! and [`Map<K, V>`]. A new tuple type with a name is one
 //! [`wire_struct!`] invocation.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 pub mod codec;
 pub mod conn;
 pub mod frame;
@@ -63,7 +66,7 @@ pub mod value;
 
 pub use bytes::Bytes;
 pub use codec::{Decode, DecodeError, DecodeErrorKind, Encode, Map, Reader, Writer};
-pub use conn::{CloseReason, ConnConfig, ConnError, Connection, Event, Events};
+pub use conn::{CloseReason, ConnConfig, ConnError, Connection, Event, Events, Handler};
 pub use frame::{
     check_handshake, FrameDecoder, FrameError, HandshakeError, Scan, ScanError, Scanner, HANDSHAKE,
     MAGIC_SIZE,

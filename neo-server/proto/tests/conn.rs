@@ -384,6 +384,87 @@ async fn full_send_queue_makes_senders_wait() {
     assert!(total > (sent + 1) << 20, "{total} bytes for {sent} frames");
 }
 
+/// Answers Ping, counts notifications, records how it ended.
+#[derive(Default)]
+struct PingHandler {
+    notifications: usize,
+    closed: Option<CloseReason>,
+}
+
+impl neo_proto::Handler for PingHandler {
+    async fn packet(&mut self, conn: &Connection, packet: Packet) {
+        match packet.body {
+            Body::Ping(_) => conn.answer(packet.id, Pong {}).await.expect("answer"),
+            _ => self.notifications += 1,
+        }
+    }
+
+    async fn closed(&mut self, _conn: &Connection, reason: CloseReason) {
+        self.closed = Some(reason);
+    }
+}
+
+#[tokio::test]
+async fn a_handler_serves_a_connection() {
+    let (l, addr) = listener().await;
+    let server = tokio::spawn(async move {
+        let (tcp, _) = l.accept().await.expect("accept");
+        let (conn, ev) = Connection::accept(tcp, None, ConnConfig::default())
+            .await
+            .expect("accept");
+        let mut h = PingHandler::default();
+        tokio::time::timeout(T, conn.serve(ev, &mut h))
+            .await
+            .expect("served until closed");
+        h
+    });
+    let (conn, _ev) = Connection::connect(addr, None, ConnConfig::default())
+        .await
+        .expect("connect");
+    conn.notify(neo_proto::NotifyReady {})
+        .await
+        .expect("notify");
+    for _ in 0..3 {
+        assert!(matches!(
+            conn.ask(Ping {}).await.expect("pong"),
+            Body::Pong(_)
+        ));
+    }
+    conn.notify(neo_proto::FlushLog {}).await.expect("notify");
+    conn.close().await;
+    let h = server.await.expect("server");
+    assert_eq!(h.notifications, 2);
+    assert!(
+        matches!(h.closed, Some(CloseReason::PeerClosed)),
+        "{:?}",
+        h.closed
+    );
+}
+
+#[tokio::test]
+async fn abort_is_abrupt_on_both_sides() {
+    let (l, addr) = listener().await;
+    let server = tokio::spawn(async move {
+        let (tcp, _) = l.accept().await.expect("accept");
+        let (_conn, mut ev) = Connection::accept(tcp, None, ConnConfig::default())
+            .await
+            .expect("accept");
+        next_event(&mut ev).await
+    });
+    let (conn, mut ev) = Connection::connect(addr, None, ConnConfig::default())
+        .await
+        .expect("connect");
+    conn.abort().await;
+    assert!(matches!(
+        next_event(&mut ev).await,
+        Event::Closed(CloseReason::Abrupt(_))
+    ));
+    assert!(conn.is_closed());
+    // The peer sees the socket go away; with nothing pending that is a
+    // clean EOF at a frame boundary.
+    assert!(matches!(server.await.expect("server"), Event::Closed(_)));
+}
+
 // ---- TLS ----
 
 struct Pki {
@@ -515,6 +596,37 @@ async fn tls_with_a_foreign_ca_is_refused() {
         matches!(s, ConnError::Tls { .. } | ConnError::Io { .. }),
         "{s}"
     );
+}
+
+#[tokio::test]
+async fn tls_config_from_files() {
+    let pki = make_pki(2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut paths = Vec::new();
+    for (i, (cert, key)) in pki.nodes.iter().enumerate() {
+        let c = dir.path().join(format!("node{i}.crt"));
+        let k = dir.path().join(format!("node{i}.key"));
+        std::fs::write(&c, cert).expect("write");
+        std::fs::write(&k, key).expect("write");
+        paths.push((c, k));
+    }
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, &pki.ca).expect("write");
+    let load = |i: usize| TlsConfig::from_pem_files(&ca, &paths[i].0, &paths[i].1).expect("load");
+    let (l, addr) = listener().await;
+    let server = tokio::spawn(accept_one(l, Some(load(0))));
+    let (conn, _ev) = Connection::connect(addr, Some(&load(1)), ConnConfig::default())
+        .await
+        .expect("tls connect");
+    let (server_conn, _sev) = server.await.expect("server").expect("tls accept");
+    server_conn
+        .notify(neo_proto::NotifyReady {})
+        .await
+        .expect("notify");
+    conn.close().await;
+    let missing = TlsConfig::from_pem_files(&dir.path().join("nope"), &paths[0].0, &paths[0].1)
+        .expect_err("missing file");
+    assert!(missing.to_string().contains("nope"), "{missing}");
 }
 
 #[test]

@@ -207,7 +207,7 @@ impl NodeTable {
     pub fn infos(&self, t: Option<NodeType>) -> Vec<NodeInfo> {
         self.nodes
             .iter()
-            .filter(|n| t.map_or(true, |t| n.node_type == t))
+            .filter(|n| t.is_none_or(|t| n.node_type == t))
             .map(Node::info)
             .collect()
     }
@@ -358,9 +358,15 @@ mod tests {
     fn update_adds_changes_and_drops() {
         let mut t = NodeTable::new();
         let s1 = storage(1, 31100, NodeState::Pending);
-        assert_eq!(t.update(&[s1.clone()]), [NodeUpdate::Added(s1.clone())]);
+        assert_eq!(
+            t.update(std::slice::from_ref(&s1)),
+            [NodeUpdate::Added(s1.clone())]
+        );
         let s1r = storage(1, 31100, NodeState::Running);
-        assert_eq!(t.update(&[s1r.clone()]), [NodeUpdate::Changed(s1r.clone())]);
+        assert_eq!(
+            t.update(std::slice::from_ref(&s1r)),
+            [NodeUpdate::Changed(s1r.clone())]
+        );
         assert!(t.is_running(NodeId(1)));
         t.by_nid_mut(NodeId(1)).unwrap().conn = Some(7);
         assert_eq!(t.by_conn(7).map(|n| n.nid), Some(Some(NodeId(1))));

@@ -224,7 +224,7 @@ impl PartitionTable {
             .map(|offset| {
                 self.row(offset)
                     .iter()
-                    .filter(|c| uuid.map_or(true, |u| c.uuid == u))
+                    .filter(|c| uuid.is_none_or(|u| c.uuid == u))
                     .cloned()
                     .collect()
             })
@@ -363,8 +363,8 @@ impl PartitionTable {
     /// round-robin `min(nr + 1, n)` times, the resulting per-node offset
     /// sets sorted (biggest first, then lexicographically) and given in
     /// that order to the nodes. Every cell is UP_TO_DATE and the id becomes
-    /// 1. Returns the cells as changes. (Topology, i.e. `devpath`, is not
-    /// taken into account.)
+    /// one. Returns the cells as changes. (Topology, i.e. `devpath`, is
+    /// not taken into account.)
     pub fn make(&mut self, storages: &[NodeId]) -> Result<Vec<CellChange>, PtError> {
         if let Some(ptid) = self.ptid {
             return Err(PtError::AlreadyMade { ptid });
@@ -452,8 +452,8 @@ impl PartitionTable {
             nodes.iter().map(|n| cells_of(*n)).collect();
 
         // Strategy 1: every node keeps its non-feeding cells.
-        let mut strategies: Vec<Vec<(usize, Vec<usize>)>> = Vec::new();
-        let first: Option<Vec<(usize, Vec<usize>)>> = node_cells
+        let mut strategies: Vec<NodeOptions> = Vec::new();
+        let first: Option<NodeOptions> = node_cells
             .iter()
             .enumerate()
             .map(|(i, cells)| {
@@ -495,7 +495,7 @@ impl PartitionTable {
         second.sort();
         strategies.push(second.into_iter().map(|(_, i, o)| (i, o)).collect());
 
-        let mut solution: Option<(Vec<(usize, Vec<usize>)>, Vec<usize>)> = None;
+        let mut solution: Option<(NodeOptions, Vec<usize>)> = None;
         for order in strategies {
             if let Some(chosen) = assign(&order, &mut count) {
                 solution = Some((order, chosen));
@@ -658,6 +658,9 @@ impl PartitionTable {
             .join("\n")
     }
 }
+
+/// Nodes (by index) with their options (by index), in search order.
+type NodeOptions = Vec<(usize, Vec<usize>)>;
 
 /// Backtracking over nodes (in `order`, each with its options by
 /// preference): one option per node, each option used at most `count`

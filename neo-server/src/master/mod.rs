@@ -399,11 +399,7 @@ impl Master {
             match state {
                 ClusterState::Recovering => self.ask(out, nid, p::AskRecovery {}),
                 ClusterState::Verifying => self.send_pt(out, nid),
-                ClusterState::Running => {
-                    if self.is_running(nid) {
-                        self.start_storage(out, nid);
-                    }
-                }
+                ClusterState::Running if self.is_running(nid) => self.start_storage(out, nid),
                 _ => {}
             }
         }
@@ -832,7 +828,7 @@ impl Master {
                 self.read_only.remove(&nid);
             }
         }
-        self.broadcast_nodes(out, &[info.clone()]);
+        self.broadcast_nodes(out, std::slice::from_ref(&info));
         if let Some(node) = self.nodes.by_nid_mut(nid) {
             node.conn = Some(conn);
         }

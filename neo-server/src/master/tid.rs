@@ -105,7 +105,7 @@ mod tests {
         assert_eq!(tid_from_time(0.0), Tid(pack_minutes(0) << 32));
         // Same formula in Python with time.gmtime.
         assert_eq!(
-            tid_from_time(1_795_542_388.0817),
+            tid_from_time(1_795_542_388.081_7),
             Tid(0x040d_3c4a_77d0_b477)
         );
         assert_eq!(tid_from_time(1_700_000_000.123), Tid(0x03f4_7f95_55db_ae99));

@@ -383,7 +383,7 @@ impl TransactionManager {
             let ready = self
                 .txns
                 .get(&ttid)
-                .map_or(true, |t| t.locking.is_empty() && t.tid.is_some());
+                .is_none_or(|t| t.locking.is_empty() && t.tid.is_some());
             if !ready {
                 break;
             }

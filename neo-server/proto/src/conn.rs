@@ -530,6 +530,19 @@ impl Connection {
         self.send(&Packet::new(id, body)).await
     }
 
+    /// Sends a request with a new id and returns the id, without waiting:
+    /// its answer arrives as an [`Event::Packet`], in order with the other
+    /// packets. Use this when that order matters: a storage serving
+    /// `AskFetchTransactions` / `AskFetchObjects` sends `AddTransaction` /
+    /// `AddObject` notifications with the request's id *before* the
+    /// answer, whereas [`Connection::ask`] gets its answer directly,
+    /// possibly before earlier events were handled.
+    pub async fn request(&self, body: impl Into<Body>) -> Result<u32, ConnError> {
+        let id = self.next_id();
+        self.send(&Packet::new(id, body)).await?;
+        Ok(id)
+    }
+
     /// Sends a request and waits for its answer (or `Error`, returned as
     /// [`Body::Error`]) up to [`ConnConfig::request_timeout`].
     pub async fn ask(&self, body: impl Into<Body>) -> Result<Body, ConnError> {

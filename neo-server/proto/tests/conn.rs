@@ -384,6 +384,69 @@ async fn full_send_queue_makes_senders_wait() {
     assert!(total > (sent + 1) << 20, "{total} bytes for {sent} frames");
 }
 
+#[tokio::test]
+async fn requests_answered_through_events_keep_wire_order() {
+    let (l, addr) = listener().await;
+    let (conn_ev, mut peer) = tokio::join!(
+        async {
+            Connection::connect(addr, None, ConnConfig::default())
+                .await
+                .expect("connect")
+        },
+        async { raw_peer(&l).await }
+    );
+    let (conn, mut ev) = conn_ev;
+    let ask = neo_proto::AskFetchObjects {
+        partition: 0,
+        length: 1000,
+        min_tid: Tid(0),
+        max_tid: Tid(10),
+        min_oid: neo_proto::Oid(0),
+        object_dict: Map::new(),
+    };
+    let id = conn.request(ask.clone()).await.expect("request");
+    let frame = read_exact(
+        &mut peer,
+        Packet::new(id, ask).encode().expect("small").len(),
+    )
+    .await;
+    assert_eq!(Packet::decode(&Bytes::from(frame)).expect("packet").id, id);
+    let add = AddObject {
+        oid: neo_proto::Oid(3),
+        serial: Tid(5),
+        compression: 0,
+        checksum: ZERO_HASH,
+        data: Bytes::new(),
+        data_serial: None,
+    };
+    let answer = neo_proto::AnswerFetchObjects {
+        next_tid: None,
+        next_oid: None,
+        object_dict: Map::new(),
+    };
+    for p in [
+        Packet::new(id, add.clone()),
+        Packet::new(id, add),
+        Packet::new(id, answer),
+    ] {
+        peer.write_all(&p.encode().expect("small"))
+            .await
+            .expect("write");
+    }
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        match next_event(&mut ev).await {
+            Event::Packet(p) => {
+                assert_eq!(p.id, id);
+                names.push(p.body.name());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(names, ["AddObject", "AddObject", "AnswerFetchObjects"]);
+    assert_eq!(conn.pending_requests(), 0);
+}
+
 /// Answers Ping, counts notifications, records how it ended.
 #[derive(Default)]
 struct PingHandler {

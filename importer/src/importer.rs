@@ -1,0 +1,610 @@
+//! [`Importer`]: the state of an import and its engine.
+//!
+//! The destination holds, in its `config` table:
+//!
+//! | key             | value                                                  |
+//! |-----------------|--------------------------------------------------------|
+//! | `importer_ltid` | 16 hex digits: the source's last tid when the import began |
+//! | `importer_loid` | 16 hex digits: the source's highest oid then            |
+//! | `importer_tid`  | 16 hex digits: the last imported transaction            |
+//!
+//! `importer_tid` is written in the same database transaction as the rows
+//! of the transaction it names, so after a crash the import resumes right
+//! after the last committed one (NEO derives the same position from the
+//! greatest tid of `trans` up to `ltid`, which we use when the key is
+//! missing, e.g. for a database Python NEO's Importer started).
+//!
+//! Transactions are copied in tid order with NEO's rules: data compressed
+//! with zlib when that makes it smaller (`compression` 1), its SHA-1 taken
+//! over the stored bytes, deduplicated by the destination when it was
+//! created with `--dedup`; a backpointer becomes a reference to the data
+//! row of the record it points to, with `value_tid` = that record's tid
+//! (ZODB's `data_txn`); a zero backpointer (undone creation, deletion)
+//! becomes a row without data.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fsformat::{Oid, Payload, Tid, TxnStatus, Writer};
+use neo_server::storage::{
+    make_checksum, Backend, DbError, ObjectRef, SqliteBackend, SqliteOptions, TxnMeta, MAX_TID,
+};
+
+use crate::config::{Adapter, Compress, ImporterConfig};
+use crate::error::ImportError;
+use crate::source::Source;
+
+/// `config` key: the last imported tid.
+pub const KEY_TID: &str = "importer_tid";
+/// `config` key: the source's last tid when the import began.
+pub const KEY_LTID: &str = "importer_ltid";
+/// `config` key: the source's highest oid when the import began.
+pub const KEY_LOID: &str = "importer_loid";
+
+/// The line logged (at info level) once everything is imported.
+pub const ALL_IMPORTED: &str = "All data are imported";
+
+/// How far an import is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Progress {
+    /// Transactions in the destination, of `txns_total`.
+    pub txns_done: u64,
+    /// Transactions to import.
+    pub txns_total: u64,
+    /// Bytes of the source covered by the imported transactions.
+    pub bytes_done: u64,
+    /// Bytes of the source to import.
+    pub bytes_total: u64,
+    /// Data records imported by this process.
+    pub records_done: u64,
+    /// Time spent importing in this process.
+    pub elapsed: Duration,
+    /// Bytes per second over `elapsed`.
+    pub rate: f64,
+    /// Estimated time left at that rate.
+    pub eta: Option<Duration>,
+    /// Whether everything is imported.
+    pub finished: bool,
+}
+
+impl fmt::Display for Progress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pct = if self.bytes_total == 0 {
+            100.0
+        } else {
+            self.bytes_done as f64 * 100.0 / self.bytes_total as f64
+        };
+        write!(
+            f,
+            "imported {}/{} transactions, {:.1}/{:.1} MB ({pct:.1}%), {:.1} MB/s",
+            self.txns_done,
+            self.txns_total,
+            self.bytes_done as f64 / 1e6,
+            self.bytes_total as f64 / 1e6,
+            self.rate / 1e6
+        )?;
+        match self.eta {
+            Some(eta) if !self.finished => write!(f, ", ETA {} s", eta.as_secs()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Appends the destination's new transactions to the source.
+#[derive(Debug)]
+struct WriteBack {
+    writer: Writer,
+    pending: bool,
+}
+
+/// The Importer storage backend: a destination [`Backend`] plus the source
+/// `Data.fs` being imported into it (see the crate documentation).
+#[derive(Debug)]
+pub struct Importer<B: Backend> {
+    pub(crate) db: B,
+    /// `None` once everything is imported (and no writeback).
+    pub(crate) src: Option<Source>,
+    pub(crate) ltid: Tid,
+    pub(crate) loid: Oid,
+    /// The last imported tid (zero before the first).
+    pub(crate) zodb_tid: Tid,
+    pub(crate) finished: bool,
+    /// Whether the destination may hold transactions above `ltid`
+    /// (`None`: not known yet).
+    pub(crate) has_new: Option<bool>,
+    source_path: PathBuf,
+    compress: Compress,
+    writeback: Option<WriteBack>,
+    // progress
+    txns_done: u64,
+    txns_total: u64,
+    bytes_done: u64,
+    bytes_total: u64,
+    records_done: u64,
+    bytes_this_run: u64,
+    elapsed: Duration,
+    log_every: Duration,
+    last_log: Option<Instant>,
+    zbuf: Vec<u8>,
+}
+
+fn hex_config<B: Backend>(db: &mut B, key: &str) -> Result<Option<u64>, ImportError> {
+    match db.config(key)? {
+        None => Ok(None),
+        Some(v) => u64::from_str_radix(v.trim(), 16).map(Some).map_err(|_| {
+            ImportError::Db(DbError::Corrupted {
+                what: format!("config.{key} is not 16 hex digits: {v:?}"),
+            })
+        }),
+    }
+}
+
+impl Importer<SqliteBackend> {
+    /// Opens the destination named by `[neo]` (SQLite) with `opts`
+    /// (`--reset`, `--dedup`; pragmas come from a `file:` database URI)
+    /// and the import described by `config`.
+    pub fn open_sqlite(config: &ImporterConfig, opts: &SqliteOptions) -> Result<Self, ImportError> {
+        if config.adapter != Adapter::Sqlite {
+            return Err(ImportError::Unsupported {
+                what: format!(
+                    "{}: adapter {:?}: only SQLite destinations are built in",
+                    config.path.display(),
+                    config.adapter
+                ),
+            });
+        }
+        let (path, mut o) = SqliteOptions::parse_database(&config.database).map_err(|e| {
+            ImportError::Unsupported {
+                what: format!(
+                    "{}: database {:?}: {e}",
+                    config.path.display(),
+                    config.database
+                ),
+            }
+        })?;
+        o.reset = opts.reset;
+        o.dedup = opts.dedup;
+        let db = SqliteBackend::open(&path, &o)?;
+        Importer::open(config, db)
+    }
+}
+
+impl<B: Backend> Importer<B> {
+    /// Opens the import of `config` into `db`: opens the source (first
+    /// repairing its tail with the writer when `writeback` is on: a crash
+    /// while appending leaves an unfinished transaction there), records or
+    /// checks the import bounds, finds where to resume, and writes back
+    /// what a crash left unwritten.
+    pub fn open(config: &ImporterConfig, mut db: B) -> Result<Self, ImportError> {
+        if config.sources.len() > 1 {
+            return Err(ImportError::Unsupported {
+                what: format!(
+                    "{}: several source databases (mountpoints) are not supported yet",
+                    config.path.display()
+                ),
+            });
+        }
+        let spec = &config.main_source().storage;
+        let path = spec.path.clone();
+        let writer = if config.writeback {
+            let w = Writer::open(&path).map_err(|error| ImportError::Source {
+                path: path.clone(),
+                error,
+            })?;
+            Some(w)
+        } else {
+            None
+        };
+        let bounds = match (
+            hex_config(&mut db, KEY_LTID)?,
+            hex_config(&mut db, KEY_LOID)?,
+        ) {
+            (Some(t), Some(o)) => Some((Tid(t), Oid(o))),
+            _ => None,
+        };
+        let src = Source::open(&path, bounds)?;
+        let (ltid, loid) = (src.ltid(), src.loid());
+        if bounds.is_none() {
+            db.set_config(KEY_LTID, Some(&ltid.to_string()))?;
+            db.set_config(KEY_LOID, Some(&loid.to_string()))?;
+            db.commit()?;
+        }
+        let zodb_tid = match hex_config(&mut db, KEY_TID)? {
+            Some(t) => Tid(t),
+            None if db.partition_view()?.np > 0 => db.last_tid(Some(ltid))?.unwrap_or(Tid::ZERO),
+            None => Tid::ZERO,
+        };
+        if zodb_tid > ltid || (zodb_tid != Tid::ZERO && src.txn(zodb_tid).ok().flatten().is_none())
+        {
+            return Err(ImportError::SourceChanged {
+                path: path.clone(),
+                reason: format!(
+                    "the destination imported up to {zodb_tid}, a transaction it does not have"
+                ),
+            });
+        }
+        let done = src.first_after(zodb_tid);
+        let txns = src.txns();
+        let base = fsformat::format::MAGIC_LEN;
+        let bytes_total = txns.last().map_or(0, |t| t.end - base);
+        let bytes_done = if done == 0 {
+            0
+        } else {
+            txns[done - 1].end - base
+        };
+        let mut imp = Importer {
+            txns_done: done as u64,
+            txns_total: txns.len() as u64,
+            bytes_done,
+            bytes_total,
+            db,
+            src: Some(src),
+            ltid,
+            loid,
+            zodb_tid,
+            finished: false,
+            has_new: None,
+            source_path: path,
+            compress: config.compress,
+            writeback: writer.map(|writer| WriteBack {
+                writer,
+                pending: true,
+            }),
+            records_done: 0,
+            bytes_this_run: 0,
+            elapsed: Duration::ZERO,
+            log_every: Duration::from_secs(10),
+            last_log: None,
+            zbuf: Vec::new(),
+        };
+        log::info!(
+            "importing {} into the storage database: {}",
+            imp.source_path.display(),
+            imp.progress()
+        );
+        if imp.db.partition_view()?.np > 0 {
+            imp.flush_writeback()?;
+        }
+        if zodb_tid == ltid {
+            imp.finish();
+        }
+        Ok(imp)
+    }
+
+    /// The destination.
+    pub fn db(&mut self) -> &mut B {
+        &mut self.db
+    }
+
+    /// Gives the destination back.
+    pub fn into_db(self) -> B {
+        self.db
+    }
+
+    /// The source file.
+    pub fn source_path(&self) -> &Path {
+        &self.source_path
+    }
+
+    /// The source's last tid when the import began: clients' new
+    /// transactions get greater tids.
+    pub fn last_source_tid(&self) -> Tid {
+        self.ltid
+    }
+
+    /// The last imported tid (zero before the first).
+    pub fn imported_tid(&self) -> Tid {
+        self.zodb_tid
+    }
+
+    /// Whether everything is imported (then reads use the destination
+    /// alone).
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// How often [`import_some`](Self::import_some) logs the progress
+    /// (default 10 s).
+    pub fn set_log_interval(&mut self, every: Duration) {
+        self.log_every = every;
+    }
+
+    /// The progress so far.
+    pub fn progress(&self) -> Progress {
+        let secs = self.elapsed.as_secs_f64();
+        let rate = if secs > 0.0 {
+            self.bytes_this_run as f64 / secs
+        } else {
+            0.0
+        };
+        let left = self.bytes_total.saturating_sub(self.bytes_done);
+        let eta = if self.finished {
+            Some(Duration::ZERO)
+        } else if rate > 0.0 {
+            Some(Duration::from_secs_f64(left as f64 / rate))
+        } else {
+            None
+        };
+        Progress {
+            txns_done: self.txns_done,
+            txns_total: self.txns_total,
+            bytes_done: self.bytes_done,
+            bytes_total: self.bytes_total,
+            records_done: self.records_done,
+            elapsed: self.elapsed,
+            rate,
+            eta,
+            finished: self.finished,
+        }
+    }
+
+    fn finish(&mut self) {
+        self.finished = true;
+        if self.writeback.is_none() {
+            self.src = None;
+        }
+        log::info!(
+            "{ALL_IMPORTED} from {} ({} transactions). You can now switch the configuration \
+             to the destination backend and restart.",
+            self.source_path.display(),
+            self.txns_total
+        );
+    }
+
+    /// Imports at most `max_txns` more transactions and commits them with
+    /// the position. Needs the partition table (the node is operational).
+    pub fn import_some(&mut self, max_txns: usize) -> Result<Progress, ImportError> {
+        if self.finished {
+            return Ok(self.progress());
+        }
+        if self.db.partition_view()?.np == 0 {
+            return Err(ImportError::Db(DbError::NoPartitionTable));
+        }
+        let started = Instant::now();
+        let (start, end) = {
+            let src = self.source()?;
+            let start = src.first_after(self.zodb_tid);
+            (start, src.txns().len().min(start.saturating_add(max_txns)))
+        };
+        for i in start..end {
+            self.import_txn(i)?;
+        }
+        self.commit_all()?;
+        self.elapsed += started.elapsed();
+        if self.zodb_tid == self.ltid {
+            self.finish();
+        }
+        let p = self.progress();
+        let now = Instant::now();
+        match self.last_log {
+            Some(t) if now.duration_since(t) < self.log_every && !p.finished => {}
+            _ => {
+                self.last_log = Some(now);
+                log::info!("{p}");
+            }
+        }
+        Ok(p)
+    }
+
+    fn source(&self) -> Result<&Source, ImportError> {
+        self.src.as_ref().ok_or_else(|| ImportError::Unsupported {
+            what: "the source is closed (everything is imported)".into(),
+        })
+    }
+
+    /// Compresses like NEO: zlib output only when it is smaller.
+    fn compress<'a>(compress: Compress, zbuf: &'a mut Vec<u8>, data: &'a [u8]) -> (u8, &'a [u8]) {
+        let Compress::Zlib(level) = compress else {
+            return (0, data);
+        };
+        zbuf.clear();
+        let mut enc =
+            flate2::write::ZlibEncoder::new(std::mem::take(zbuf), flate2::Compression::new(level));
+        let ok = enc.write_all(data).is_ok();
+        match enc.finish() {
+            Ok(out) if ok => {
+                *zbuf = out;
+                if zbuf.len() < data.len() {
+                    (1, zbuf.as_slice())
+                } else {
+                    (0, data)
+                }
+            }
+            _ => (0, data),
+        }
+    }
+
+    /// Copies transaction `txns()[i]` into the destination (not committed).
+    fn import_txn(&mut self, i: usize) -> Result<(), ImportError> {
+        let src = self.src.as_ref().ok_or_else(|| ImportError::Unsupported {
+            what: "the source is closed".into(),
+        })?;
+        let t = src.txn_at(i).map_err(|e| src.err(e))?;
+        let tid = t.tid;
+        let mut records = Vec::new();
+        for r in t.records() {
+            records.push(r.map_err(|e| src.err(e))?);
+        }
+        // Two records of one oid in a transaction: ZODB sees the last one.
+        let mut oids: Vec<Oid> = Vec::with_capacity(records.len());
+        let mut last: HashMap<Oid, usize> = HashMap::new();
+        for (k, r) in records.iter().enumerate() {
+            if last.insert(r.oid, k).is_none() {
+                oids.push(r.oid);
+            }
+        }
+        let mut objects = Vec::with_capacity(oids.len());
+        for &oid in &oids {
+            let r = &records[last[&oid]];
+            let obj = match r.payload {
+                Payload::Data(d) => {
+                    let (comp, stored) = Self::compress(self.compress, &mut self.zbuf, d);
+                    let ck = make_checksum(stored);
+                    let id = self.db.store_data(Some(&ck), oid, stored, comp, None)?;
+                    ObjectRef {
+                        oid,
+                        data_id: id,
+                        value_tid: None,
+                    }
+                }
+                Payload::Back(0) => ObjectRef {
+                    oid,
+                    data_id: None,
+                    value_tid: None,
+                },
+                Payload::Back(_) => {
+                    let dt = src
+                        .data_tid(r)
+                        .map_err(|e| src.err(e))?
+                        .unwrap_or(Tid::ZERO);
+                    let id = match self.db.store_data(None, oid, &[], 0, Some(dt)) {
+                        Ok(id) => id,
+                        Err(DbError::UndoPack { .. }) => {
+                            return Err(ImportError::MissingData {
+                                path: src.path().to_owned(),
+                                tid,
+                                reason: format!(
+                                    "the record of oid {oid} at {} points to {dt}, \
+                                     which has no record of it",
+                                    r.pos
+                                ),
+                            })
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    ObjectRef {
+                        oid,
+                        data_id: id,
+                        value_tid: Some(dt),
+                    }
+                }
+            };
+            objects.push(obj);
+        }
+        let meta = TxnMeta {
+            oids,
+            user: t.user.to_vec(),
+            description: t.description.to_vec(),
+            extension: t.extension.to_vec(),
+            packed: t.status == TxnStatus::Packed.byte(),
+            ttid: tid,
+        };
+        self.db
+            .store_transaction(tid, &objects, Some(&meta), false)?;
+        self.db.set_config(KEY_TID, Some(&tid.to_string()))?;
+        let end = src.txns()[i].end;
+        self.bytes_this_run += end - src.txns()[i].pos;
+        self.bytes_done = end - fsformat::format::MAGIC_LEN;
+        self.txns_done = i as u64 + 1;
+        self.records_done += records.len() as u64;
+        self.zodb_tid = tid;
+        Ok(())
+    }
+
+    /// Commits the destination, then writes back what it committed.
+    pub(crate) fn commit_all(&mut self) -> Result<(), ImportError> {
+        self.db.commit()?;
+        if self.writeback.as_ref().is_some_and(|w| w.pending) {
+            self.flush_writeback()?;
+        }
+        Ok(())
+    }
+
+    /// Whether new transactions are appended to the source.
+    pub(crate) fn has_writeback(&self) -> bool {
+        self.writeback.is_some()
+    }
+
+    /// Notes that a client transaction was unlocked: it will be written
+    /// back after the next commit.
+    pub(crate) fn writeback_changed(&mut self) {
+        if let Some(w) = &mut self.writeback {
+            w.pending = true;
+        }
+    }
+
+    /// Appends to the source, in tid order, the committed transactions of
+    /// the destination it does not have yet (above `ltid`). Run at open
+    /// (what a crash left) and after commits.
+    fn flush_writeback(&mut self) -> Result<(), ImportError> {
+        let Some(wb) = &mut self.writeback else {
+            return Ok(());
+        };
+        let Some(src) = &mut self.src else {
+            return Ok(());
+        };
+        wb.pending = false;
+        let np = self.db.partition_view()?.np;
+        let last = wb.writer.last_txn().map_or(Tid::ZERO, |t| t.1);
+        let from = Tid(last.max(self.ltid).0 + 1);
+        let mut tids = Vec::new();
+        for p in 0..np {
+            tids.extend(self.db.replication_tid_list(from, MAX_TID, None, p)?);
+        }
+        tids.sort();
+        for tid in tids {
+            let Some(t) = self.db.get_transaction(tid, false)? else {
+                continue;
+            };
+            let m = t.meta;
+            let mut rows = Vec::with_capacity(m.oids.len());
+            for &oid in &m.oids {
+                if let Some(r) = self.db.fetch_object(oid, tid)? {
+                    rows.push((oid, r));
+                }
+            }
+            let mut tw = wb
+                .writer
+                .begin(
+                    tid,
+                    TxnStatus::Committed,
+                    &m.user,
+                    &m.description,
+                    &m.extension,
+                )
+                .map_err(|e| src.err(e))?;
+            for (oid, r) in rows {
+                let back = match r.data_serial {
+                    Some(vt) => src.position_of(oid, vt).map_err(|e| src.err(e))?,
+                    None => None,
+                };
+                let res = match (back, r.data) {
+                    (Some(pos), _) => tw.store_back(oid, pos),
+                    (None, Some(d)) => {
+                        let data = decompress(r.compression.unwrap_or(0), &d).map_err(|e| {
+                            ImportError::Db(DbError::Corrupted {
+                                what: format!("data of {oid} at {tid}: {e}"),
+                            })
+                        })?;
+                        tw.store(oid, &data)
+                    }
+                    (None, None) => tw.store_back(oid, 0),
+                };
+                res.map_err(|e| src.err(e))?;
+            }
+            tw.commit().map_err(|e| src.err(e))?;
+            src.refresh()?;
+            log::debug!("wrote back transaction {tid} to {}", src.path().display());
+        }
+        Ok(())
+    }
+}
+
+/// Decompresses data as NEO stores it (`compression` 0: raw, 1: zlib).
+pub fn decompress(compression: u8, data: &[u8]) -> Result<Cow<'_, [u8]>, String> {
+    match compression {
+        0 => Ok(Cow::Borrowed(data)),
+        1 => {
+            let mut out = Vec::with_capacity(data.len() * 3);
+            flate2::read::ZlibDecoder::new(data)
+                .read_to_end(&mut out)
+                .map_err(|e| format!("bad zlib data: {e}"))?;
+            Ok(Cow::Owned(out))
+        }
+        c => Err(format!("unknown compression {c}")),
+    }
+}

@@ -1,0 +1,228 @@
+//! `neomaster`: the NEO master node (always primary: no election yet).
+//!
+//! Options as NEO's (`neo/master/app.py`): `-c` cluster, `-b` bind
+//! (default `127.0.0.1:10000`), `-m` other masters (only this one is
+//! supported), `-A` autostart, `-r` replicas, `-p` partitions, `-i` node id,
+//! `-f`/`-s` configuration file and section (default section `master`),
+//! `-l` log file, `--ca/--cert/--key` TLS. The backup options (`-C`, `-M`,
+//! `-B`) are accepted and refused when set.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Arg, ArgAction, ArgMatches, Command};
+use log::{error, info};
+use neo_proto::tls::TlsConfig;
+use neo_proto::{Address, NodeId, NodeType};
+use neo_server::config::{merged_args, parse_address, parse_master_list};
+use neo_server::master::{Master, MasterConfig};
+use neo_server::runtime;
+
+fn command() -> Command {
+    let opt = |name: &'static str, help: &'static str| Arg::new(name).long(name).help(help);
+    Command::new("neomaster")
+        .about("NEO Master node")
+        .args_override_self(true)
+        .arg(opt("file", "specify a configuration file").short('f'))
+        .arg(opt("section", "specify a configuration section").short('s'))
+        .arg(opt("cluster", "the cluster name").short('c').required(true))
+        .arg(
+            opt("masters", "space-separated list of master node addresses")
+                .short('m')
+                .default_value(""),
+        )
+        .arg(
+            opt("bind", "the local address to bind to")
+                .short('b')
+                .default_value("127.0.0.1:10000"),
+        )
+        .arg(
+            opt(
+                "dynamic-master-list",
+                "path of the file containing dynamic master node list (ignored)",
+            )
+            .short('D'),
+        )
+        .arg(opt("logfile", "log to this file instead of stderr").short('l'))
+        .arg(opt("ca", "(SSL) certificate authority in PEM format"))
+        .arg(opt("cert", "(SSL) certificate in PEM format"))
+        .arg(opt("key", "(SSL) private key in PEM format"))
+        .arg(
+            opt(
+                "autostart",
+                "minimum number of pending storage nodes to automatically start new \
+                 cluster (to avoid unwanted recreation of the cluster, this should be \
+                 the total number of storage nodes)",
+            )
+            .short('A')
+            .value_parser(clap::value_parser!(usize)),
+        )
+        .arg(
+            opt(
+                "upstream-cluster",
+                "the name of cluster to backup (not supported)",
+            )
+            .short('C'),
+        )
+        .arg(
+            opt(
+                "upstream-masters",
+                "list of master nodes in the cluster to backup (not supported)",
+            )
+            .short('M'),
+        )
+        .arg(
+            Arg::new("backup")
+                .long("backup")
+                .short('B')
+                .action(ArgAction::SetTrue)
+                .help("transition automatically toward BACKINGUP (not supported)"),
+        )
+        .arg(
+            opt(
+                "nid",
+                "specify an NID to use for this process (number, or M<n>)",
+            )
+            .short('i'),
+        )
+        .arg(
+            opt("replicas", "replicas number")
+                .short('r')
+                .default_value("0")
+                .value_parser(clap::value_parser!(u32)),
+        )
+        .arg(
+            opt("partitions", "partitions number")
+                .short('p')
+                .default_value("100")
+                .value_parser(clap::value_parser!(u32)),
+        )
+}
+
+fn setup_logging(m: &ArgMatches) -> Result<(), String> {
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if let Some(path) = m.get_one::<String>("logfile") {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("cannot open log file {path}: {e}"))?;
+        b.target(env_logger::Target::Pipe(Box::new(f)));
+    }
+    b.try_init().map_err(|e| e.to_string())
+}
+
+/// `-i`: a master node id, as a number (NEO's int) or as shown (`M1`).
+fn parse_nid(s: &str) -> Result<NodeId, String> {
+    let n = match s.strip_prefix('M') {
+        Some(n) => n
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..0x0100_0000).contains(n))
+            .map(|n| NodeId::new(NodeType::Master, n)),
+        None => s.parse::<i32>().ok().map(NodeId),
+    };
+    match n {
+        Some(n) if n.node_type() == Some(NodeType::Master) && n.number() != 0 => Ok(n),
+        _ => Err(format!("invalid master node id: {s:?}")),
+    }
+}
+
+fn tls(m: &ArgMatches) -> Result<Option<TlsConfig>, String> {
+    match (
+        m.get_one::<String>("ca"),
+        m.get_one::<String>("cert"),
+        m.get_one::<String>("key"),
+    ) {
+        (Some(ca), Some(cert), Some(key)) => TlsConfig::from_pem_files(
+            &PathBuf::from(ca),
+            &PathBuf::from(cert),
+            &PathBuf::from(key),
+        )
+        .map(Some)
+        .map_err(|e| e.to_string()),
+        (None, None, None) => Ok(None),
+        _ => Err(
+            "To enable encryption, 3 files must be provided: the CA certificate, \
+                  and the certificate of this node with its private key."
+                .into(),
+        ),
+    }
+}
+
+fn run(m: &ArgMatches) -> Result<(), String> {
+    setup_logging(m)?;
+    let get = |k: &str| m.get_one::<String>(k).map(String::as_str);
+    let cluster = get("cluster").unwrap_or_default().to_owned();
+    if cluster.is_empty() {
+        return Err("cluster name must be non-empty".into());
+    }
+    if get("upstream-cluster").is_some() || get("upstream-masters").is_some() {
+        return Err("backup clusters are not supported".into());
+    }
+    if m.get_flag("backup") {
+        return Err("--backup is not supported".into());
+    }
+    let partitions = m.get_one::<u32>("partitions").copied().unwrap_or(100);
+    if partitions == 0 {
+        return Err("partitions must be more than zero".into());
+    }
+    let replicas = m.get_one::<u32>("replicas").copied().unwrap_or(0);
+    let bind = parse_address(get("bind").unwrap_or("127.0.0.1:10000"), Some(0))
+        .map_err(|e| e.to_string())?;
+    let others =
+        parse_master_list(get("masters").unwrap_or_default()).map_err(|e| e.to_string())?;
+    if others.iter().any(|a| *a != bind) {
+        log::warn!("other masters are ignored: this master is always the primary one");
+    }
+    let nid = get("nid").map(parse_nid).transpose()?;
+    let tls = tls(m)?;
+    let listener =
+        std::net::TcpListener::bind(bind).map_err(|e| format!("cannot bind {bind}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    info!("Configuration:");
+    info!("Partitions: {partitions}");
+    info!("Replicas  : {replicas}");
+    info!("Name      : {cluster}");
+    let cfg = MasterConfig {
+        cluster,
+        address: Address::new(&local.ip().to_string(), local.port()),
+        partitions,
+        replicas,
+        autostart: m.get_one::<usize>("autostart").copied(),
+        nid,
+    };
+    let node = Master::new(cfg).map_err(|e| e.to_string())?;
+    info!("listening on {local}");
+    let handle = runtime::spawn(node, Some(listener), tls).map_err(|e| e.to_string())?;
+    handle.join();
+    info!("master stopped");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let cmd = command();
+    let args = match merged_args(&cmd, argv, "master") {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("neomaster: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let m = match cmd.try_get_matches_from(args) {
+        Ok(m) => m,
+        Err(e) => e.exit(),
+    };
+    match run(&m) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if m.contains_id("logfile") {
+                error!("{e}");
+            }
+            eprintln!("neomaster: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

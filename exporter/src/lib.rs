@@ -1,2 +1,21 @@
-//! `neo-export`: a NEO cluster or a storage database back to a `Data.fs`.
-//! (Being written: see issue 6.)
+//! `neo-export`: a NEO storage database (and, later, a cluster) back to a
+//! valid `Data.fs` (issue 6).
+//!
+//! - [`source`]: the [`Source`] trait (committed transactions in tid
+//!   order) and [`BackendSource`] over the storage layer's `Backend`
+//!   (offline export of a storage node's database);
+//! - [`export`](mod@export): the engine, resumable and incremental, on top
+//!   of fsformat's writer;
+//! - [`progress`]: progress bar and log lines;
+//! - [`error`](mod@error): the [`ExportError`] type.
+
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod export;
+pub mod progress;
+pub mod source;
+
+pub use error::ExportError;
+pub use export::{export, ExportOptions, NoProgress, Progress, Summary, MAX_TID};
+pub use source::{BackendSource, Source, SourceError, SourceRecord, SourceTxn};

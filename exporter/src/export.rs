@@ -1,0 +1,610 @@
+//! The export engine: a [`Source`]'s history, in tid order, appended to a
+//! `Data.fs` with fsformat's [`Writer`].
+//!
+//! Each source transaction becomes one FileStorage transaction with the
+//! same tid, user, description, extension bytes and packed status (`'p'`).
+//! Its records are written as ZODB writes them:
+//!
+//! | NEO record (`obj` + `data`)        | FileStorage record                          |
+//! |------------------------------------|---------------------------------------------|
+//! | data, no `value_tid`               | the data, decompressed (zlib, compression 1) |
+//! | `value_tid` T (undo)               | backpointer to the record of the same oid in T, in the output file |
+//! | `value_tid` T not in the output    | the data itself (as ZODB's pack resolves it) |
+//! | no data (undone creation)          | backpointer 0                                |
+//!
+//! Record positions in the output are found from a compact list of
+//! `(tid, transaction offset)` (16 bytes per transaction) and a scan of
+//! the record headers of that one transaction.
+//!
+//! Resuming: an existing output file is opened with [`Writer::open`], which
+//! cuts a torn tail as ZODB does; it must be a prefix of the source's
+//! history for the requested range (same tids; same metadata and records
+//! for its last and first transactions and a sample, or all of them), then
+//! only the missing transactions are appended. The file is fsynced at the
+//! end and at resume points (every [`ExportOptions::sync_bytes`]).
+//!
+//! Reading (source + decompression) runs on its own thread, one batch
+//! ahead of the writer.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use fsformat::format::{
+    DATA_HEADER_LEN, DATA_OID, DATA_PLEN, DATA_SERIAL, TXN_HEADER_LEN, TXN_TLEN,
+};
+use fsformat::{DataFs, Magic, Oid, Payload, SyncMode, Tid, TxnStatus, Writer};
+
+use crate::error::ExportError;
+use crate::source::{Source, SourceRecord, SourceTxn};
+
+/// The greatest tid NEO stores (SQL integers are signed).
+pub const MAX_TID: Tid = Tid(i64::MAX as u64);
+
+/// How to export.
+#[derive(Clone, Debug)]
+pub struct ExportOptions {
+    /// First tid to export (`--tid-min`).
+    pub tid_min: Tid,
+    /// Last tid to export (`--tid-max`).
+    pub tid_max: Tid,
+    /// Check every transaction of an existing output file against the
+    /// source, not only its first, last and a sample.
+    pub verify_all: bool,
+    /// How many transactions of an existing file to check, besides its
+    /// first and last ones.
+    pub samples: usize,
+    /// Transactions read per batch.
+    pub batch: usize,
+    /// fsync after this many bytes written (a resume point).
+    pub sync_bytes: u64,
+    /// Stop after writing this many transactions, without the final
+    /// fsync: what an interruption leaves (tests).
+    pub stop_after: Option<u64>,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        ExportOptions {
+            tid_min: Tid(0),
+            tid_max: MAX_TID,
+            verify_all: false,
+            samples: 16,
+            batch: 256,
+            sync_bytes: 1 << 30,
+            stop_after: None,
+        }
+    }
+}
+
+/// What an export did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Transactions already in the output file (resumed), checked.
+    pub existing: u64,
+    /// How many of those were compared record by record.
+    pub verified: u64,
+    /// Transactions appended.
+    pub transactions: u64,
+    /// Records appended.
+    pub records: u64,
+    /// Of which backpointers to earlier records.
+    pub backpointers: u64,
+    /// Of which deletions (backpointer 0).
+    pub deletions: u64,
+    /// Data bytes appended (decompressed pickles).
+    pub data_bytes: u64,
+    /// Bytes appended to the file.
+    pub file_bytes: u64,
+    /// Size of the output file at the end.
+    pub file_size: u64,
+    /// Last tid in the output file.
+    pub last_tid: Option<Tid>,
+    /// False when [`ExportOptions::stop_after`] cut the export short.
+    pub complete: bool,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Receives progress reports.
+pub trait Progress {
+    /// The export starts: `total` transactions to append (an estimate),
+    /// `existing` already in the file.
+    fn begin(&mut self, total: u64, existing: u64);
+    /// `txns` more transactions and `bytes` more file bytes written; the
+    /// last one is `tid`.
+    fn advance(&mut self, txns: u64, bytes: u64, tid: Tid);
+    /// The export is over.
+    fn end(&mut self, summary: &Summary);
+}
+
+/// A [`Progress`] that reports nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn begin(&mut self, _: u64, _: u64) {}
+    fn advance(&mut self, _: u64, _: u64, _: Tid) {}
+    fn end(&mut self, _: &Summary) {}
+}
+
+/// A record ready to write: data decompressed.
+struct Ready {
+    oid: Oid,
+    data: Option<Vec<u8>>,
+    value_tid: Option<Tid>,
+}
+
+/// A transaction ready to write.
+struct ReadyTxn {
+    tid: Tid,
+    status: TxnStatus,
+    user: Vec<u8>,
+    description: Vec<u8>,
+    extension: Vec<u8>,
+    records: Vec<Ready>,
+}
+
+/// Decompresses NEO's stored data (compression 0: raw, 1: zlib).
+pub fn decompress(
+    oid: Oid,
+    tid: Tid,
+    compression: u8,
+    data: Vec<u8>,
+) -> Result<Vec<u8>, ExportError> {
+    let bad = |reason: String| ExportError::BadData { oid, tid, reason };
+    let out = match compression {
+        0 => data,
+        1 => {
+            let mut out = Vec::with_capacity(data.len().saturating_mul(3));
+            flate2::read::ZlibDecoder::new(&data[..])
+                .read_to_end(&mut out)
+                .map_err(|e| bad(format!("zlib data cannot be decompressed: {e}")))?;
+            out
+        }
+        c => return Err(bad(format!("unknown compression {c}"))),
+    };
+    if out.is_empty() {
+        return Err(bad(
+            "empty data (FileStorage cannot store an empty pickle)".into()
+        ));
+    }
+    Ok(out)
+}
+
+fn prepare(txn: SourceTxn) -> Result<ReadyTxn, ExportError> {
+    let tid = txn.tid;
+    let records = txn
+        .records
+        .into_iter()
+        .map(|r: SourceRecord| {
+            let data = r
+                .data
+                .map(|(c, d)| decompress(r.oid, tid, c, d))
+                .transpose()?;
+            Ok(Ready {
+                oid: r.oid,
+                data,
+                value_tid: r.value_tid,
+            })
+        })
+        .collect::<Result<Vec<_>, ExportError>>()?;
+    Ok(ReadyTxn {
+        tid,
+        status: if txn.packed {
+            TxnStatus::Packed
+        } else {
+            TxnStatus::Committed
+        },
+        user: txn.user,
+        description: txn.description,
+        extension: txn.extension,
+        records,
+    })
+}
+
+/// Finds records in the output file: `(tid, offset)` of every transaction
+/// and a read handle on the file.
+struct Positions {
+    path: PathBuf,
+    file: File,
+    txns: Vec<(Tid, u64)>,
+    buf: Vec<u8>,
+}
+
+impl Positions {
+    fn new(path: &Path, txns: Vec<(Tid, u64)>) -> Result<Positions, ExportError> {
+        let file = File::open(path).map_err(|error| ExportError::Io {
+            path: path.to_owned(),
+            op: "open",
+            error,
+        })?;
+        Ok(Positions {
+            path: path.to_owned(),
+            file,
+            txns,
+            buf: vec![0; DATA_HEADER_LEN],
+        })
+    }
+
+    fn read(&mut self, pos: u64, len: usize) -> Result<&[u8], ExportError> {
+        self.buf.resize(len, 0);
+        self.file
+            .read_exact_at(&mut self.buf, pos)
+            .map_err(|error| ExportError::Io {
+                path: self.path.clone(),
+                op: "read",
+                error,
+            })?;
+        Ok(&self.buf)
+    }
+
+    /// Offset of the (last) record of `oid` in transaction `tid`, if the
+    /// file has that transaction and that record.
+    fn find(&mut self, oid: Oid, tid: Tid) -> Result<Option<u64>, ExportError> {
+        let Ok(i) = self.txns.binary_search_by_key(&tid, |&(t, _)| t) else {
+            return Ok(None);
+        };
+        let tpos = self.txns[i].1;
+        let h = self.read(tpos, TXN_HEADER_LEN)?;
+        let u16_at = |o: usize| u64::from(u16::from_be_bytes([h[o], h[o + 1]]));
+        let tlen = u64::from_be_bytes(h[TXN_TLEN..TXN_TLEN + 8].try_into().unwrap_or([0; 8]));
+        let mut pos = tpos + TXN_HEADER_LEN as u64 + u16_at(17) + u16_at(19) + u16_at(21);
+        let end = tpos + tlen;
+        let mut found = None;
+        let path = self.path.clone();
+        while pos < end {
+            let corrupt = |what: &str| ExportError::Corrupt {
+                path: path.clone(),
+                pos,
+                what: what.to_owned(),
+            };
+            if pos + DATA_HEADER_LEN as u64 > end {
+                return Err(corrupt("record header outside its transaction"));
+            }
+            let h = self.read(pos, DATA_HEADER_LEN)?;
+            let be = |o: usize| u64::from_be_bytes(h[o..o + 8].try_into().unwrap_or([0; 8]));
+            let (roid, serial, plen) = (be(DATA_OID), be(DATA_SERIAL), be(DATA_PLEN));
+            if serial != tid.0 {
+                return Err(corrupt("record of another transaction"));
+            }
+            if roid == oid.0 {
+                found = Some(pos);
+            }
+            pos = pos
+                .checked_add(DATA_HEADER_LEN as u64 + if plen == 0 { 8 } else { plen })
+                .ok_or_else(|| corrupt("record length overflows"))?;
+        }
+        Ok(found)
+    }
+}
+
+/// Exports `source` to `out` (created, or resumed if it exists).
+pub fn export(
+    source: &mut (dyn Source + Send),
+    out: &Path,
+    opts: &ExportOptions,
+    progress: &mut dyn Progress,
+) -> Result<Summary, ExportError> {
+    let start = Instant::now();
+    let mut summary = Summary::default();
+    let exists = out.exists();
+    let mut writer = if exists {
+        Writer::open(out)?
+    } else {
+        Writer::create(out, Magic::Fs30)?
+    };
+    writer.set_sync(SyncMode::OnFinish);
+    let txns = if exists {
+        let (txns, verified) = check_prefix(source, out, opts)?;
+        summary.existing = txns.len() as u64;
+        summary.verified = verified;
+        txns
+    } else {
+        Vec::new()
+    };
+    let from = match txns.last() {
+        Some(&(t, _)) => Tid(t.0.saturating_add(1)).max(opts.tid_min),
+        None => opts.tid_min,
+    };
+    if let Some(&(t, _)) = txns.last() {
+        log::info!(
+            "{}: {} transactions already exported (last {t}), appending from {from}",
+            out.display(),
+            txns.len()
+        );
+    }
+    let total = if from <= opts.tid_max {
+        source.count(from, opts.tid_max)?
+    } else {
+        0
+    };
+    progress.begin(total, summary.existing);
+    let mut pos = Positions::new(out, txns)?;
+    let result = copy(
+        source,
+        &mut writer,
+        &mut pos,
+        from,
+        opts,
+        progress,
+        &mut summary,
+    );
+    summary.file_size = writer.end();
+    summary.last_tid = writer.last_txn().map(|(_, t)| t);
+    result?;
+    if summary.complete {
+        writer.finish()?;
+    }
+    summary.elapsed = start.elapsed();
+    progress.end(&summary);
+    Ok(summary)
+}
+
+/// The read-ahead thread: batches of prepared transactions.
+fn read_ahead(
+    source: &mut (dyn Source + Send),
+    from: Tid,
+    max: Tid,
+    batch: usize,
+    tx: mpsc::SyncSender<Result<Vec<ReadyTxn>, ExportError>>,
+) {
+    let mut from = from;
+    while from <= max {
+        let res = source
+            .transactions(from, max, batch.max(1))
+            .map_err(ExportError::from)
+            .and_then(|b| b.into_iter().map(prepare).collect::<Result<Vec<_>, _>>());
+        let (last, done) = match &res {
+            Ok(b) => (b.last().map(|t| t.tid), b.len() < batch.max(1)),
+            Err(_) => (None, true),
+        };
+        if tx.send(res).is_err() {
+            return;
+        }
+        match last {
+            Some(t) if !done && t < max => from = Tid(t.0 + 1),
+            _ => return,
+        }
+    }
+}
+
+fn copy(
+    source: &mut (dyn Source + Send),
+    writer: &mut Writer,
+    pos: &mut Positions,
+    from: Tid,
+    opts: &ExportOptions,
+    progress: &mut dyn Progress,
+    summary: &mut Summary,
+) -> Result<(), ExportError> {
+    let mut since_sync = 0u64;
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let (max, batch) = (opts.tid_max, opts.batch);
+        scope.spawn(move || read_ahead(source, from, max, batch, tx));
+        for b in rx {
+            let (mut n, mut bytes, mut last) = (0, 0, Tid(0));
+            for txn in b? {
+                if opts.stop_after.is_some_and(|s| summary.transactions >= s) {
+                    progress.advance(n, bytes, last);
+                    return Ok(());
+                }
+                let c = write_txn(writer, pos, txn, summary)?;
+                let size = c.end - c.pos;
+                summary.transactions += 1;
+                summary.file_bytes += size;
+                since_sync += size;
+                n += 1;
+                bytes += size;
+                last = c.tid;
+                if since_sync >= opts.sync_bytes {
+                    writer.sync()?;
+                    since_sync = 0;
+                }
+            }
+            progress.advance(n, bytes, last);
+        }
+        summary.complete = true;
+        Ok(())
+    })
+}
+
+fn write_txn(
+    writer: &mut Writer,
+    pos: &mut Positions,
+    txn: ReadyTxn,
+    summary: &mut Summary,
+) -> Result<fsformat::Committed, ExportError> {
+    let tid = txn.tid;
+    // Backpointer targets first: the writer borrows the file while a
+    // transaction is open.
+    let mut backs = Vec::with_capacity(txn.records.len());
+    for r in &txn.records {
+        backs.push(match r.value_tid {
+            Some(t) if t < tid => pos.find(r.oid, t)?,
+            Some(t) => {
+                return Err(ExportError::BadData {
+                    oid: r.oid,
+                    tid,
+                    reason: format!("undo refers to transaction {t}, not an earlier one"),
+                })
+            }
+            None => None,
+        });
+    }
+    let mut t = writer.begin(tid, txn.status, &txn.user, &txn.description, &txn.extension)?;
+    for (r, back) in txn.records.iter().zip(backs) {
+        let payload = match (back, &r.data) {
+            (Some(b), _) => {
+                summary.backpointers += 1;
+                Payload::Back(b)
+            }
+            (None, Some(d)) => {
+                summary.data_bytes += d.len() as u64;
+                Payload::Data(d)
+            }
+            (None, None) => {
+                summary.deletions += 1;
+                Payload::Back(0)
+            }
+        };
+        t.restore(r.oid, tid, payload)?;
+        summary.records += 1;
+    }
+    let c = t.commit()?;
+    pos.txns.push((tid, c.pos));
+    Ok(c)
+}
+
+/// Checks that the existing output file is a prefix of the source's
+/// history over the requested range; returns its `(tid, offset)` list and
+/// how many transactions were compared record by record.
+#[allow(clippy::type_complexity)]
+fn check_prefix(
+    source: &mut (dyn Source + Send),
+    path: &Path,
+    opts: &ExportOptions,
+) -> Result<(Vec<(Tid, u64)>, u64), ExportError> {
+    let fs = DataFs::open(path)?;
+    let not_prefix = |tid: Tid, reason: String| ExportError::NotPrefix {
+        path: path.to_owned(),
+        tid,
+        reason,
+    };
+    let mut txns = Vec::new();
+    for t in fs.iter() {
+        let t = t?;
+        if !matches!(t.status(), Some(TxnStatus::Committed | TxnStatus::Packed)) {
+            return Err(not_prefix(
+                t.tid,
+                format!("the file has status {:?}", char::from(t.status)),
+            ));
+        }
+        txns.push((t.tid, t.pos));
+    }
+    let Some(&(last, _)) = txns.last() else {
+        return Ok((txns, 0));
+    };
+    // Same tids over [tid_min, last].
+    let mut i = 0;
+    let mut from = opts.tid_min;
+    loop {
+        let tids = source.tids(from, last, 100_000)?;
+        for &s in &tids {
+            match txns.get(i) {
+                Some(&(f, _)) if f == s => {}
+                Some(&(f, _)) if f < s => {
+                    return Err(not_prefix(f, "the source has no such transaction".into()))
+                }
+                _ => {
+                    return Err(not_prefix(
+                        s,
+                        "the file lacks this transaction of the source".into(),
+                    ))
+                }
+            }
+            i += 1;
+        }
+        match tids.last() {
+            Some(&t) if tids.len() == 100_000 && t < last => from = Tid(t.0 + 1),
+            _ => break,
+        }
+    }
+    if let Some(&(f, _)) = txns.get(i) {
+        let why = if f < opts.tid_min {
+            "the file starts before --tid-min"
+        } else {
+            "the source has no such transaction"
+        };
+        return Err(not_prefix(f, why.into()));
+    }
+    // Same contents: first, last and a sample (or everything).
+    let n = txns.len();
+    let mut picks: Vec<usize> = if opts.verify_all {
+        (0..n).collect()
+    } else {
+        let k = opts.samples.min(n);
+        let mut v: Vec<usize> = (1..=k).map(|j| j * n / (k + 1)).collect();
+        v.extend([0, n - 1]);
+        v
+    };
+    picks.sort_unstable();
+    picks.dedup();
+    for &j in &picks {
+        let (tid, tpos) = txns[j];
+        let src = source
+            .transaction(tid)?
+            .ok_or_else(|| not_prefix(tid, "the source has no such transaction".into()))?;
+        compare_txn(&fs, tpos, src).map_err(|reason| not_prefix(tid, reason))?;
+    }
+    log::info!(
+        "{}: {n} transactions, same tids as the source, {} compared record by record",
+        path.display(),
+        picks.len()
+    );
+    Ok((txns, picks.len() as u64))
+}
+
+/// Compares a transaction of the file with the source's; the difference,
+/// if any.
+fn compare_txn(fs: &DataFs, tpos: u64, src: SourceTxn) -> Result<(), String> {
+    let t = fs.txn_at(tpos).map_err(|e| e.to_string())?;
+    let packed = t.status() == Some(TxnStatus::Packed);
+    if packed != src.packed {
+        return Err(format!(
+            "status {:?} in the file, packed={} in the source",
+            char::from(t.status),
+            src.packed
+        ));
+    }
+    for (what, a, b) in [
+        ("user", t.user, &src.user),
+        ("description", t.description, &src.description),
+        ("extension", t.extension, &src.extension),
+    ] {
+        if a != &b[..] {
+            return Err(format!("different {what}"));
+        }
+    }
+    let recs = t
+        .records()
+        .collect::<fsformat::Result<Vec<_>>>()
+        .map_err(|e| e.to_string())?;
+    if recs.len() != src.records.len() {
+        return Err(format!(
+            "{} records in the file, {} in the source",
+            recs.len(),
+            src.records.len()
+        ));
+    }
+    for (f, s) in recs.iter().zip(src.records) {
+        if f.oid != s.oid {
+            return Err(format!(
+                "record of {} in the file, of {} in the source",
+                f.oid, s.oid
+            ));
+        }
+        let oid = f.oid;
+        let data = s
+            .data
+            .map(|(c, d)| decompress(oid, src.tid, c, d))
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let ok = match (f.payload, s.value_tid, data) {
+            (Payload::Back(0), _, None) => true,
+            (Payload::Back(b), Some(vt), _) if b != 0 => {
+                fs.back_tid(oid, b).map_err(|e| e.to_string())? == vt
+            }
+            (Payload::Data(d), _, Some(sd)) => d == &sd[..],
+            _ => false,
+        };
+        if !ok {
+            return Err(format!("record of {oid} differs"));
+        }
+    }
+    Ok(())
+}

@@ -358,6 +358,24 @@ impl<B: Backend> Importer<B> {
     /// Imports at most `max_txns` more transactions and commits them with
     /// the position. Needs the partition table (the node is operational).
     pub fn import_some(&mut self, max_txns: usize) -> Result<Progress, ImportError> {
+        self.import_uncommitted(max_txns)?;
+        self.commit_all()?;
+        let p = self.progress();
+        let now = Instant::now();
+        match self.last_log {
+            Some(t) if now.duration_since(t) < self.log_every && !p.finished => {}
+            _ => {
+                self.last_log = Some(now);
+                log::info!("{p}");
+            }
+        }
+        Ok(p)
+    }
+
+    /// Like [`import_some`](Self::import_some) without the commit: the
+    /// transactions become durable at the next [`Backend::commit`] (the
+    /// node's deferred commit), the import finishes then too.
+    pub fn import_uncommitted(&mut self, max_txns: usize) -> Result<Progress, ImportError> {
         if self.finished {
             return Ok(self.progress());
         }
@@ -370,24 +388,10 @@ impl<B: Backend> Importer<B> {
             let start = src.first_after(self.zodb_tid);
             (start, src.txns().len().min(start.saturating_add(max_txns)))
         };
-        for i in start..end {
-            self.import_txn(i)?;
-        }
-        self.commit_all()?;
+        let res = (start..end).try_for_each(|i| self.import_txn(i));
         self.elapsed += started.elapsed();
-        if self.zodb_tid == self.ltid {
-            self.finish();
-        }
-        let p = self.progress();
-        let now = Instant::now();
-        match self.last_log {
-            Some(t) if now.duration_since(t) < self.log_every && !p.finished => {}
-            _ => {
-                self.last_log = Some(now);
-                log::info!("{p}");
-            }
-        }
-        Ok(p)
+        res?;
+        Ok(self.progress())
     }
 
     fn source(&self) -> Result<&Source, ImportError> {
@@ -508,6 +512,9 @@ impl<B: Backend> Importer<B> {
     /// Commits the destination, then writes back what it committed.
     pub(crate) fn commit_all(&mut self) -> Result<(), ImportError> {
         self.db.commit()?;
+        if !self.finished && self.zodb_tid == self.ltid {
+            self.finish();
+        }
         if self.writeback.as_ref().is_some_and(|w| w.pending) {
             self.flush_writeback()?;
         }

@@ -222,29 +222,7 @@ impl Rng {
 /// profile and target directory as the tests themselves.
 pub fn neo_fs() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test exe");
-        // target/<profile>/deps/<test> -> target/<profile>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>")
-            .to_path_buf();
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.current_dir(neo_e2e::repo_root())
-            .args(["build", "-q", "-p", "fsformat", "--bin", "neo-fs"]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        if let Some(target) = profile_dir.parent() {
-            cmd.env("CARGO_TARGET_DIR", target);
-        }
-        let st = cmd.status().expect("run cargo build");
-        assert!(st.success(), "cargo build of neo-fs failed");
-        let bin = profile_dir.join("neo-fs");
-        assert!(bin.exists(), "{} missing after build", bin.display());
-        bin
-    })
+    BIN.get_or_init(|| neo_e2e::binary("fsformat", "neo-fs"))
 }
 
 /// Runs `neo-fs ARGS...`: (exit code, stdout, stderr).

@@ -7,4 +7,6 @@ pub mod config;
 pub mod master;
 pub mod nodes;
 pub mod pt;
+pub mod runtime;
+pub mod sim;
 pub mod storage;

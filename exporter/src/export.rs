@@ -489,6 +489,12 @@ fn check_prefix(
     let Some(&(last, _)) = txns.last() else {
         return Ok((txns, 0));
     };
+    if txns[0].0 < opts.tid_min {
+        return Err(not_prefix(
+            txns[0].0,
+            "the file starts before --tid-min".into(),
+        ));
+    }
     // Same tids over [tid_min, last].
     let mut i = 0;
     let mut from = opts.tid_min;
@@ -515,12 +521,7 @@ fn check_prefix(
         }
     }
     if let Some(&(f, _)) = txns.get(i) {
-        let why = if f < opts.tid_min {
-            "the file starts before --tid-min"
-        } else {
-            "the source has no such transaction"
-        };
-        return Err(not_prefix(f, why.into()));
+        return Err(not_prefix(f, "the source has no such transaction".into()));
     }
     // Same contents: first, last and a sample (or everything).
     let n = txns.len();

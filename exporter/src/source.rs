@@ -194,6 +194,11 @@ impl<B: Backend> BackendSource<B> {
     pub fn backend(&mut self) -> &mut B {
         &mut self.db
     }
+
+    /// Gives the database back.
+    pub fn into_inner(self) -> B {
+        self.db
+    }
 }
 
 impl<B: Backend> Source for BackendSource<B> {

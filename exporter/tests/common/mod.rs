@@ -26,9 +26,14 @@ pub fn fixture(name: &str) -> PathBuf {
     repo().join("testdata").join(format!("{name}.fs"))
 }
 
-/// A fresh SQLite database with `np` partitions, all readable on node 1.
+/// A fresh SQLite database with `np` partitions, all readable on node 1
+/// (no fsync: test data).
 pub fn new_db(path: &Path, np: u32) -> SqliteBackend {
-    let mut db = SqliteBackend::open(path, &SqliteOptions::default()).expect("open database");
+    let opts = SqliteOptions {
+        pragmas: vec![("synchronous".into(), "OFF".into())],
+        ..SqliteOptions::default()
+    };
+    let mut db = SqliteBackend::open(path, &opts).expect("open database");
     db.set_nid(1).expect("set nid");
     let cells: Vec<_> = (0..np).map(|p| (p, 1, CellState::UpToDate)).collect();
     db.change_partition_table(1, 0, &cells, true, Tid(0))
@@ -46,6 +51,10 @@ pub struct LoadOptions {
     pub min: Option<Tid>,
     /// ... and `tid <= max`.
     pub max: Option<Tid>,
+    /// Leave this transaction out.
+    pub skip: Option<Tid>,
+    /// Change the description of this transaction.
+    pub tweak: Option<Tid>,
 }
 
 /// Loads the transactions of `fs` (the valid part) into `db`, in tid order,
@@ -59,7 +68,10 @@ pub fn load(fs: &Path, db: &mut impl Backend, opts: LoadOptions) -> usize {
     let mut n = 0;
     for t in fs.iter() {
         let Ok(t) = t else { break };
-        if opts.min.is_some_and(|m| t.tid < m) || opts.max.is_some_and(|m| t.tid > m) {
+        if opts.min.is_some_and(|m| t.tid < m)
+            || opts.max.is_some_and(|m| t.tid > m)
+            || opts.skip == Some(t.tid)
+        {
             continue;
         }
         let status = t.status().expect("status");
@@ -110,7 +122,11 @@ pub fn load(fs: &Path, db: &mut impl Backend, opts: LoadOptions) -> usize {
         let meta = TxnMeta {
             oids: refs.iter().map(|o| o.oid).collect::<Vec<Oid>>(),
             user: t.user.to_vec(),
-            description: t.description.to_vec(),
+            description: if opts.tweak == Some(t.tid) {
+                [t.description, b" (changed)"].concat()
+            } else {
+                t.description.to_vec()
+            },
             extension: t.extension.to_vec(),
             packed: status == TxnStatus::Packed,
             ttid: t.tid,
@@ -161,4 +177,17 @@ pub fn fixture_json(name: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(repo().join("testdata").join(format!("{name}.json")))
         .expect("fixture json");
     serde_json::from_str(&text).expect("fixture json parses")
+}
+
+/// The tids of a file, in order.
+pub fn tids(fs: &Path) -> Vec<Tid> {
+    let fs = DataFs::open(fs).expect("open");
+    fs.iter().map(|t| t.expect("transaction").tid).collect()
+}
+
+/// Offsets of the transactions of a file, in order, and its end.
+pub fn txn_positions(fs: &Path) -> (Vec<u64>, u64) {
+    let fs = DataFs::open(fs).expect("open");
+    let v = fs.iter().map(|t| t.expect("transaction").pos).collect();
+    (v, fs.tail().end)
 }

@@ -1048,3 +1048,98 @@ fn admin_kill_add_and_tweak() {
         ))
     );
 }
+
+#[test]
+fn autostart_and_storage_lost_during_commit() {
+    let mut sim = Sim::new();
+    let mut cfg = config(2, 1);
+    cfg.autostart = Some(2);
+    let m = sim.add(
+        Some(master_addr()),
+        Master::with_clock(cfg, fake_clock()).expect("config"),
+    );
+    let mut script = StorageScript::empty();
+    script.auto_lock = false;
+    let s1 = sim.add(None, Fake::storage(None, 31100, script.clone()));
+    sim.run();
+    // One storage is not enough for -A 2.
+    assert_eq!(
+        sim.node::<Master>(m).cluster_state(),
+        ClusterState::Recovering
+    );
+    let s2 = sim.add(None, Fake::storage(None, 31101, script));
+    sim.run();
+    assert_eq!(sim.node::<Master>(m).cluster_state(), ClusterState::Running);
+
+    let c1 = sim.add(None, Fake::new(NodeType::Client, None, None, "test"));
+    sim.run();
+    ask(&mut sim, c1, p::AskBeginTransaction { tid: None });
+    let Body::AnswerBeginTransaction(b) = last(&sim, c1).body.clone() else {
+        panic!()
+    };
+    let fin = ask(
+        &mut sim,
+        c1,
+        p::AskFinishTransaction {
+            ttid: b.ttid,
+            oid_list: vec![Oid(0)],
+            deleted: vec![],
+            checked: vec![],
+            pack: None,
+        },
+    );
+    let lock = fake(&sim, s1)
+        .log
+        .iter()
+        .rev()
+        .find(|p| matches!(p.body, Body::AskLockInformation(_)))
+        .map(|p| p.id)
+        .expect("lock asked");
+    sim.poke::<Fake>(s1, |f, out| {
+        out.answer(
+            f.conn.unwrap(),
+            lock,
+            p::AnswerInformationLocked { ttid: b.ttid },
+        )
+    });
+    sim.run();
+    assert_ne!(last(&sim, c1).id, fin);
+    // S2 dies before locking: the master stops waiting for it.
+    sim.kill(s2);
+    sim.run();
+    assert_eq!(last(&sim, c1).id, fin);
+    assert!(matches!(
+        last(&sim, c1).body,
+        Body::AnswerTransactionFinished(_)
+    ));
+    assert_eq!(sim.node::<Master>(m).cluster_state(), ClusterState::Running);
+    // S2's cells are out of date; S1 alone serves.
+    let pt = sim.node::<Master>(m).pt();
+    assert_eq!(pt.readable_offsets(s(2)), Vec::<u32>::new());
+    assert_eq!(pt.readable_offsets(s(1)), [0, 1]);
+
+    // A finished transaction asked again: MAX_TID (ask the storages).
+    ask(&mut sim, c1, p::AskFinalTID { ttid: b.ttid });
+    assert_eq!(
+        last(&sim, c1).body,
+        Body::AnswerFinalTID(p::AnswerFinalTID { tid: Some(MAX_TID) })
+    );
+    // Unknown ttid in finish: protocol error, connection closed.
+    ask(
+        &mut sim,
+        c1,
+        p::AskFinishTransaction {
+            ttid: Tid(1),
+            oid_list: vec![],
+            deleted: vec![],
+            checked: vec![],
+            pack: None,
+        },
+    );
+    assert!(matches!(
+        &last(&sim, c1).body,
+        Body::Error(e) if e.code == ErrorCode::ProtocolError
+    ));
+    assert!(fake(&sim, c1).closed);
+    assert_eq!(sim.node::<Master>(m).nodes().state(c(1)), None);
+}

@@ -600,13 +600,24 @@ impl<T: Decode> Decode for Vec<T> {
 
 /// A msgpack map, entries kept in wire order (NEO sends Python dicts in
 /// insertion order; duplicates are kept as they came).
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Map<K, V>(pub Vec<(K, V)>);
+
+impl<K, V> Default for Map<K, V> {
+    fn default() -> Self {
+        Map(Vec::new())
+    }
+}
 
 impl<K, V> Map<K, V> {
     /// An empty map.
     pub fn new() -> Self {
         Map(Vec::new())
+    }
+
+    /// Appends an entry (wire order is insertion order, as Python dicts).
+    pub fn push(&mut self, k: K, v: V) {
+        self.0.push((k, v));
     }
 
     /// Number of entries.

@@ -35,6 +35,18 @@
 //! frame that is no valid packet gives a [`PacketError`] (with the id when
 //! readable); NEO closes the connection on such frames.
 //!
+//! # Connections
+//!
+//! [`Connection`] (module [`conn`]) runs one NEO connection on tokio:
+//! [`Connection::connect`] / [`Connection::accept`] do TLS if configured
+//! ([`TlsConfig`], NEO's `--ca/--cert/--key`; TLS first, then NEO's
+//! handshake inside), [`Connection::ask`] sends a request with the next id
+//! of the connection and waits for its answer (or `Error`) with a timeout,
+//! [`Connection::notify`] / [`Connection::answer`] send, and everything
+//! else the peer sends arrives as [`Event`]s (or through a [`Handler`]).
+//! Queues are bounded both ways; [`Event::Closed`] tells an orderly end
+//! from an abrupt one.
+//!
 //! # Adding a packet
 //!
 //! Add one entry to the `packets!` table in `src/packets.rs`:

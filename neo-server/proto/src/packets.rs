@@ -694,6 +694,39 @@ mod tests {
             ),
             "{e}"
         );
+        // AskObject with a 7-byte oid.
+        let short = Bytes::from_static(&[
+            0x93, 3, 0x20, 0x93, 0xc4, 7, 0, 0, 0, 0, 0, 0, 1, 0xc0, 0xc0,
+        ]);
+        let e = Packet::decode(&short).expect_err("short oid");
+        assert!(
+            matches!(
+                &e,
+                PacketError::BadArgs {
+                    error: DecodeError {
+                        offset: 4,
+                        kind: DecodeErrorKind::BadLength {
+                            want: 8,
+                            got: 7,
+                            ..
+                        }
+                    },
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // Wrong arity, trailing bytes.
+        let arity = Bytes::from_static(&[0x93, 4, 0x02, 0x91, 0xc0]);
+        assert!(matches!(
+            Packet::decode(&arity),
+            Err(PacketError::BadArgs { name: "Ping", .. })
+        ));
+        let trailing = Bytes::from_static(&[0x93, 4, 0x02, 0x90, 0xc0]);
+        assert!(matches!(
+            Packet::decode(&trailing),
+            Err(PacketError::BadArgs { .. })
+        ));
         let not = Bytes::from_static(&[0x92, 1, 2]);
         assert!(matches!(
             Packet::decode(&not),

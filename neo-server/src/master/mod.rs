@@ -16,6 +16,8 @@ mod tid;
 mod txn;
 
 #[cfg(test)]
+mod replay;
+#[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};

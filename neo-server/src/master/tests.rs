@@ -19,7 +19,7 @@ use fsformat::{Oid, Tid};
 
 const MASTER_PORT: u16 = 31000;
 
-fn master_addr() -> SocketAddr {
+pub(super) fn master_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], MASTER_PORT))
 }
 
@@ -230,7 +230,7 @@ fn config(np: u32, nr: u32) -> MasterConfig {
 }
 
 /// A clock starting at the recording's time, 1 ms per reading.
-fn fake_clock() -> super::Clock {
+pub(super) fn fake_clock() -> super::Clock {
     let t = Arc::new(AtomicU64::new(0));
     Box::new(move || 1_795_542_385.0 + t.fetch_add(1, Ordering::Relaxed) as f64 * 1e-3)
 }

@@ -1194,3 +1194,106 @@ fn commits_until_sqlite(c: &mut Cluster, ci: usize, cc: ConnId) -> Vec<(Tid, Tid
     }
     locked
 }
+
+/// The real master and this storage node in one simulation, and a
+/// scripted client committing through both.
+#[test]
+fn with_the_real_master() {
+    use crate::master::{Master, MasterConfig};
+    let mut sim = Sim::new();
+    let m = sim.add(
+        Some(master_addr()),
+        Master::new(MasterConfig {
+            cluster: "test".into(),
+            address: Address::new("127.0.0.1", 31000),
+            partitions: NP,
+            replicas: 0,
+            autostart: Some(1),
+            nid: None,
+        })
+        .unwrap(),
+    );
+    let s = sim.add(
+        Some(storage_addr()),
+        StorageNode::new(config(), MemoryBackend::new(false)).unwrap(),
+    );
+    sim.advance(ms(100));
+    assert!(sim.node::<Mem>(s).is_operational());
+    assert_eq!(sim.node::<Master>(m).cluster_state(), ClusterState::Running);
+    // A client identifies with the master, then with the storage.
+    let ci = sim.add(None, Peer::default());
+    sim.poke::<Peer>(ci, |_, out| {
+        out.connect(master_addr(), 0);
+    });
+    sim.run();
+    let mc = sim.node::<Peer>(ci).conns[0];
+    let mut c = Cluster {
+        sim,
+        m,
+        s,
+        mconn: 0,
+        ts: 0.0,
+    };
+    let r = RequestIdentification {
+        node_type: NodeType::Client,
+        uuid: None,
+        address: None,
+        name: Bytes::from_static(b"test"),
+        id_timestamp: None,
+        extra: Map::new(),
+    };
+    let Body::AcceptIdentification(a) = c.request(ci, mc, r) else {
+        panic!()
+    };
+    let me = a.your_uuid.unwrap();
+    let ts = c
+        .notifications(ci)
+        .iter()
+        .filter_map(|b| match b {
+            Body::NotifyNodeInformation(n) => n.node_list.iter().find(|i| i.uuid == Some(me)),
+            _ => None,
+        })
+        .find_map(|i| i.id_timestamp)
+        .expect("our id timestamp");
+    c.sim.poke::<Peer>(ci, |_, out| {
+        out.connect(storage_addr(), 0);
+    });
+    c.sim.run();
+    let sc = c.sim.node::<Peer>(ci).conns[1];
+    let a = c.request(ci, sc, identification(me, ts));
+    assert!(matches!(a, Body::AcceptIdentification(_)), "{a:?}");
+    // A commit: begin with the master, store and vote on the storage,
+    // finish with the master (which locks and unlocks on the storage).
+    let Body::AnswerBeginTransaction(b) = c.request(ci, mc, AskBeginTransaction { tid: None })
+    else {
+        panic!()
+    };
+    let ttid = b.ttid;
+    assert_eq!(
+        c.request(ci, sc, obj(0, ZERO_TID, ttid, b"root")),
+        stored(None)
+    );
+    c.request(ci, sc, meta(ttid, &[0]));
+    let a = c.request(
+        ci,
+        mc,
+        AskFinishTransaction {
+            ttid,
+            oid_list: vec![Oid(0)],
+            deleted: vec![],
+            checked: vec![],
+            pack: None,
+        },
+    );
+    let Body::AnswerTransactionFinished(f) = a else {
+        panic!("{a:?}")
+    };
+    let Body::AnswerObject(o) = load(&mut c, ci, sc, 0, None, None) else {
+        panic!()
+    };
+    assert_eq!((o.serial, o.data.as_ref()), (f.tid, &b"root"[..]));
+    let Body::AnswerLastTransaction(l) = c.request(ci, mc, AskLastTransaction {}) else {
+        panic!()
+    };
+    assert_eq!(l.tid, f.tid);
+}

@@ -44,8 +44,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::frame::{FrameDecoder, FrameError, HandshakeError, HANDSHAKE};
-use crate::packets::{Body, FrameTooLarge, Packet, PacketKind};
+use crate::packets::{Body, FrameTooLarge, Packet, PacketKind, PacketType};
 use crate::tls::{Sniff, TlsConfig};
+use crate::types::RESPONSE_MASK;
 
 /// Tunables of a connection.
 #[derive(Debug, Clone)]
@@ -136,6 +137,17 @@ pub enum ConnError {
         /// Request code.
         code: u16,
     },
+    /// The answer to a request is of another type than the request's.
+    UnexpectedAnswer {
+        /// Peer address.
+        peer: String,
+        /// Request id.
+        id: u32,
+        /// Answer code the request wants.
+        expected: u16,
+        /// Answer code received.
+        got: u16,
+    },
     /// A packet too big to send.
     TooLarge {
         /// Peer address.
@@ -172,6 +184,15 @@ impl fmt::Display for ConnError {
             ConnError::Timeout { peer, id, code } => {
                 write!(f, "{peer}: no answer to request {id} (0x{code:04x})")
             }
+            ConnError::UnexpectedAnswer {
+                peer,
+                id,
+                expected,
+                got,
+            } => write!(
+                f,
+                "{peer}: request {id} wants answer 0x{expected:04x}, got 0x{got:04x}"
+            ),
             ConnError::TooLarge { peer, error } => write!(f, "{peer}: {error}"),
             ConnError::Closed { peer } => write!(f, "{peer}: connection closed"),
         }
@@ -298,8 +319,26 @@ impl Inner {
     async fn dispatch(&self, events: &mpsc::Sender<Event>, p: Packet) {
         if matches!(p.body.kind(), PacketKind::Answer | PacketKind::Error) {
             let waiter = self.state().pending.remove(&p.id);
-            if let Some((_, w)) = waiter {
-                let _ = w.send(Ok(p.body));
+            if let Some((request, w)) = waiter {
+                let got = p.code();
+                let expected = PacketType::from_code(request)
+                    .and_then(PacketType::answer_code)
+                    .unwrap_or(RESPONSE_MASK);
+                let answer = if got == expected || got == RESPONSE_MASK {
+                    Ok(p.body)
+                } else {
+                    warn!(
+                        "{}: answer 0x{got:04x} to request {} (0x{request:04x})",
+                        self.peer, p.id
+                    );
+                    Err(ConnError::UnexpectedAnswer {
+                        peer: self.peer.clone(),
+                        id: p.id,
+                        expected,
+                        got,
+                    })
+                };
+                let _ = w.send(answer);
                 return;
             }
         }

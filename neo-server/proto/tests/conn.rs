@@ -166,6 +166,55 @@ async fn requests_and_notifications_reach_the_other_side() {
 }
 
 #[tokio::test]
+async fn answers_of_the_wrong_type_are_refused_errors_accepted() {
+    let (l, addr) = listener().await;
+    let (conn_ev, mut peer) = tokio::join!(
+        async {
+            Connection::connect(addr, None, ConnConfig::default())
+                .await
+                .expect("connect")
+        },
+        async { raw_peer(&l).await }
+    );
+    let (conn, _ev) = conn_ev;
+    let peer_task = tokio::spawn(async move {
+        let _ = read_exact(&mut peer, 4 + 5).await; // Ping id 0, AskNewOIDs id 1
+        let wrong = Packet::new(0, neo_proto::AnswerNewOIDs { oid_list: vec![] });
+        let error = Packet::new(
+            1,
+            neo_proto::Error::new(neo_proto::ErrorCode::NotReady, "later"),
+        );
+        for p in [wrong, error] {
+            peer.write_all(&p.encode().expect("small"))
+                .await
+                .expect("write");
+        }
+        peer
+    });
+    let (a, b) = tokio::join!(conn.ask(Ping {}), async {
+        tokio::task::yield_now().await;
+        conn.ask(AskNewOIDs { num_oids: 5 }).await
+    });
+    let a = a.expect_err("wrong answer type");
+    assert!(
+        matches!(
+            a,
+            ConnError::UnexpectedAnswer {
+                id: 0,
+                expected: 0x8002,
+                got: 0x8019,
+                ..
+            }
+        ),
+        "{a}"
+    );
+    assert!(
+        matches!(b.expect("error answer"), Body::Error(e) if e.code == neo_proto::ErrorCode::NotReady)
+    );
+    let _ = peer_task.await;
+}
+
+#[tokio::test]
 async fn unanswered_requests_time_out() {
     let (l, addr) = listener().await;
     let ((conn, _ev), _peer) = tokio::join!(

@@ -578,6 +578,13 @@ pub struct Packet {
     pub body: Body,
 }
 
+/// As NEO logs packets: `AskObject[12]`.
+impl fmt::Display for Packet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}]", self.body.name(), self.id)
+    }
+}
+
 impl Packet {
     /// A packet with this id.
     pub fn new(id: u32, body: impl Into<Body>) -> Packet {
@@ -670,7 +677,8 @@ mod tests {
         let p = Packet::new(7, Error::new(ErrorCode::OidDoesNotExist, "x"));
         let bytes = p.encode().expect("small");
         assert_eq!(bytes, [0x93, 7, 0xcd, 0x80, 0x00, 0x92, 5, 0xc4, 1, b'x']);
-        assert_eq!(Packet::decode(&Bytes::from(bytes)), Ok(p));
+        assert_eq!(Packet::decode(&Bytes::from(bytes)), Ok(p.clone()));
+        assert_eq!(p.to_string(), "Error[7]");
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! - [`sqlite`]: [`SqliteBackend`], which reads and writes *exactly* NEO's
 //!   SQLite schema (version 4), so a database made by Python NEO opens here
 //!   and the reverse;
+//! - [`mysql`]: [`MysqlBackend`], NEO's MySQL/MariaDB schema (version 4),
+//!   with reconnection as NEO's `auto_reconnect`;
 //! - [`memory`]: [`MemoryBackend`], the same semantics in memory, with crash
 //!   injection for tests of the node logic.
 //!
@@ -20,6 +22,7 @@
 
 pub mod backend;
 pub mod memory;
+pub mod mysql;
 pub mod node;
 pub mod sqlite;
 mod types;
@@ -29,5 +32,6 @@ mod tests;
 
 pub use backend::{Backend, HeldData, UndoInfo};
 pub use memory::{CrashPlan, MemoryBackend, MemoryDisk};
+pub use mysql::{MysqlBackend, MysqlOptions, MysqlTarget};
 pub use sqlite::{SqliteBackend, SqliteOptions};
 pub use types::*;

@@ -1,12 +1,15 @@
 //! The shared test suite: every generic test runs on both backends through
 //! a [`Harness`], then backend-specific tests (SQLite schema, files, locks,
-//! SIGKILL; memory crash injection).
+//! SIGKILL; memory crash injection). The MySQL harness and MySQL-only tests
+//! are in `tests/mysql_server.rs`.
 
 use std::path::PathBuf;
 
 use fsformat::{Oid, Tid};
 
 use super::*;
+
+mod mysql_server;
 
 /// Makes and reopens databases of one backend.
 trait Harness {
@@ -71,6 +74,13 @@ macro_rules! both {
         }
         mod on_memory {
             $( #[test] fn $name() { super::$name(&mut super::MemoryHarness) } )*
+        }
+        mod on_mysql {
+            $( #[test] fn $name() {
+                if let Some(mut h) = super::mysql_server::MysqlHarness::new() {
+                    super::$name(&mut h)
+                }
+            } )*
         }
     };
 }

@@ -325,6 +325,24 @@ pub enum DbError {
         /// SQLite's error.
         error: rusqlite::Error,
     },
+    /// MySQL/MariaDB failed.
+    Mysql {
+        /// The database, as `mysql:[user@]name` (no password).
+        database: String,
+        /// What we were doing.
+        context: &'static str,
+        /// The client's error.
+        error: mysql::Error,
+    },
+    /// The MySQL server or its settings cannot hold a NEO database (NEO's
+    /// `DatabaseFailure` at connection time), or the connection string is
+    /// invalid.
+    MysqlSetup {
+        /// The database, as `mysql:[user@]name` (no password).
+        database: String,
+        /// Why.
+        reason: String,
+    },
     /// The file exists but is not a NEO storage database.
     NotNeoDatabase {
         /// The database file.
@@ -404,6 +422,12 @@ impl fmt::Display for DbError {
                 context,
                 error,
             } => write!(f, "{}: {context}: {error}", path.display()),
+            DbError::Mysql {
+                database,
+                context,
+                error,
+            } => write!(f, "{database}: {context}: {error}"),
+            DbError::MysqlSetup { database, reason } => write!(f, "{database}: {reason}"),
             DbError::NotNeoDatabase { path, reason } => write!(
                 f,
                 "{}: not a NEO storage database: {reason}",
@@ -456,6 +480,7 @@ impl std::error::Error for DbError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             DbError::Sqlite { error, .. } => Some(error),
+            DbError::Mysql { error, .. } => Some(error),
             _ => None,
         }
     }

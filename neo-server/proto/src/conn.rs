@@ -11,6 +11,9 @@
 //!
 //! Ids: one counter per connection, from 0, for the requests and
 //! notifications we send; [`Connection::answer`] reuses the request's id.
+//! Like NEO, requests wait for their answer as long as the connection
+//! lives unless a timeout is asked for; TCP keepalive (60 s idle, 3 probes
+//! 10 s apart, NEO's values) detects dead peers.
 //! An answer (or `Error`) whose id has a waiting [`Connection::ask`] goes
 //! to it; any other packet goes to [`Events`] (or to a [`Handler`] through
 //! [`Connection::serve`]). Both queues are bounded:
@@ -38,6 +41,7 @@ use std::time::Duration;
 
 use log::{debug, warn};
 use rustls::pki_types::ServerName;
+use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -55,8 +59,12 @@ pub struct ConnConfig {
     pub send_queue: usize,
     /// Events that may wait for the node before reading stops.
     pub event_queue: usize,
-    /// How long [`Connection::ask`] waits for an answer.
-    pub request_timeout: Duration,
+    /// How long [`Connection::ask`] waits for an answer; `None` (the
+    /// default) waits as long as the connection lives, as NEO does: it has
+    /// no request timeouts (a slow node is still a live node; `WaitForPack`
+    /// or a big replication chunk can take minutes) and relies on TCP
+    /// keepalive to detect dead peers.
+    pub request_timeout: Option<Duration>,
     /// How long TLS + NEO's handshake may take.
     pub handshake_timeout: Duration,
 }
@@ -66,7 +74,7 @@ impl Default for ConnConfig {
         ConnConfig {
             send_queue: 256,
             event_queue: 256,
-            request_timeout: Duration::from_secs(60),
+            request_timeout: None,
             handshake_timeout: Duration::from_secs(10),
         }
     }
@@ -392,7 +400,7 @@ impl Connection {
             let tcp = TcpStream::connect(addr)
                 .await
                 .map_err(|e| tls_or_io(&peer, e))?;
-            let _ = tcp.set_nodelay(true);
+            tune_socket(&tcp);
             match tls {
                 None => Self::start(tcp, peer.clone(), config).await,
                 Some(tls) => {
@@ -422,7 +430,7 @@ impl Connection {
         let peer = tcp
             .peer_addr()
             .map_or_else(|_| "?".to_owned(), |a| a.to_string());
-        let _ = tcp.set_nodelay(true);
+        tune_socket(&tcp);
         let deadline = config.handshake_timeout;
         let setup = async {
             match tls {
@@ -583,17 +591,25 @@ impl Connection {
     }
 
     /// Sends a request and waits for its answer (or `Error`, returned as
-    /// [`Body::Error`]) up to [`ConnConfig::request_timeout`].
+    /// [`Body::Error`]), up to [`ConnConfig::request_timeout`] if set.
     pub async fn ask(&self, body: impl Into<Body>) -> Result<Body, ConnError> {
-        self.ask_timeout(body, self.inner.config.request_timeout)
+        self.ask_within(body, self.inner.config.request_timeout)
             .await
     }
 
-    /// [`Connection::ask`] with another timeout.
+    /// [`Connection::ask`] with this timeout.
     pub async fn ask_timeout(
         &self,
         body: impl Into<Body>,
         timeout: Duration,
+    ) -> Result<Body, ConnError> {
+        self.ask_within(body, Some(timeout)).await
+    }
+
+    async fn ask_within(
+        &self,
+        body: impl Into<Body>,
+        timeout: Option<Duration>,
     ) -> Result<Body, ConnError> {
         let body = body.into();
         let code = body.code();
@@ -610,7 +626,11 @@ impl Connection {
             self.inner.state().pending.remove(&id);
             return Err(e);
         }
-        match tokio::time::timeout(timeout, rx).await {
+        let answer = match timeout {
+            Some(t) => tokio::time::timeout(t, rx).await,
+            None => Ok(rx.await),
+        };
+        match answer {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(ConnError::Closed {
                 peer: self.inner.peer.clone(),
@@ -651,6 +671,20 @@ impl Connection {
             )),
         };
         self.inner.finish(CloseReason::Abrupt(error));
+    }
+}
+
+/// NEO's socket options: no Nagle delay, and TCP keepalive after 60 s
+/// idle, 3 probes 10 s apart (`SocketConnector.KEEPALIVE`), which is how
+/// NEO notices dead peers.
+fn tune_socket(tcp: &TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    if let Err(e) = SockRef::from(tcp).set_tcp_keepalive(&keepalive) {
+        debug!("cannot set TCP keepalive: {e}");
     }
 }
 
@@ -761,5 +795,33 @@ async fn write_task<W: AsyncWrite + Unpin>(
     };
     if let Some(reason) = reason {
         inner.finish(reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sockets_get_neo_keepalive_and_nodelay() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let (tcp, _) = tokio::join!(TcpStream::connect(addr), l.accept());
+        let tcp = tcp.expect("connect");
+        tune_socket(&tcp);
+        let s = SockRef::from(&tcp);
+        assert!(tcp.nodelay().expect("nodelay"));
+        assert!(s.keepalive().expect("keepalive"));
+        assert_eq!(
+            s.tcp_keepalive_time().expect("time"),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            s.tcp_keepalive_interval().expect("interval"),
+            Duration::from_secs(10)
+        );
+        assert_eq!(s.tcp_keepalive_retries().expect("retries"), 3);
     }
 }

@@ -28,6 +28,8 @@ mod client;
 pub mod txn;
 
 #[cfg(test)]
+mod replay;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;

@@ -21,10 +21,10 @@ const C2: NodeId = NodeId(-536_870_910);
 const S1: NodeId = NodeId(1);
 const NP: u32 = 4;
 
-fn master_addr() -> SocketAddr {
+pub(super) fn master_addr() -> SocketAddr {
     "127.0.0.1:31000".parse().unwrap()
 }
-fn storage_addr() -> SocketAddr {
+pub(super) fn storage_addr() -> SocketAddr {
     "127.0.0.1:31100".parse().unwrap()
 }
 
@@ -52,7 +52,7 @@ impl Node for Peer {
 
 type Mem = StorageNode<MemoryBackend>;
 
-fn config() -> StorageConfig {
+pub(super) fn config() -> StorageConfig {
     StorageConfig {
         cluster: "test".into(),
         masters: vec![master_addr()],

@@ -1,0 +1,214 @@
+//! Replays the recorded conversations 01-bootstrap, 02-client-zodb and
+//! 03-shutdown (one run of the same cluster) against our storage node in
+//! [`Sim`]: every frame the real master and clients sent to the real
+//! storage is sent again, byte for byte (ids included), in the recorded
+//! order; every frame our storage sends must match, in order and per
+//! peer, the frame the real storage sent, byte for byte. All tids come
+//! from the peers, so nothing depends on time; the only difference
+//! allowed is the `devpath` of RequestIdentification (NEO's topology path
+//! of the machine that recorded).
+//!
+//! The fixtures are found at `<repo>/../shared/neo-protocol` or
+//! `$NEO_PROTOCOL_FIXTURES`; without them the test fails.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use neo_proto::{Body, Bytes, Packet, Value};
+
+use super::tests::config;
+use super::StorageNode;
+use crate::runtime::{ConnId, Event, Node, Outbox};
+use crate::sim::Sim;
+use crate::storage::MemoryBackend;
+
+fn conversations_dir() -> PathBuf {
+    let dir = match std::env::var_os("NEO_PROTOCOL_FIXTURES") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/neo-protocol"),
+    };
+    let dir = dir.join("conversations");
+    assert!(
+        dir.is_dir(),
+        "NEO protocol fixtures missing: {} (shared/ must sit beside the repository)",
+        dir.display()
+    );
+    dir
+}
+
+const ME: &str = "storage1";
+
+/// One line of a conversation that concerns the storage.
+#[derive(Debug, Clone)]
+enum Step {
+    /// `peer` opens a connection to the storage.
+    Connect { peer: String },
+    /// `peer` sends this frame to the storage.
+    Send { peer: String, frame: Vec<u8> },
+    /// The storage sent this frame to `peer`.
+    Expect {
+        peer: String,
+        frame: Vec<u8>,
+        line: u64,
+    },
+    /// `peer` closes its connection to the storage.
+    Close { peer: String },
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
+fn load(name: &str) -> Vec<Step> {
+    let path = conversations_dir().join(name);
+    let text = std::fs::read_to_string(&path).expect("conversation");
+    let mut steps = Vec::new();
+    for line in text.lines() {
+        let e: serde_json::Value = serde_json::from_str(line).expect("json line");
+        let s = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+        let (node, peer, event) = (s("node"), s("peer"), s("event"));
+        let i = e.get("i").and_then(|v| v.as_u64()).unwrap_or(0);
+        match event.as_str() {
+            // The storage connects to the master by itself.
+            "connect" if peer == ME && node != "master" => steps.push(Step::Connect { peer: node }),
+            "close" if peer == ME => steps.push(Step::Close { peer: node }),
+            "packet" if s("dir") == "send" => {
+                if peer == ME {
+                    steps.push(Step::Send {
+                        peer: node,
+                        frame: hex(&s("hex")),
+                    });
+                } else if node == ME {
+                    steps.push(Step::Expect {
+                        peer,
+                        frame: hex(&s("hex")),
+                        line: i,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    steps
+}
+
+/// A peer that sends given frames and records the storage's.
+#[derive(Default)]
+struct Replayer {
+    conn: Option<ConnId>,
+    to: Option<SocketAddr>,
+    got: Vec<Packet>,
+}
+
+impl Node for Replayer {
+    fn start(&mut self, _now: Instant, out: &mut Outbox) {
+        if let Some(to) = self.to {
+            self.conn = Some(out.connect(to, 0));
+        }
+    }
+
+    fn handle(&mut self, _now: Instant, event: Event, _out: &mut Outbox) {
+        match event {
+            Event::Accepted { conn, .. } => self.conn = Some(conn),
+            Event::Packet { packet, .. } => self.got.push(packet),
+            _ => {}
+        }
+    }
+}
+
+/// Our frame, with the recorded `devpath` put in RequestIdentification.
+fn comparable(ours: &Packet, recorded: &Packet) -> Packet {
+    let mut ours = ours.clone();
+    if let (Body::RequestIdentification(o), Body::RequestIdentification(r)) =
+        (&mut ours.body, &recorded.body)
+    {
+        let devpath: &[u8] = b"devpath";
+        if let (Some(i), Some(v)) = (
+            o.extra.0.iter().position(|(k, _)| k.as_ref() == devpath),
+            r.extra.get(&Bytes::from_static(b"devpath")),
+        ) {
+            if matches!(&o.extra.0[i].1, Value::Array(a) if a.is_empty()) {
+                o.extra.0[i].1 = v.clone();
+            }
+        }
+    }
+    ours
+}
+
+#[test]
+fn replay_01_02_03_against_our_storage() {
+    let steps: Vec<Step> = [
+        "01-bootstrap.jsonl",
+        "02-client-zodb.jsonl",
+        "03-shutdown.jsonl",
+    ]
+    .iter()
+    .flat_map(|f| load(f))
+    .collect();
+    let mut sim = Sim::new();
+    let mut peers: HashMap<String, usize> = HashMap::new();
+    let master = sim.add(Some(super::tests::master_addr()), Replayer::default());
+    peers.insert("master".into(), master);
+    let storage = sim.add(
+        Some(super::tests::storage_addr()),
+        StorageNode::new(config(), MemoryBackend::new(false)).expect("node"),
+    );
+    sim.run();
+    let mut expected: HashMap<String, Vec<(Vec<u8>, u64)>> = HashMap::new();
+    let mut checked: HashMap<String, usize> = HashMap::new();
+    let mut compared = 0;
+    for step in steps {
+        match step {
+            Step::Connect { peer } => {
+                let r = Replayer {
+                    to: Some(super::tests::storage_addr()),
+                    ..Replayer::default()
+                };
+                peers.insert(peer, sim.add(None, r));
+            }
+            Step::Send { peer, frame } => {
+                let i = peers[&peer];
+                let packet = Packet::decode(&Bytes::from(frame)).expect("recorded frame");
+                sim.poke::<Replayer>(i, |r, out| {
+                    out.send_with_id(r.conn.expect("connected"), packet.id, packet.body)
+                });
+            }
+            Step::Expect { peer, frame, line } => {
+                expected.entry(peer).or_default().push((frame, line));
+            }
+            Step::Close { peer } => {
+                let i = peers[&peer];
+                sim.poke::<Replayer>(i, |r, out| out.close(r.conn.expect("connected")));
+            }
+        }
+        sim.run();
+        for (peer, &i) in &peers {
+            let got = &sim.node::<Replayer>(i).got;
+            let exp = expected.get(peer).map_or(&[][..], Vec::as_slice);
+            let done = checked.entry(peer.clone()).or_insert(0);
+            while *done < got.len().min(exp.len()) {
+                let (frame, line) = &exp[*done];
+                let recorded = Packet::decode(&Bytes::from(frame.clone())).expect("frame");
+                let ours = comparable(&got[*done], &recorded);
+                let bytes = ours.encode().expect("encodable");
+                assert!(
+                    bytes == *frame,
+                    "to {peer}, recorded line {line}:\n  recorded: {recorded:?}\n  ours:     {ours:?}"
+                );
+                *done += 1;
+                compared += 1;
+            }
+        }
+    }
+    for (peer, &i) in &peers {
+        let got = sim.node::<Replayer>(i).got.len();
+        let exp = expected.get(peer).map_or(0, Vec::len);
+        assert_eq!(got, exp, "frames to {peer}: ours {got}, recorded {exp}");
+    }
+    assert!(compared >= 100, "only {compared} frames compared");
+    assert!(sim.node::<StorageNode<MemoryBackend>>(storage).is_stopped());
+}

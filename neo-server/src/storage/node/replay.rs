@@ -139,25 +139,9 @@ fn comparable(ours: &Packet, recorded: &Packet) -> Packet {
     ours
 }
 
-#[test]
-fn replay_01_02_03_against_our_storage() {
-    let steps: Vec<Step> = [
-        "01-bootstrap.jsonl",
-        "02-client-zodb.jsonl",
-        "03-shutdown.jsonl",
-    ]
-    .iter()
-    .flat_map(|f| load(f))
-    .collect();
-    let mut sim = Sim::new();
-    let mut peers: HashMap<String, usize> = HashMap::new();
-    let master = sim.add(Some(super::tests::master_addr()), Replayer::default());
-    peers.insert("master".into(), master);
-    let storage = sim.add(
-        Some(super::tests::storage_addr()),
-        StorageNode::new(config(), MemoryBackend::new(false)).expect("node"),
-    );
-    sim.run();
+/// Plays `steps` against the storage, whose master is the replayer
+/// `peers["master"]`; returns how many frames of the storage matched.
+fn play(sim: &mut Sim, peers: &mut HashMap<String, usize>, steps: Vec<Step>) -> usize {
     let mut expected: HashMap<String, Vec<(Vec<u8>, u64)>> = HashMap::new();
     let mut checked: HashMap<String, usize> = HashMap::new();
     let mut compared = 0;
@@ -186,7 +170,7 @@ fn replay_01_02_03_against_our_storage() {
             }
         }
         sim.run();
-        for (peer, &i) in &peers {
+        for (peer, &i) in peers.iter() {
             let got = &sim.node::<Replayer>(i).got;
             let exp = expected.get(peer).map_or(&[][..], Vec::as_slice);
             let done = checked.entry(peer.clone()).or_insert(0);
@@ -204,11 +188,111 @@ fn replay_01_02_03_against_our_storage() {
             }
         }
     }
-    for (peer, &i) in &peers {
+    for (peer, &i) in peers.iter() {
         let got = sim.node::<Replayer>(i).got.len();
         let exp = expected.get(peer).map_or(0, Vec::len);
         assert_eq!(got, exp, "frames to {peer}: ours {got}, recorded {exp}");
     }
+    compared
+}
+
+#[test]
+fn replay_01_02_03_against_our_storage() {
+    let steps: Vec<Step> = [
+        "01-bootstrap.jsonl",
+        "02-client-zodb.jsonl",
+        "03-shutdown.jsonl",
+    ]
+    .iter()
+    .flat_map(|f| load(f))
+    .collect();
+    let mut sim = Sim::new();
+    let mut peers: HashMap<String, usize> = HashMap::new();
+    let master = sim.add(Some(super::tests::master_addr()), Replayer::default());
+    peers.insert("master".into(), master);
+    let storage = sim.add(
+        Some(super::tests::storage_addr()),
+        StorageNode::new(config(), MemoryBackend::new(false)).expect("node"),
+    );
+    sim.run();
+    let compared = play(&mut sim, &mut peers, steps);
     assert!(compared >= 100, "only {compared} frames compared");
     assert!(sim.node::<StorageNode<MemoryBackend>>(storage).is_stopped());
+}
+
+/// Conversation 04 starts with a running cluster whose root object is
+/// committed: the storage is set up so (its database holds the root as
+/// the recording's first load answers it), then the two clients make it
+/// send NotifyDeadlock and answer the relock with the conflict.
+#[test]
+fn replay_04_deadlock_avoidance() {
+    use crate::storage::{Backend, CellState, ObjectRef, TxnMeta};
+    use neo_proto::{AcceptIdentification, NodeId, NodeType, StartOperation};
+    let steps = load("04-deadlock-avoidance.jsonl");
+    let root = steps
+        .iter()
+        .find_map(|s| match s {
+            Step::Expect { frame, .. } => {
+                match Packet::decode(&Bytes::from(frame.clone())).ok()?.body {
+                    Body::AnswerObject(o) => Some(o),
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+        .expect("a load of the root");
+    let mut db = MemoryBackend::new(false);
+    db.set_name("test").unwrap();
+    db.set_nid(1).unwrap();
+    let cells: Vec<_> = (0..4).map(|p| (p, 1, CellState::UpToDate)).collect();
+    db.change_partition_table(1, 0, &cells, true, fsformat::Tid::ZERO)
+        .unwrap();
+    let id = db
+        .store_data(
+            Some(&root.checksum.0),
+            root.oid,
+            &root.data,
+            root.compression,
+            None,
+        )
+        .unwrap();
+    let meta = TxnMeta {
+        oids: vec![root.oid],
+        ttid: root.serial,
+        ..TxnMeta::default()
+    };
+    let object = ObjectRef {
+        oid: root.oid,
+        data_id: id,
+        value_tid: None,
+    };
+    db.store_transaction(root.serial, &[object], Some(&meta), false)
+        .unwrap();
+    db.commit().unwrap();
+
+    let mut sim = Sim::new();
+    let master = sim.add(Some(super::tests::master_addr()), Replayer::default());
+    let storage = sim.add(
+        Some(super::tests::storage_addr()),
+        StorageNode::new(config(), db).expect("node"),
+    );
+    sim.run();
+    let accept = AcceptIdentification {
+        node_type: NodeType::Master,
+        uuid: Some(NodeId::new(NodeType::Master, 1)),
+        your_uuid: Some(NodeId(1)),
+    };
+    sim.poke::<Replayer>(master, |r, out| {
+        let conn = r.conn.expect("connected");
+        out.answer(conn, 0, accept);
+        out.send_with_id(conn, 19, StartOperation { backup: false });
+    });
+    sim.run();
+    assert!(sim
+        .node::<StorageNode<MemoryBackend>>(storage)
+        .is_operational());
+    sim.node_mut::<Replayer>(master).got.clear();
+    let mut peers = HashMap::from([("master".to_owned(), master)]);
+    let compared = play(&mut sim, &mut peers, steps);
+    assert!(compared >= 20, "only {compared} frames compared");
 }

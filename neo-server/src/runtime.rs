@@ -431,7 +431,8 @@ async fn serve(conn: ConnId, origin: Origin, tx: mpsc::Sender<Msg>, tls: Option<
     while let Some(ev) = events.recv().await {
         match ev {
             ConnEvent::Packet(packet) => {
-                if tx.send(Msg::Event(Event::Packet { conn, packet })).is_err() {
+                let delivered = tx.send(Msg::Event(Event::Packet { conn, packet }));
+                if delivered.is_err() {
                     c.abort().await;
                     return;
                 }

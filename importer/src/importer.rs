@@ -144,16 +144,17 @@ fn hex_config<B: Backend>(db: &mut B, key: &str) -> Result<Option<u64>, ImportEr
 }
 
 impl Importer<SqliteBackend> {
-    /// Opens the destination named by `[neo]` (SQLite) with `opts`
-    /// (`--reset`, `--dedup`; pragmas come from a `file:` database URI)
-    /// and the import described by `config`.
+    /// Opens the destination named by `[neo]` (SQLite; a relative path is
+    /// taken from the directory of `importer.conf`) with `opts` (`--reset`,
+    /// `--dedup`; pragmas come from a `file:` database URI) and the import
+    /// described by `config`.
     pub fn open_sqlite(config: &ImporterConfig, opts: &SqliteOptions) -> Result<Self, ImportError> {
         if config.adapter != Adapter::Sqlite {
             return Err(ImportError::Unsupported {
                 what: format!(
-                    "{}: adapter {:?}: only SQLite destinations are built in",
-                    config.path.display(),
-                    config.adapter
+                    "{}: adapter MySQL: open the destination with the MySQL backend and \
+                     Importer::open (open_sqlite only builds SQLite destinations)",
+                    config.path.display()
                 ),
             });
         }
@@ -166,6 +167,11 @@ impl Importer<SqliteBackend> {
                 ),
             }
         })?;
+        let path = if path.is_relative() {
+            config.path.parent().unwrap_or(Path::new(".")).join(path)
+        } else {
+            path
+        };
         o.reset = opts.reset;
         o.dedup = opts.dedup;
         let db = SqliteBackend::open(&path, &o)?;

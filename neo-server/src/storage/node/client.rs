@@ -258,7 +258,15 @@ impl<B: Backend> StorageNode<B> {
                     Err(LockError::Db(e)) => return Err(Fail::Db(e)),
                 }
             }
-            Retry::Read { conn, id, body } => return self.read(*conn, *id, body, out),
+            Retry::Read { conn, id, body } => {
+                return match body {
+                    Body::AskFetchTransactions(_)
+                    | Body::AskFetchObjects(_)
+                    | Body::AskCheckTIDRange(_)
+                    | Body::AskCheckSerialRange(_) => self.serve(*conn, *id, body, out),
+                    _ => self.read(*conn, *id, body, out),
+                }
+            }
         }
         Ok(Outcome::Done)
     }

@@ -22,9 +22,11 @@
 //! Requests that must wait for a lock are queued (NEO's `DelayEvent`) and
 //! retried in order whenever a transaction releases its locks.
 //!
-//! Not here yet: replication (serving and fetching), backup, checks, pack.
+//! Served to other storage nodes: replication sources and checks
+//! (`serve.rs`). Not here yet: our own replication (fetching), backup, pack.
 
 mod client;
+mod serve;
 pub mod txn;
 
 #[cfg(test)]
@@ -1191,26 +1193,6 @@ impl<B: Backend> StorageNode<B> {
             },
         );
         Ok(())
-    }
-
-    /// Packets from another storage node: only what is not replication.
-    fn storage_packet(
-        &mut self,
-        conn: ConnId,
-        packet: Packet,
-        out: &mut Outbox,
-    ) -> Result<(), Fail> {
-        match packet.body {
-            Body::Ping(_) => {
-                out.answer(conn, packet.id, Pong {});
-                Ok(())
-            }
-            Body::Pong(_) | Body::CloseClient(_) => Ok(()),
-            body => Err(Fail::Protocol(format!(
-                "{} from a storage node is not implemented",
-                body.name()
-            ))),
-        }
     }
 
     /// AbortTransaction / NotifyTransactionFinished.

@@ -1297,3 +1297,152 @@ fn with_the_real_master() {
     };
     assert_eq!(l.tid, f.tid);
 }
+
+/// Another storage node replicating from us and checking us (the source
+/// side of conversations 05 and 06).
+#[test]
+fn serves_replication_and_checks() {
+    let mut c = running();
+    let (ci, cc) = c.client(C1);
+    let (t1, t2) = (Tid(0x100), Tid(0x200));
+    // Oids 1 and 5 are in partition 1, with t1 and t2 in partition 0.
+    commit(
+        &mut c,
+        ci,
+        cc,
+        Tid(0xfc),
+        t1,
+        &[(1, ZERO_TID, b"a1"), (5, ZERO_TID, b"e1")],
+    );
+    commit(&mut c, ci, cc, Tid(0x1fc), t2, &[(1, t1, b"a2")]);
+    // S2 is announced by the master, then identifies with us.
+    let s2 = NodeId::new(NodeType::Storage, 2);
+    c.ts += 1.0;
+    let ts = c.ts;
+    let (m, mconn) = (c.m, c.mconn);
+    c.send(
+        m,
+        mconn,
+        NotifyNodeInformation {
+            timestamp: ts,
+            node_list: vec![NodeInfo {
+                node_type: NodeType::Storage,
+                address: Some(Address::new("127.0.0.1", 31111)),
+                uuid: Some(s2),
+                state: NodeState::Running,
+                id_timestamp: Some(ts),
+            }],
+        },
+    );
+    let p = c.sim.add(None, Peer::default());
+    c.sim.poke::<Peer>(p, |_, out| {
+        out.connect(storage_addr(), 0);
+    });
+    c.sim.run();
+    let pc = c.sim.node::<Peer>(p).conns[0];
+    let mut r = identification(s2, ts);
+    r.node_type = NodeType::Storage;
+    r.address = Some(Address::new("127.0.0.1", 31111));
+    let a = c.request(p, pc, r);
+    assert!(matches!(a, Body::AcceptIdentification(_)), "{a:?}");
+    // Transactions of partition 0: S2 has t1 and an unknown 0x4 already.
+    let id = c.ask(
+        p,
+        pc,
+        AskFetchTransactions {
+            partition: 0,
+            length: 1000,
+            min_tid: ZERO_TID,
+            max_tid: MAX_TID,
+            tid_list: vec![Tid(4), t1],
+            ask_pack_info: true,
+        },
+    );
+    let got: Vec<Packet> = std::mem::take(&mut c.sim.node_mut::<Peer>(p).inbox)
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    assert!(got.iter().all(|p| p.id == id));
+    let [Packet {
+        body: Body::AddTransaction(t),
+        ..
+    }, Packet {
+        body: Body::AnswerFetchTransactions(a),
+        ..
+    }] = &got[..]
+    else {
+        panic!("{got:?}")
+    };
+    assert_eq!((t.tid, t.ttid, t.oid_list.len()), (t2, Tid(0x1fc), 1));
+    assert_eq!(
+        (a.next_tid, &a.tid_list[..], a.completed_pack),
+        (None, &[Tid(4)][..], Some(ZERO_TID))
+    );
+    // Objects of partition 1, 2 at a time: S2 has (t1, 1) already.
+    let id = c.ask(
+        p,
+        pc,
+        AskFetchObjects {
+            partition: 1,
+            length: 2,
+            min_tid: ZERO_TID,
+            max_tid: MAX_TID,
+            min_oid: Oid(0),
+            object_dict: [(t1, vec![Oid(1)])].into_iter().collect(),
+        },
+    );
+    let got: Vec<Packet> = std::mem::take(&mut c.sim.node_mut::<Peer>(p).inbox)
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    assert!(got.iter().all(|p| p.id == id));
+    let [Packet {
+        body: Body::AddObject(o),
+        ..
+    }, Packet {
+        body: Body::AnswerFetchObjects(a),
+        ..
+    }] = &got[..]
+    else {
+        panic!("{got:?}")
+    };
+    assert_eq!((o.oid, o.serial, o.data.as_ref()), (Oid(5), t1, &b"e1"[..]));
+    assert_eq!(
+        (a.next_tid, a.next_oid, a.object_dict.len()),
+        (Some(t2), Some(Oid(1)), 0)
+    );
+    // Checks.
+    let a = c.request(
+        p,
+        pc,
+        AskCheckTIDRange {
+            partition: 0,
+            length: 100,
+            min_tid: ZERO_TID,
+            max_tid: MAX_TID,
+        },
+    );
+    let Body::AnswerCheckTIDRange(r) = a else {
+        panic!("{a:?}")
+    };
+    assert_eq!((r.count, r.max_tid), (2, t2));
+    assert_eq!(
+        r.checksum.0,
+        crate::storage::hash_decimal_list([t1.0, t2.0])
+    );
+    let a = c.request(
+        p,
+        pc,
+        AskCheckSerialRange {
+            partition: 1,
+            length: 100,
+            min_tid: ZERO_TID,
+            max_tid: MAX_TID,
+            min_oid: Oid(0),
+        },
+    );
+    let Body::AnswerCheckSerialRange(r) = a else {
+        panic!("{a:?}")
+    };
+    assert_eq!((r.count, r.max_tid, r.max_oid), (3, t2, Oid(1)));
+}

@@ -70,6 +70,8 @@ pub struct MasterConfig {
 /// Where the recovery stands.
 #[derive(Debug, Clone)]
 struct Recovery {
+    /// truncate_tid of each storage's AnswerRecovery.
+    truncate: HashMap<NodeId, Option<Tid>>,
     target_ptid: Ptid,
     /// Storages having `target_ptid`, the first one being asked for it;
     /// `None` once the table is loaded.
@@ -79,6 +81,7 @@ struct Recovery {
 impl Default for Recovery {
     fn default() -> Self {
         Recovery {
+            truncate: HashMap::new(),
             target_ptid: 0,
             ask_pt: Some(Vec::new()),
         }
@@ -133,6 +136,10 @@ pub struct Master {
     storage_ready: BTreeMap<NodeId, u64>,
     storage_starting: BTreeSet<NodeId>,
     completed_pack: HashMap<NodeId, Tid>,
+    /// The greatest pack id known completed (NEO's `pm.max_completed`).
+    max_completed: Option<Tid>,
+    /// Set by `neoctl truncate` until the storages truncated.
+    truncate_tid: Option<Tid>,
     packs: BTreeMap<Tid, PackEntry>,
     /// AskBeginTransaction delayed until storages are ready: (conn, id, tid).
     delayed_begins: VecDeque<(ConnId, u32, Option<Tid>)>,
@@ -183,6 +190,8 @@ impl Master {
             storage_ready: BTreeMap::new(),
             storage_starting: BTreeSet::new(),
             completed_pack: HashMap::new(),
+            max_completed: None,
+            truncate_tid: None,
             packs: BTreeMap::new(),
             delayed_begins: VecDeque::new(),
             stopping: false,
@@ -427,6 +436,11 @@ impl Master {
                     .filter(|n| self.node_state(*n) == Some(NodeState::Pending))
                     .collect();
             } else if !set.is_empty() {
+                let set: BTreeSet<NodeId> = if self.truncate_tid.is_some() {
+                    self.pt.node_ids()
+                } else {
+                    set
+                };
                 if !set
                     .iter()
                     .all(|n| self.node_state(*n) == Some(NodeState::Pending))
@@ -449,6 +463,22 @@ impl Master {
             return;
         }
         if self.pt.filled() {
+            if let Some(tid) = self.truncate_tid {
+                let late: Vec<NodeId> = self
+                    .recovery
+                    .truncate
+                    .iter()
+                    .filter(|(n, t)| self.conn_of(**n).is_some() && t.is_none_or(|t| tid < t))
+                    .map(|(n, _)| *n)
+                    .collect();
+                if !late.is_empty() {
+                    for n in late {
+                        self.send(out, n, p::Truncate { tid });
+                        self.ask(out, n, p::AskRecovery {});
+                    }
+                    return;
+                }
+            }
             node_list = self
                 .pt
                 .node_ids()
@@ -595,6 +625,7 @@ impl Master {
                 }
                 VerifyStep::LastIds => {
                     self.last_transaction = v.last_tid;
+                    self.truncate_tid = None;
                     let readable: BTreeSet<NodeId> = self
                         .pt
                         .node_ids()
@@ -657,7 +688,15 @@ impl Master {
     /// to recovery (NEO's StoppedOperation in `playPrimaryRole`).
     fn stopped_operation(&mut self, out: &mut Outbox) {
         log::error!("no longer operational");
-        self.startup_allowed = true;
+        self.stop_operation(out, None);
+    }
+
+    /// Leaves the service (and tells the storages to truncate if asked),
+    /// then recovers again; restarts by itself unless truncating.
+    fn stop_operation(&mut self, out: &mut Outbox, truncate: Option<Tid>) {
+        self.startup_allowed = self.truncate_tid.is_none() && truncate.is_none();
+        self.packs.clear();
+        self.max_completed = None;
         self.verification = None;
         self.storage_readiness = 0;
         self.storage_ready.clear();
@@ -673,6 +712,9 @@ impl Master {
                 }
                 NodeType::Storage => {
                     out.notify(conn, p::StopOperation {});
+                    if let Some(tid) = truncate {
+                        out.notify(conn, p::Truncate { tid });
+                    }
                     if let Some(node) = self.nodes.by_nid_mut(nid) {
                         if node.state == NodeState::Running {
                             node.state = NodeState::Pending;
@@ -926,6 +968,7 @@ impl Master {
         }
         match self.state {
             ClusterState::Recovering => {
+                self.recovery.truncate.remove(&nid);
                 if let Some(ask) = self.recovery.ask_pt.as_mut() {
                     if let Some(i) = ask.iter().position(|n| *n == nid) {
                         ask.remove(i);
@@ -975,6 +1018,10 @@ impl Master {
                     }
                 };
                 self.broadcast_nodes(out, &[info]);
+                if self.truncate_tid.is_some() {
+                    self.stopped_operation(out);
+                    return;
+                }
                 let nodes = &self.nodes;
                 let changes = self.pt.outdate(Some(nid), |n| nodes.is_running(n));
                 self.broadcast_pt_changes(out, changes);
@@ -982,6 +1029,7 @@ impl Master {
                 self.storage_ready.remove(&nid);
                 let done = self.tm.storage_lost(nid);
                 self.committed(out, done);
+                self.update_completed_pack();
                 if !self.operational(&BTreeSet::new()) {
                     self.stopped_operation(out);
                     return;
@@ -1067,7 +1115,7 @@ impl Master {
                 p::AnswerRecovery {
                     ptid: self.pt.ptid(),
                     backup_tid: None,
-                    truncate_tid: None,
+                    truncate_tid: self.truncate_tid,
                 },
             ),
             Body::AskLastIDs(_) => {
@@ -1105,6 +1153,7 @@ impl Master {
     ) -> Option<Body> {
         match body {
             Body::AnswerRecovery(a) if self.state == ClusterState::Recovering => {
+                self.recovery.truncate.insert(nid, a.truncate_tid);
                 if let Some(ptid) = a.ptid {
                     let r = &mut self.recovery;
                     if r.target_ptid <= ptid {
@@ -1124,6 +1173,7 @@ impl Master {
             Body::AnswerPartitionTable(a) if self.state == ClusterState::Recovering => {
                 if a.ptid == Some(self.recovery.target_ptid) {
                     self.load_pt(out, a);
+                    self.truncate_tid = self.recovery.truncate.get(&nid).copied().flatten();
                 }
             }
             Body::AnswerRecovery(_) | Body::AnswerPartitionTable(_) => {}
@@ -1171,7 +1221,7 @@ impl Master {
                 if let Some(v) = self.verification.as_mut() {
                     if v.step == VerifyStep::PackOrders && v.waiting.remove(&nid) {
                         for entry in a.pack_list {
-                            self.packs.insert(entry.0, entry);
+                            self.add_pack(entry);
                         }
                         self.verification_advance(out);
                     }
@@ -1179,10 +1229,12 @@ impl Master {
             }
             Body::NotifyPackCompleted(n) => {
                 self.completed_pack.insert(nid, n.pack_id);
-                self.prune_packs();
+                if self.state == ClusterState::Running {
+                    self.update_completed_pack();
+                }
             }
             Body::AskPackOrders(a) => {
-                let pack_list = self.dump_packs(a.pack_id);
+                let pack_list = self.dump_packs(a.pack_id, true);
                 out.answer(conn, id, p::AnswerPackOrders { pack_list });
             }
             Body::NotifyReady(_) if self.state == ClusterState::Running => {
@@ -1304,29 +1356,70 @@ impl Master {
         self.broadcast_pt_changes(out, changes);
     }
 
-    fn dump_packs(&self, pack_id: Tid) -> Vec<PackEntry> {
-        self.packs
-            .range(pack_id..)
-            .map(|(_, e)| e.clone())
-            .collect()
+    /// NEO's `pm.dump`: the pack orders from `pack_id` (storages get only
+    /// the first approved one).
+    fn dump_packs(&self, pack_id: Tid, only_first_approved: bool) -> Vec<PackEntry> {
+        let mut list = self.packs.range(pack_id..).map(|(_, e)| e);
+        if only_first_approved {
+            list.find(|e| e.1 == Some(true))
+                .cloned()
+                .into_iter()
+                .collect()
+        } else {
+            list.cloned().collect()
+        }
     }
 
-    /// Forgets pack orders every readable storage completed.
-    fn prune_packs(&mut self) {
-        let readable: Vec<NodeId> = self
+    /// NEO's `pm.add`: a pack order known by a storage.
+    fn add_pack(&mut self, entry: PackEntry) {
+        let tid = entry.0;
+        match self.packs.get_mut(&tid) {
+            None => {
+                self.packs.insert(tid, entry);
+                if self.max_completed.is_some_and(|m| m > tid) {
+                    self.max_completed = Some(add_tid_raw(tid, -1));
+                }
+            }
+            Some(e) if e.1.is_none() => e.1 = entry.1,
+            Some(_) => {}
+        }
+    }
+
+    /// NEO's `updateCompletedPackId`: packs every readable storage
+    /// completed are forgotten.
+    fn update_completed_pack(&mut self) {
+        let done = self
             .pt
             .node_ids()
             .into_iter()
             .filter(|n| !self.pt.readable_offsets(*n).is_empty())
-            .collect();
-        let done = readable
-            .iter()
-            .map(|n| self.completed_pack.get(n).copied())
-            .min()
-            .flatten();
+            .filter_map(|n| self.completed_pack.get(&n).copied())
+            .min();
         if let Some(done) = done {
-            self.packs.retain(|t, _| *t > done);
+            let completed: Vec<Tid> = self.packs.range(..=done).map(|(t, _)| *t).collect();
+            for t in completed {
+                self.packs.remove(&t);
+                if self.max_completed.is_none_or(|m| m < t) {
+                    self.max_completed = Some(t);
+                }
+            }
         }
+    }
+
+    /// NEO's `getApprovedRejected(min_tid)[0]`: approved packs from `min`.
+    fn approved_packs(&self, min: Tid) -> Vec<Tid> {
+        let mut approved: Vec<Tid> = self
+            .max_completed
+            .filter(|m| min <= *m)
+            .into_iter()
+            .collect();
+        approved.extend(
+            self.packs
+                .range(min..)
+                .filter(|(_, e)| e.1 == Some(true))
+                .map(|(t, _)| *t),
+        );
+        approved
     }
 
     // ---- client service ------------------------------------------------
@@ -1401,7 +1494,7 @@ impl Master {
                 }
             }
             Body::AskPackOrders(a) => {
-                let pack_list = self.dump_packs(a.pack_id);
+                let pack_list = self.dump_packs(a.pack_id, false);
                 out.answer(conn, id, p::AnswerPackOrders { pack_list });
             }
             Body::WaitForPack(_) => out.answer(conn, id, p::WaitedForPack {}),
@@ -1492,6 +1585,7 @@ impl Master {
         };
         log::debug!("finish transaction {:016x} (was {:016x})", tid.0, a.ttid.0);
         if let Some((oids, pack_tid)) = &pack {
+            let partial = oids.as_ref().is_some_and(|l| !l.is_empty());
             let oids = oids.as_ref().map(|l| {
                 Value::Array(
                     l.iter()
@@ -1500,7 +1594,7 @@ impl Master {
                 )
             });
             self.packs
-                .insert(tid, (tid, Some(true), false, oids, *pack_tid));
+                .insert(tid, (tid, Some(true), partial, oids, *pack_tid));
         }
         for n in involved {
             self.ask(
@@ -1690,9 +1784,12 @@ impl Master {
                 }
                 Ok(())
             }
-            Body::Truncate(_) | Body::CheckReplicas(_) => {
-                Err(denied("not implemented by this master"))
+            Body::CheckReplicas(a) => {
+                self.check_replicas(out, a);
+                out.error(conn, id, ErrorCode::Ack, "");
+                Ok(())
             }
+            Body::Truncate(a) => self.truncate(out, conn, id, a.tid),
             other => return Some(other),
         };
         if let Err(Denied(msg)) = result {
@@ -1701,6 +1798,73 @@ impl Master {
         }
         self.recovery_check(out);
         None
+    }
+
+    /// NEO's `checkReplicas`: for each partition with several readable
+    /// cells, one node (preferably one already checking another partition)
+    /// compares its data with the source (given, or any other replica).
+    fn check_replicas(&mut self, out: &mut Outbox, a: p::CheckReplicas) {
+        let max_tid = a.max_tid.unwrap_or(self.last_transaction);
+        if a.min_tid > max_tid {
+            log::warn!(
+                "nothing to check: min_tid={:016x} > max_tid={:016x}",
+                a.min_tid.0,
+                max_tid.0
+            );
+            return;
+        }
+        let mut node_set: BTreeSet<NodeId> = BTreeSet::new();
+        for (offset, source) in a.partition_dict.iter() {
+            let cells = self.pt.readable_cells(*offset);
+            if cells.len() <= 1 {
+                continue;
+            }
+            let node = match cells.iter().find(|n| node_set.contains(n)) {
+                Some(n) => *n,
+                None => {
+                    let Some(&n) = cells.last() else { continue };
+                    node_set.insert(n);
+                    n
+                }
+            };
+            let address = source.and_then(|s| self.nodes.by_nid(s)?.address.clone());
+            self.send(
+                out,
+                node,
+                p::CheckPartition {
+                    partition: *offset,
+                    source: (neo_proto::Bytes::new(), address),
+                    min_tid: a.min_tid,
+                    max_tid,
+                },
+            );
+        }
+    }
+
+    /// `neoctl truncate`: stop, tell the storages to truncate, recover.
+    fn truncate(
+        &mut self,
+        out: &mut Outbox,
+        conn: ConnId,
+        id: u32,
+        tid: Tid,
+    ) -> Result<(), Denied> {
+        self.check_running("truncate")?;
+        if self.last_transaction <= tid {
+            return Err(denied("Truncating after last transaction does nothing"));
+        }
+        if self.tm.first_tid() > tid {
+            return Err(denied(
+                "Truncating before first transaction is probably not what you intended to do",
+            ));
+        }
+        if !self.approved_packs(add_tid_raw(tid, 1)).is_empty() {
+            return Err(denied("Can not truncate before an approved pack"));
+        }
+        out.error(conn, id, ErrorCode::Ack, "");
+        log::info!("truncating the database after {:016x}", tid.0);
+        self.stop_operation(out, Some(tid));
+        Ok(())
     }
 
     fn check_running(&self, rpc: &str) -> Result<(), Denied> {
@@ -2026,4 +2190,9 @@ impl Node for Master {
         }
         self.recovery_check(out);
     }
+}
+
+/// `tid + delta` as a plain 64-bit number (NEO's `add64`).
+fn add_tid_raw(tid: Tid, delta: i64) -> Tid {
+    Tid(tid.0.wrapping_add_signed(delta))
 }

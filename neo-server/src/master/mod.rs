@@ -781,11 +781,16 @@ impl Master {
         let mut uuid = req.uuid;
         // The known entry this peer is.
         let existing: Option<NodeId> = match (by_addr, by_uuid) {
-            (Some((a, true)), _) => {
-                let _ = a;
+            // A node of this address, not connected: it is this peer,
+            // unless the peer claims the (permanent) id of another one.
+            (Some((a, false)), by_uuid)
+                if by_uuid.is_none_or(|(u, _)| u == a) || req.uuid.is_some_and(|u| u.0 < 0) =>
+            {
+                Some(a)
+            }
+            (Some(_), _) => {
                 return self.refuse(out, conn, id, ErrorCode::ProtocolError, "already connected");
             }
-            (Some((a, false)), _) => Some(a),
             (None, Some((u, true))) => {
                 if u.0 < 0 {
                     uuid = None;
@@ -844,6 +849,12 @@ impl Master {
                 );
             }
         };
+        // NEO moves a known node to the address it comes from first.
+        if let (Some(e), Some(addr)) = (existing, req.address.as_ref()) {
+            if let Some(n) = self.nodes.by_nid_mut(e) {
+                n.address = Some(addr.clone());
+            }
+        }
         let nid = self.new_uuid(uuid, req.address.as_ref(), req.node_type);
         log::info!(
             "accept a {} {nid} ({state})",
@@ -1451,10 +1462,10 @@ impl Master {
                 self.delayed_begins.push_back((conn, id, a.tid));
                 self.executed_queued(out);
             }
-            Body::AskNewOIDs(a) => {
-                let oid_list = self.tm.new_oids(a.num_oids);
-                out.answer(conn, id, p::AnswerNewOIDs { oid_list });
-            }
+            Body::AskNewOIDs(a) => match self.tm.new_oids(a.num_oids) {
+                Some(oid_list) => out.answer(conn, id, p::AnswerNewOIDs { oid_list }),
+                _ => self.protocol_error(out, conn, id, "too many oids requested"),
+            },
             Body::AskFinishTransaction(a) => self.finish(out, conn, id, a),
             Body::AbortTransaction(a) => match self.tm.abort(a.ttid) {
                 Ok(mut involved) => {

@@ -1143,3 +1143,70 @@ fn autostart_and_storage_lost_during_commit() {
     assert!(fake(&sim, c1).closed);
     assert_eq!(sim.node::<Master>(m).nodes().state(c(1)), None);
 }
+
+#[test]
+fn identification_conflicts() {
+    let mut sim = Sim::new();
+    let m = add_master(&mut sim, 4, 0);
+    let s1 = sim.add(None, Fake::storage(Some(1), 31100, StorageScript::empty()));
+    sim.run();
+    let Body::AcceptIdentification(acc) = &fake(&sim, s1).log[0].body else {
+        panic!()
+    };
+    assert_eq!(acc.your_uuid, Some(s(1)));
+    // Same id, another address: refused while S1 is connected.
+    let dup = sim.add(None, Fake::storage(Some(1), 31101, StorageScript::empty()));
+    // Same address as S1: refused too.
+    let same_addr = sim.add(None, Fake::storage(None, 31100, StorageScript::empty()));
+    // The master's own address.
+    let mine = sim.add(
+        None,
+        Fake::storage(None, MASTER_PORT, StorageScript::empty()),
+    );
+    sim.run();
+    for (i, msg) in [
+        (dup, "already connected"),
+        (same_addr, "already connected"),
+        (mine, "address conflict"),
+    ] {
+        assert_eq!(
+            fake(&sim, i).log.last().map(|p| &p.body),
+            Some(&Body::Error(p::Error::new(ErrorCode::ProtocolError, msg)))
+        );
+        assert!(fake(&sim, i).closed);
+    }
+    // A second storage with an id of its own choosing that is free.
+    let s7 = sim.add(None, Fake::storage(Some(7), 31107, StorageScript::empty()));
+    sim.run();
+    let Body::AcceptIdentification(acc) = &fake(&sim, s7).log[0].body else {
+        panic!()
+    };
+    assert_eq!(acc.your_uuid, Some(s(7)));
+    // Without id: the first free one.
+    let s2 = sim.add(None, Fake::storage(None, 31102, StorageScript::empty()));
+    sim.run();
+    let Body::AcceptIdentification(acc) = &fake(&sim, s2).log[0].body else {
+        panic!()
+    };
+    assert_eq!(acc.your_uuid, Some(s(2)));
+    // S1 leaves (DOWN during recovery); it may come back from elsewhere.
+    sim.kill(s1);
+    sim.run();
+    assert_eq!(
+        sim.node::<Master>(m).nodes().state(s(1)),
+        Some(NodeState::Down)
+    );
+    let back = sim.add(None, Fake::storage(Some(1), 31111, StorageScript::empty()));
+    sim.run();
+    let Body::AcceptIdentification(acc) = &fake(&sim, back).log[0].body else {
+        panic!("{:?}", fake(&sim, back).log)
+    };
+    assert_eq!(acc.your_uuid, Some(s(1)));
+    assert_eq!(
+        sim.node::<Master>(m)
+            .nodes()
+            .by_nid(s(1))
+            .and_then(|n| n.address.clone()),
+        Some(Address::new("127.0.0.1", 31111))
+    );
+}

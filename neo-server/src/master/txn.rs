@@ -150,14 +150,21 @@ impl TransactionManager {
         }
     }
 
-    /// The next `n` oids.
-    pub fn new_oids(&mut self, n: u32) -> Vec<Oid> {
-        let first = self.last_oid.0 + 1;
-        let list: Vec<Oid> = (0..u64::from(n)).map(|i| Oid(first + i)).collect();
-        if let Some(last) = list.last() {
-            self.last_oid = *last;
+    /// The next `n` oids, `None` if the oid space is exhausted (or `n` is
+    /// above 2^20).
+    pub fn new_oids(&mut self, n: u32) -> Option<Vec<Oid>> {
+        if n > (1 << 20) {
+            return None;
         }
-        list
+        let first = self.last_oid.0.checked_add(1)?;
+        let list: Vec<Oid> = if n == 0 {
+            Vec::new()
+        } else {
+            let last = first.checked_add(u64::from(n) - 1)?;
+            self.last_oid = Oid(last);
+            (first..=last).map(Oid).collect()
+        };
+        Some(list)
     }
 
     /// The last tid used: the greatest pending ttid or queued tid, else the
@@ -448,7 +455,9 @@ mod tests {
         assert!(tid > t2);
         assert_eq!(tid.0 % 4, t1.0 % 4);
         assert_eq!(tm.last_oid(), Oid(3));
-        assert_eq!(tm.new_oids(2), [Oid(4), Oid(5)]);
+        assert_eq!(tm.new_oids(2), Some(vec![Oid(4), Oid(5)]));
+        assert_eq!(tm.new_oids(0), Some(vec![]));
+        assert_eq!(tm.last_oid(), Oid(5));
         // t1 is locked by its storage: committed.
         let done = tm.lock(t1, s(1));
         assert_eq!(done.len(), 1);
@@ -504,5 +513,9 @@ mod tests {
             tm.begin(c(2), 1, Some(Tid(5)), now, ZERO_TID),
             Err(TxnError::ConcurrentWithTid)
         );
+        // The oid space has an end.
+        tm.set_last_oid(Some(Oid(u64::MAX - 1)));
+        assert_eq!(tm.new_oids(1), Some(vec![Oid(u64::MAX)]));
+        assert_eq!(tm.new_oids(1), None);
     }
 }

@@ -244,12 +244,16 @@ pub fn spawn<N: Node>(
     };
     let (tx, rx) = mpsc::channel::<Msg>();
     let conn_ids = Arc::new(AtomicU64::new(1));
+    // Writer tasks still running: waited for at stop so that what the node
+    // sent last (e.g. an answer before closing) is written.
+    let live = Arc::new(AtomicU64::new(0));
     let tls = tls.map(Arc::new);
     if let Some(l) = listener {
         l.set_nonblocking(true)?;
         let tx = tx.clone();
         let ids = conn_ids.clone();
         let tls = tls.clone();
+        let live = live.clone();
         rt.spawn(async move {
             let listener = match TcpListener::from_std(l) {
                 Ok(l) => l,
@@ -263,7 +267,7 @@ pub fn spawn<N: Node>(
                     Ok((sock, peer)) => {
                         let conn = ids.fetch_add(1, Ordering::Relaxed);
                         let origin = Origin::Accepted(sock, peer);
-                        tokio::spawn(serve(conn, origin, tx.clone(), tls.clone()));
+                        tokio::spawn(serve(conn, origin, tx.clone(), tls.clone(), live.clone()));
                     }
                     Err(e) => {
                         log::warn!("accept: {e}");
@@ -298,7 +302,7 @@ pub fn spawn<N: Node>(
                         }
                         Action::Connect { conn, addr, token } => {
                             let origin = Origin::Connected(token, addr);
-                            rt.spawn(serve(conn, origin, tx.clone(), tls.clone()));
+                            rt.spawn(serve(conn, origin, tx.clone(), tls.clone(), live.clone()));
                         }
                         Action::Timer { at, token } => timers.push((at, token)),
                         Action::Stop => stop = true,
@@ -352,6 +356,12 @@ pub fn spawn<N: Node>(
             for (_, w) in writers.drain() {
                 let _ = w.send(WriterMsg::Close);
             }
+            let deadline = Instant::now() + Duration::from_secs(1);
+            rt.block_on(async {
+                while live.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            });
             rt.shutdown_timeout(Duration::from_millis(200));
         })?;
     Ok(NodeHandle {
@@ -383,7 +393,13 @@ enum Origin {
 /// One connection: `neo_proto::conn` does TLS, NEO's handshake and the
 /// framing; this forwards its events to the node thread and the node's
 /// packets to it, in order.
-async fn serve(conn: ConnId, origin: Origin, tx: mpsc::Sender<Msg>, tls: Option<Arc<TlsConfig>>) {
+async fn serve(
+    conn: ConnId,
+    origin: Origin,
+    tx: mpsc::Sender<Msg>,
+    tls: Option<Arc<TlsConfig>>,
+    live: Arc<AtomicU64>,
+) {
     let config = ConnConfig::default();
     let (c, mut events, ev) = match origin {
         Origin::Accepted(sock, peer) => {
@@ -413,7 +429,16 @@ async fn serve(conn: ConnId, origin: Origin, tx: mpsc::Sender<Msg>, tls: Option<
         return;
     }
     let writer = c.clone();
+    live.fetch_add(1, Ordering::AcqRel);
     tokio::spawn(async move {
+        // Counted down however the task ends.
+        struct Live(Arc<AtomicU64>);
+        impl Drop for Live {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let _live = Live(live);
         while let Some(m) = wrx.recv().await {
             match m {
                 WriterMsg::Packet(p) => {

@@ -150,7 +150,7 @@ fn inproc_bootstrap_commit_load_conflict_iterate() {
     rt.block_on(async {
         let mut cfg = ClientConfig::new(vec![cluster.master], "test");
         cfg.connect_timeout = Duration::from_secs(5);
-        cfg.request_timeout = Duration::from_secs(5);
+        cfg.request_timeout = Some(Duration::from_secs(5));
         let a = Client::connect(cfg.clone()).await.expect("client a");
         let b = Client::connect(cfg.clone()).await.expect("client b");
         let root = Oid(0);

@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
@@ -78,6 +79,7 @@ pub struct Admin {
     monitor_waiting: Vec<(ConnId, u32)>,
     monitor_asking: bool,
     clients: HashSet<ConnId>,
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 impl Admin {
@@ -99,7 +101,14 @@ impl Admin {
             monitor_waiting: Vec::new(),
             monitor_asking: false,
             clients: HashSet::new(),
+            failure: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// A handle telling, once the node has stopped, why it failed (e.g.
+    /// the master refused our cluster name); `None` after a normal stop.
+    pub fn exit_report(&self) -> Arc<Mutex<Option<String>>> {
+        self.failure.clone()
     }
 
     /// Our node id, once identified.
@@ -246,7 +255,9 @@ impl Admin {
                 out.close(conn);
                 if e.code == ErrorCode::ProtocolError {
                     // Wrong cluster name and the like: retrying will not help.
-                    error!("master refused identification: {}: {msg}", e.code);
+                    let why = format!("master refused identification: {}: {msg}", e.code);
+                    error!("{why}");
+                    *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
                     self.master = None;
                     out.stop();
                 } else {
@@ -918,6 +929,9 @@ mod tests {
         let c = sim.add(None, Ctl::default());
         sim.run();
         assert!(sim.node::<Ctl>(c).failed, "the admin should have stopped");
+        let report = sim.node::<Admin>(a).exit_report();
+        let why = report.lock().expect("lock").clone().expect("a failure");
+        assert!(why.contains("invalid cluster name"), "{why}");
     }
 
     #[test]

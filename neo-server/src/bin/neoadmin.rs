@@ -125,11 +125,18 @@ fn run(m: &ArgMatches) -> Result<(), String> {
         address,
         nid: m.get_one::<i32>("nid").map(|n| NodeId(*n)),
     });
+    let report = admin.exit_report();
     let handle = neo_server::runtime::spawn(admin, Some(listener), tls)
         .map_err(|e| format!("cannot start: {e}"))?;
     handle.join();
-    info!("admin node stopped");
-    Ok(())
+    let failure = report.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match failure {
+        Some(why) => Err(why),
+        None => {
+            info!("admin node stopped");
+            Ok(())
+        }
+    }
 }
 
 fn main() -> ExitCode {

@@ -74,7 +74,7 @@ impl Ctl {
             return Ok(c.clone());
         }
         let cfg = ConnConfig {
-            request_timeout: Duration::from_secs(60),
+            request_timeout: Some(Duration::from_secs(60)),
             ..ConnConfig::default()
         };
         let (conn, mut events) = Connection::connect(self.addr, self.tls.as_ref(), cfg)

@@ -59,8 +59,9 @@ pub struct ClientConfig {
     pub cluster: String,
     /// TLS for every connection, if the cluster uses it.
     pub tls: Option<TlsConfig>,
-    /// How long a request may wait for its answer.
-    pub request_timeout: Duration,
+    /// How long a request may wait for its answer; `None` waits as long
+    /// as the connection lives, like NEO.
+    pub request_timeout: Option<Duration>,
     /// How long [`Client::connect`] tries before giving up (the cluster
     /// may still be starting).
     pub connect_timeout: Duration,
@@ -71,13 +72,14 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// Defaults: 30 s per request, 10 s to connect, compression on.
+    /// Defaults: no request timeout (as NEO), 10 s to connect, compression
+    /// on.
     pub fn new(masters: Vec<SocketAddr>, cluster: &str) -> ClientConfig {
         ClientConfig {
             masters,
             cluster: cluster.to_owned(),
             tls: None,
-            request_timeout: Duration::from_secs(30),
+            request_timeout: None,
             connect_timeout: Duration::from_secs(10),
             compress: true,
             read_only: false,

@@ -369,7 +369,7 @@ fn serve_storage(st: &Shared, body: Body) -> Option<(Body, bool)> {
 fn cfg(fake: &Fake) -> ClientConfig {
     let mut c = ClientConfig::new(vec![fake.master], "test");
     c.connect_timeout = Duration::from_secs(5);
-    c.request_timeout = Duration::from_secs(5);
+    c.request_timeout = Some(Duration::from_secs(5));
     c
 }
 

@@ -1,0 +1,278 @@
+//! A NEO cluster of real processes for the `tests/cluster_*.rs` tests: one
+//! `neomaster`, SQLite `neostorage`s and one `neoadmin` on free 127.0.0.1
+//! ports, their databases and logs in a [`TestDir`], `neoctl` to drive
+//! them and the Rust client to use them. Every wait has a timeout and the
+//! daemons are killed when the cluster is dropped.
+
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use neo_e2e::{binary, free_port, local, wait_listening, Daemon, TestDir};
+use neo_proto::{Oid, Tid};
+use neo_server::client::{Client, ClientConfig, ClientError, TxnMeta};
+
+/// How long a daemon may take to listen, or the cluster to change state.
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// The binaries, built before any daemon starts (so that build time does
+/// not count in the timeouts).
+pub struct Bins {
+    pub master: PathBuf,
+    pub storage: PathBuf,
+    pub admin: PathBuf,
+    pub neoctl: PathBuf,
+}
+
+pub fn bins() -> Bins {
+    Bins {
+        master: binary("neo-server", "neomaster"),
+        storage: binary("neo-server", "neostorage"),
+        admin: binary("neo-server", "neoadmin"),
+        neoctl: binary("neo-server", "neoctl"),
+    }
+}
+
+pub struct Cluster {
+    pub bins: Bins,
+    pub name: String,
+    pub master_port: u16,
+    pub admin_port: u16,
+    pub storage_ports: Vec<u16>,
+    pub master: Option<Daemon>,
+    pub storages: Vec<Option<Daemon>>,
+    pub admin: Option<Daemon>,
+    /// Last so that the daemons die before their directory goes.
+    pub dir: TestDir,
+}
+
+impl Cluster {
+    /// Ports and a directory for a cluster of `storages` storage nodes;
+    /// nothing started yet.
+    pub fn new(test: &str, storages: usize) -> Cluster {
+        Cluster {
+            bins: bins(),
+            name: format!("e2e-{test}"),
+            master_port: free_port(),
+            admin_port: free_port(),
+            storage_ports: (0..storages).map(|_| free_port()).collect(),
+            master: None,
+            storages: (0..storages).map(|_| None).collect(),
+            admin: None,
+            dir: TestDir::new(test),
+        }
+    }
+
+    pub fn master_addr(&self) -> SocketAddr {
+        local(self.master_port)
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        local(self.admin_port)
+    }
+
+    fn masters_arg(&self) -> String {
+        self.master_addr().to_string()
+    }
+
+    pub fn start_master(&mut self) {
+        let args = vec![
+            "-c".into(),
+            self.name.clone(),
+            "-b".into(),
+            self.master_addr().to_string(),
+            "-p".into(),
+            "4".into(),
+            "-r".into(),
+            "0".into(),
+        ];
+        self.master = Some(Daemon::spawn(
+            "master",
+            self.dir.path(),
+            &self.bins.master,
+            &args,
+        ));
+        self.wait_listening(self.master_addr(), "master");
+    }
+
+    pub fn storage_db(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("storage{i}.sqlite"))
+    }
+
+    pub fn storage_args(&self, i: usize, cluster: &str) -> Vec<String> {
+        vec![
+            "-c".into(),
+            cluster.into(),
+            "-m".into(),
+            self.masters_arg(),
+            "-b".into(),
+            local(self.storage_ports[i]).to_string(),
+            "-d".into(),
+            self.storage_db(i).display().to_string(),
+        ]
+    }
+
+    pub fn start_storage(&mut self, i: usize) {
+        let args = self.storage_args(i, &self.name.clone());
+        let name = format!("storage{i}");
+        self.storages[i] = Some(Daemon::spawn(
+            &name,
+            self.dir.path(),
+            &self.bins.storage,
+            &args,
+        ));
+        self.wait_listening(local(self.storage_ports[i]), &name);
+    }
+
+    pub fn admin_args(&self, cluster: &str) -> Vec<String> {
+        vec![
+            "-c".into(),
+            cluster.into(),
+            "-m".into(),
+            self.masters_arg(),
+            "-b".into(),
+            self.admin_addr().to_string(),
+        ]
+    }
+
+    pub fn start_admin(&mut self) {
+        let args = self.admin_args(&self.name.clone());
+        self.admin = Some(Daemon::spawn(
+            "admin",
+            self.dir.path(),
+            &self.bins.admin,
+            &args,
+        ));
+        self.wait_listening(self.admin_addr(), "admin");
+    }
+
+    /// Master, every storage and admin.
+    pub fn start_all(&mut self) {
+        self.start_master();
+        for i in 0..self.storages.len() {
+            self.start_storage(i);
+        }
+        self.start_admin();
+    }
+
+    fn wait_listening(&mut self, addr: SocketAddr, what: &str) {
+        assert!(
+            wait_listening(addr, STEP),
+            "{what} does not listen on {addr}"
+        );
+    }
+
+    /// Runs `neoctl -a ADMIN args...`: (exit code, stdout, stderr).
+    pub fn neoctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(&self.bins.neoctl)
+            .arg("-a")
+            .arg(self.admin_addr().to_string())
+            .args(args)
+            .output()
+            .expect("run neoctl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `neoctl print cluster`, trimmed (empty when it fails).
+    pub fn state(&self) -> String {
+        let (code, out, _) = self.neoctl(&["print", "cluster"]);
+        if code == 0 {
+            out.trim().to_owned()
+        } else {
+            String::new()
+        }
+    }
+
+    pub fn wait_state(&self, state: &str, timeout: Duration) {
+        let end = Instant::now() + timeout;
+        loop {
+            let now = self.state();
+            if now == state {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "cluster not {state} after {timeout:?} (last: {now:?})"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `neoctl start`, then waits for RUNNING.
+    pub fn bootstrap(&mut self) {
+        self.wait_state("RECOVERING", STEP);
+        let (code, out, err) = self.neoctl(&["start"]);
+        assert_eq!(code, 0, "neoctl start: {out}{err}");
+        assert_eq!(out.trim(), "Cluster state changed");
+        self.wait_state("RUNNING", STEP);
+    }
+
+    /// `neoctl set cluster STOPPING`, then waits for every daemon to exit.
+    pub fn stop(&mut self) {
+        let (code, out, err) = self.neoctl(&["set", "cluster", "STOPPING"]);
+        assert_eq!(code, 0, "neoctl set cluster STOPPING: {out}{err}");
+        let mut all: Vec<&mut Daemon> = Vec::new();
+        all.extend(self.master.as_mut());
+        all.extend(self.storages.iter_mut().flatten());
+        all.extend(self.admin.as_mut());
+        for d in all {
+            let code = d.wait_exit(STEP);
+            assert!(code.is_some(), "{} did not exit after STOPPING", d.name);
+        }
+        self.master = None;
+        self.admin = None;
+        for s in &mut self.storages {
+            *s = None;
+        }
+    }
+
+    pub fn client_config(&self) -> ClientConfig {
+        let mut cfg = ClientConfig::new(vec![self.master_addr()], &self.name);
+        cfg.connect_timeout = STEP;
+        cfg.request_timeout = Some(STEP);
+        cfg
+    }
+}
+
+/// A tokio runtime for the client side of a test.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+pub fn meta(d: &str) -> TxnMeta {
+    TxnMeta {
+        user: b"/ e2e".to_vec(),
+        description: d.as_bytes().to_vec(),
+        extension: Vec::new(),
+    }
+}
+
+/// One transaction storing `objs` = (oid, base serial, data).
+pub async fn commit(c: &Client, d: &str, objs: &[(Oid, Tid, &[u8])]) -> Result<Tid, ClientError> {
+    let mut txn = c.tpc_begin(meta(d)).await?;
+    for &(oid, serial, data) in objs {
+        if let Err(e) = c.store(&mut txn, oid, serial, data).await {
+            c.tpc_abort(txn).await;
+            return Err(e);
+        }
+    }
+    c.tpc_finish(txn).await
+}
+
+/// Runs a future with a deadline (tests never hang).
+pub async fn within<T>(d: Duration, what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(d, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took more than {d:?}"))
+}

@@ -226,3 +226,74 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matches(conf: Option<&str>, args: &[&str]) -> ArgMatches {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut argv: Vec<OsString> = vec!["neomaster".into()];
+        if let Some(text) = conf {
+            let path = dir.path().join("neo.conf");
+            std::fs::write(&path, text).expect("write conf");
+            argv.push("-f".into());
+            argv.push(path.into_os_string());
+        }
+        argv.extend(args.iter().map(OsString::from));
+        let cmd = command();
+        let merged = merged_args(&cmd, argv, "master").expect("merged");
+        cmd.try_get_matches_from(merged).expect("valid arguments")
+    }
+
+    #[test]
+    fn options_like_neo() {
+        let m = matches(None, &["-c", "test", "-p", "4", "-r", "1", "-A", "2"]);
+        assert_eq!(
+            m.get_one::<String>("cluster").map(String::as_str),
+            Some("test")
+        );
+        assert_eq!(m.get_one::<u32>("partitions"), Some(&4));
+        assert_eq!(m.get_one::<u32>("replicas"), Some(&1));
+        assert_eq!(m.get_one::<usize>("autostart"), Some(&2));
+        assert_eq!(
+            m.get_one::<String>("bind").map(String::as_str),
+            Some("127.0.0.1:10000")
+        );
+        let m = matches(None, &["-c", "test"]);
+        assert_eq!(m.get_one::<u32>("partitions"), Some(&100));
+        assert_eq!(m.get_one::<u32>("replicas"), Some(&0));
+        assert!(command().try_get_matches_from(["neomaster"]).is_err());
+    }
+
+    #[test]
+    fn neo_conf_master_section_and_command_line_wins() {
+        let conf = "[DEFAULT]\ncluster: prod\nmasters: 127.0.0.1:10000\n\
+                    [master]\nbind: 127.0.0.1:10010\npartitions: 12\nautostart: 3\n\
+                    [storage]\nbind: 127.0.0.1:20000\n";
+        let m = matches(Some(conf), &["-p", "7"]);
+        assert_eq!(
+            m.get_one::<String>("cluster").map(String::as_str),
+            Some("prod")
+        );
+        assert_eq!(
+            m.get_one::<String>("bind").map(String::as_str),
+            Some("127.0.0.1:10010")
+        );
+        assert_eq!(m.get_one::<u32>("partitions"), Some(&7));
+        assert_eq!(m.get_one::<usize>("autostart"), Some(&3));
+    }
+
+    #[test]
+    fn node_ids() {
+        assert_eq!(parse_nid("M1"), Ok(NodeId::new(NodeType::Master, 1)));
+        assert_eq!(
+            parse_nid("-268435454"),
+            Ok(NodeId::new(NodeType::Master, 2))
+        );
+        assert!(parse_nid("S1").is_err());
+        assert!(parse_nid("1").is_err());
+        assert!(parse_nid("M0").is_err());
+        assert!(parse_nid("Mx").is_err());
+    }
+}

@@ -316,6 +316,11 @@ impl Master {
         if changed.is_empty() {
             return;
         }
+        for info in changed {
+            if let Some(nid) = info.uuid {
+                log::info!("node {nid} ({}): {}", info.node_type, info.state);
+            }
+        }
         let now = self.now_ts();
         for (nid, t, _) in self.identified() {
             let list: Vec<NodeInfo> = changed

@@ -312,7 +312,7 @@ impl Client {
     pub async fn connect(cfg: ClientConfig) -> Result<Client> {
         let deadline = Instant::now() + cfg.connect_timeout;
         let conn_cfg = ConnConfig {
-            request_timeout: Some(cfg.request_timeout),
+            request_timeout: cfg.request_timeout,
             ..ConnConfig::default()
         };
         let mut last = String::from("no master address given");

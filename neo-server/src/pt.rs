@@ -929,4 +929,61 @@ mod tests {
         assert_eq!(layout(&a), layout(&b));
         assert_eq!(b.ptid(), Some(1));
     }
+
+    /// Replication finished: OUT_OF_DATE cells become readable, FEEDING
+    /// ones go away (what the master does on NotifyReplicationDone).
+    fn replicate_all(pt: &mut PartitionTable) {
+        for (offset, uuid, state) in pt.cell_list() {
+            match state {
+                CellState::OutOfDate => pt.set_cell(offset, uuid, CellState::UpToDate).unwrap(),
+                CellState::Feeding => pt.set_cell(offset, uuid, CellState::Discarded).unwrap(),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn tweak_keeps_tables_operational_and_balanced() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for _ in 0..300 {
+            let np = 1 + rand(12) as u32;
+            let nr = rand(3) as u32;
+            let mut nodes: Vec<NodeId> = (1..=1 + rand(4) as u32).map(s).collect();
+            let mut pt = PartitionTable::new(np, nr).unwrap();
+            pt.make(&nodes).unwrap();
+            let mut next = nodes.len() as u32 + 1;
+            for _ in 0..6 {
+                // Add a node or drop one, then tweak.
+                if nodes.len() == 1 || rand(2) == 0 {
+                    nodes.push(s(next));
+                    next += 1;
+                } else {
+                    let i = rand(nodes.len() as u64) as usize;
+                    nodes.remove(i);
+                }
+                pt.tweak(&nodes).unwrap();
+                assert!(pt.operational(|_| true), "{pt:?}");
+                replicate_all(&mut pt);
+                let repeats = (nr as usize + 1).min(nodes.len());
+                for row in pt.rows() {
+                    assert_eq!(row.len(), repeats, "{pt:?}");
+                    assert!(row.iter().all(|c| nodes.contains(&c.uuid)));
+                }
+                let total = np as usize * repeats;
+                for n in &nodes {
+                    let count = pt.assigned_offsets(*n).len();
+                    let (lo, hi) = (total / nodes.len(), total.div_ceil(nodes.len()));
+                    assert!((lo..=hi).contains(&count), "{n}: {count} {pt:?}");
+                }
+                // Stable: a second tweak changes nothing.
+                assert!(pt.tweak(&nodes).unwrap().is_empty(), "{pt:?}");
+            }
+        }
+    }
 }

@@ -439,6 +439,8 @@ pub struct MysqlBackend {
     data_last_ids: HashMap<u32, u64>,
     held: HeldData,
     reconnects: u64,
+    /// `--wait`: seconds to keep trying to connect, negative: forever.
+    wait: f64,
 }
 
 impl std::fmt::Debug for MysqlBackend {
@@ -476,32 +478,21 @@ impl MysqlBackend {
             data_last_ids: HashMap::new(),
             held: HeldData::default(),
             reconnects: 0,
+            wait: opts.wait,
         };
-        let deadline = if opts.wait < 0.0 {
-            None
-        } else {
-            Some(Instant::now() + Duration::from_secs_f64(opts.wait))
-        };
-        let mut last_error = String::new();
-        loop {
-            match db.connect() {
-                Ok(()) => break,
-                Err(e @ DbError::Mysql { .. }) => {
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Err(e);
-                    }
-                    let msg = e.to_string();
-                    if msg != last_error {
-                        log::warn!("connection to MySQL failed, retrying: {msg}");
-                        last_error = msg;
-                    }
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        db.connect_waiting()?;
         db.setup(opts)?;
         Ok(db)
+    }
+
+    /// Parses NEO's `--database` value for MySQL and opens it
+    /// ([`MysqlTarget::parse`], [`open`](Self::open)).
+    pub fn open_database(database: &str, opts: &MysqlOptions) -> DbResult<Self> {
+        let target = MysqlTarget::parse(database).map_err(|reason| DbError::MysqlSetup {
+            database: "mysql".into(),
+            reason,
+        })?;
+        Self::open(&target, opts)
     }
 
     /// The database, as `mysql:[user@]name`.
@@ -596,9 +587,37 @@ impl MysqlBackend {
         Ok(())
     }
 
+    /// [`connect`](Self::connect), retrying every second for `--wait`
+    /// seconds while the server cannot be reached (NEO's `_tryConnect`).
+    fn connect_waiting(&mut self) -> DbResult<()> {
+        let deadline = if self.wait < 0.0 {
+            None
+        } else {
+            Some(Instant::now() + Duration::from_secs_f64(self.wait))
+        };
+        let mut last_error = String::new();
+        loop {
+            match self.connect() {
+                Ok(()) => return Ok(()),
+                Err(e @ DbError::Mysql { .. }) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(e);
+                    }
+                    let msg = e.to_string();
+                    if msg != last_error {
+                        log::warn!("connection to MySQL failed, retrying: {msg}");
+                        last_error = msg;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     fn conn(&mut self) -> DbResult<&mut Conn> {
         if self.conn.is_none() {
-            self.connect()?;
+            self.connect_waiting()?;
         }
         self.conn.as_mut().ok_or(DbError::MysqlSetup {
             database: String::new(),
@@ -760,10 +779,8 @@ impl MysqlBackend {
 
     /// DDL: MySQL commits the open transaction first (implicit commit).
     fn ddl(&mut self, sql: &str, context: &'static str) -> DbResult<()> {
-        let was_active = self.active;
         self.run(context, false, |c| c.query_drop(sql))?
             .map_err(self.err(context))?;
-        let _ = was_active;
         self.active = false;
         Ok(())
     }
@@ -1734,7 +1751,11 @@ impl Backend for MysqlBackend {
     ) -> DbResult<Option<ObjectRecord>> {
         let p = self.view()?.readable_partition(oid.0)?;
         let soid = to_sql(oid.0, "oid")?;
-        const SELECT: &str = "SELECT tid, compression, data.hash, value, value_tid, data_id \
+        // One round trip: the next serial comes from a subquery (NEO asks
+        // for it in a second query, `_getNextTID`).
+        const SELECT: &str = "SELECT tid, compression, data.hash, value, value_tid, data_id, \
+             (SELECT n.tid FROM obj AS n FORCE INDEX(PRIMARY) WHERE n.`partition`=obj.`partition` \
+             AND n.oid=obj.oid AND n.tid>obj.tid ORDER BY n.tid LIMIT 1) \
              FROM obj FORCE INDEX(PRIMARY) LEFT JOIN data ON (obj.data_id = data.id) \
              WHERE `partition`=? AND oid=?";
         type Raw = (
@@ -1742,6 +1763,7 @@ impl Backend for MysqlBackend {
             Option<u8>,
             Option<Vec<u8>>,
             Option<Vec<u8>>,
+            Option<u64>,
             Option<u64>,
             Option<u64>,
         );
@@ -1758,14 +1780,9 @@ impl Backend for MysqlBackend {
         } else {
             self.row(&format!("{SELECT} ORDER BY tid DESC LIMIT 1"), (p, soid))?
         };
-        let Some((serial, comp, hash, data, value_tid, data_id)) = raw else {
+        let Some((serial, comp, hash, data, value_tid, data_id, next)) = raw else {
             return Ok(None);
         };
-        let next: Option<(u64,)> = self.row(
-            "SELECT tid FROM obj FORCE INDEX(PRIMARY) \
-             WHERE `partition`=? AND oid=? AND tid>? ORDER BY tid LIMIT 1",
-            (p, soid, serial),
-        )?;
         let (comp, data) = match (comp, data) {
             (Some(c), Some(d)) if c & 0x80 != 0 => {
                 let (c, d) = self.unbig(c, d, data_id.unwrap_or(0))?;
@@ -1778,7 +1795,7 @@ impl Backend for MysqlBackend {
         };
         Ok(Some(ObjectRecord {
             serial: Tid(serial),
-            next_serial: next.map(|n| Tid(n.0)),
+            next_serial: next.map(Tid),
             compression: comp,
             checksum: hash.map(|h| checksum(h, "data")).transpose()?,
             data,

@@ -655,3 +655,117 @@ fn mysql_agrees_with_memory_on_random_operations() {
         assert!(count("Found") > 5 && count("commit") > 40);
     }
 }
+
+/// The daemon opens it from NEO's `--database` string, boxes it and moves
+/// it to blocking threads.
+#[test]
+fn mysql_open_database_string_send_boxed() {
+    let Some(mut h) = MysqlHarness::new() else {
+        return;
+    };
+    fn send<T: Send + 'static>() {}
+    send::<MysqlBackend>();
+    let target = h.database();
+    let arg = format!("root@{}{}", target.database, h.socket.display());
+    let mut db: Box<dyn Backend + Send> =
+        Box::new(MysqlBackend::open_database(&arg, &MysqlOptions::default()).unwrap());
+    let mut db = std::thread::spawn(move || {
+        setup(db.as_mut());
+        commit_txn(db.as_mut(), 10, &[(1, Some(b"x"))]);
+        db
+    })
+    .join()
+    .unwrap();
+    assert_eq!(db.last_object_tid(Oid(1)).unwrap(), Some(Tid(10)));
+    assert!(matches!(
+        MysqlBackend::open_database("/nodb", &MysqlOptions::default()),
+        Err(DbError::MysqlSetup { .. })
+    ));
+}
+
+/// Writes and loads on SQLite and MySQL side by side: 500 transactions of
+/// 20 objects of 1 KiB through the full 2PC, then a load of every object.
+/// Run: `cargo test --release -p neo-server --lib -- --ignored --nocapture
+/// backend_bench` (with `$NEO_TEST_MYSQL_SOCKET` set).
+#[test]
+#[ignore = "benchmark; run in release"]
+fn backend_bench() {
+    let Some(mut h) = MysqlHarness::new() else {
+        return;
+    };
+    const TXNS: u64 = 500;
+    const OBJS: u64 = 20;
+    fn run(db: &mut dyn Backend, label: &str) {
+        setup(db);
+        let t0 = std::time::Instant::now();
+        let mut tid = 10u64;
+        for t in 0..TXNS {
+            let ttid = tid - u64::from(NP);
+            let mut refs = Vec::new();
+            for i in 0..OBJS {
+                let oid = t * OBJS + i;
+                let mut data = vec![(oid % 251) as u8; 1024];
+                data[..8].copy_from_slice(&oid.to_be_bytes());
+                let id = db
+                    .hold_data(Some(&make_checksum(&data)), Oid(oid), &data, 0, None)
+                    .unwrap();
+                refs.push(ObjectRef {
+                    oid: Oid(oid),
+                    data_id: id,
+                    value_tid: None,
+                });
+            }
+            let oids: Vec<u64> = refs.iter().map(|r| r.oid.0).collect();
+            db.store_transaction(Tid(ttid), &refs, Some(&meta(ttid, &oids)), true)
+                .unwrap();
+            db.commit().unwrap();
+            db.lock_transaction(Tid(tid), Tid(ttid), false).unwrap();
+            db.unlock_transaction(Tid(tid), Tid(ttid), true, true, false)
+                .unwrap();
+            db.commit().unwrap();
+            tid += u64::from(NP);
+        }
+        let write = t0.elapsed();
+        let t1 = std::time::Instant::now();
+        let mut bytes = 0;
+        for oid in 0..TXNS * OBJS {
+            let r = found(db.get_object(Oid(oid), None, None).unwrap());
+            bytes += r.data.map_or(0, |d| d.len());
+        }
+        let load = t1.elapsed();
+        assert_eq!(bytes as u64, TXNS * OBJS * 1024);
+        eprintln!(
+            "{label}: write {TXNS} txns x {OBJS} objs x 1 KiB: {:.2} s ({:.0} txn/s, {:.1} MB/s); \
+             load {} objects: {:.2} s ({:.0} loads/s)",
+            write.as_secs_f64(),
+            TXNS as f64 / write.as_secs_f64(),
+            (TXNS * OBJS * 1024) as f64 / write.as_secs_f64() / 1e6,
+            TXNS * OBJS,
+            load.as_secs_f64(),
+            (TXNS * OBJS) as f64 / load.as_secs_f64()
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut sqlite =
+        SqliteBackend::open(&dir.path().join("bench.sqlite"), &SqliteOptions::default()).unwrap();
+    run(&mut sqlite, "SQLite (synchronous=FULL)");
+    let flush: Option<(u64,)> = h
+        .admin
+        .query_first("SELECT @@GLOBAL.innodb_flush_log_at_trx_commit")
+        .unwrap();
+    for f in [1, 2] {
+        h.admin
+            .query_drop(format!("SET GLOBAL innodb_flush_log_at_trx_commit = {f}"))
+            .unwrap();
+        let mut db = h.fresh(false);
+        run(
+            &mut db,
+            &format!("MySQL InnoDB (innodb_flush_log_at_trx_commit={f})"),
+        );
+    }
+    if let Some((f,)) = flush {
+        h.admin
+            .query_drop(format!("SET GLOBAL innodb_flush_log_at_trx_commit = {f}"))
+            .unwrap();
+    }
+}

@@ -4,6 +4,8 @@
 //! - [`source`]: the [`Source`] trait (committed transactions in tid
 //!   order) and [`BackendSource`] over the storage layer's `Backend`
 //!   (offline export of a storage node's database);
+//! - [`sqlite`]: [`SqliteSource`], NEO's SQLite schema read in ranges
+//!   (the fast path of `neo-export --database`);
 //! - [`export`](mod@export): the engine, resumable and incremental, on top
 //!   of fsformat's writer;
 //! - [`progress`]: progress bar and log lines;
@@ -15,7 +17,9 @@ pub mod error;
 pub mod export;
 pub mod progress;
 pub mod source;
+pub mod sqlite;
 
 pub use error::ExportError;
 pub use export::{export, ExportOptions, NoProgress, Progress, Summary, MAX_TID};
 pub use source::{BackendSource, Source, SourceError, SourceRecord, SourceTxn};
+pub use sqlite::SqliteSource;

@@ -160,7 +160,7 @@ pub struct BackendSource<B> {
     np: u32,
 }
 
-fn db(context: impl FnOnce() -> String) -> impl FnOnce(DbError) -> SourceError {
+pub(crate) fn db(context: impl FnOnce() -> String) -> impl FnOnce(DbError) -> SourceError {
     move |error| SourceError::Db {
         context: context(),
         error: Box::new(error),
@@ -170,19 +170,8 @@ fn db(context: impl FnOnce() -> String) -> impl FnOnce(DbError) -> SourceError {
 impl<B: Backend> BackendSource<B> {
     /// Wraps an open database; checks that it holds every partition.
     pub fn new(mut db: B) -> Result<Self, SourceError> {
-        let view = db
-            .partition_view()
-            .map_err(self::db(|| "reading the partition table".into()))?;
-        let missing: Vec<u32> = (0..view.np)
-            .filter(|p| !view.readable.contains(p))
-            .collect();
-        if view.np == 0 || !missing.is_empty() {
-            return Err(SourceError::MissingPartitions {
-                np: view.np,
-                missing,
-            });
-        }
-        Ok(BackendSource { db, np: view.np })
+        let np = check_partitions(&mut db)?;
+        Ok(BackendSource { db, np })
     }
 
     /// Number of partitions.
@@ -203,62 +192,97 @@ impl<B: Backend> BackendSource<B> {
 
 impl<B: Backend> Source for BackendSource<B> {
     fn tids(&mut self, min: Tid, max: Tid, limit: usize) -> Result<Vec<Tid>, SourceError> {
-        if min > max || limit == 0 {
-            return Ok(Vec::new());
-        }
-        let mut all = Vec::new();
-        for p in 0..self.np {
-            all.extend(
-                self.db
-                    .replication_tid_list(min, max, Some(limit as u64), p)
-                    .map_err(db(|| format!("listing transactions of partition {p}")))?,
-            );
-        }
-        all.sort_unstable();
-        all.dedup();
-        all.truncate(limit);
-        Ok(all)
+        list_tids(&mut self.db, self.np, min, max, limit)
     }
 
     fn transaction(&mut self, tid: Tid) -> Result<Option<SourceTxn>, SourceError> {
-        let Some(t) = self
-            .db
-            .get_transaction(tid, false)
-            .map_err(db(|| format!("reading transaction {tid}")))?
-        else {
-            return Ok(None);
-        };
-        let mut records = Vec::with_capacity(t.meta.oids.len());
-        for &oid in &t.meta.oids {
-            let r = self
-                .db
-                .find_object(oid, Some(tid), None)
-                .map_err(db(|| format!("reading object {oid} of transaction {tid}")))?;
-            // An oid without a record was only checked (NEO's
-            // checkCurrentSerialInTransaction), not written.
-            let Some(r) = r else { continue };
-            let data = match (r.compression, r.data) {
-                (Some(c), Some(d)) => Some((c, d)),
-                (None, None) => None,
-                _ => {
-                    return Err(SourceError::Inconsistent {
-                        what: format!("object {oid} of {tid}: data without compression"),
-                    })
-                }
-            };
-            records.push(SourceRecord {
-                oid,
-                data,
-                value_tid: r.data_serial,
-            });
-        }
-        Ok(Some(SourceTxn {
-            tid,
-            user: t.meta.user,
-            description: t.meta.description,
-            extension: t.meta.extension,
-            packed: t.meta.packed,
-            records,
-        }))
+        read_transaction(&mut self.db, tid)
     }
+}
+
+/// Checks that every partition of `db` is readable; returns their number.
+pub(crate) fn check_partitions<B: Backend>(db: &mut B) -> Result<u32, SourceError> {
+    let view = db
+        .partition_view()
+        .map_err(self::db(|| "reading the partition table".into()))?;
+    let missing: Vec<u32> = (0..view.np)
+        .filter(|p| !view.readable.contains(p))
+        .collect();
+    if view.np == 0 || !missing.is_empty() {
+        return Err(SourceError::MissingPartitions {
+            np: view.np,
+            missing,
+        });
+    }
+    Ok(view.np)
+}
+
+/// Up to `limit` tids of `trans` in `[min, max]` over `np` partitions.
+pub(crate) fn list_tids<B: Backend>(
+    db: &mut B,
+    np: u32,
+    min: Tid,
+    max: Tid,
+    limit: usize,
+) -> Result<Vec<Tid>, SourceError> {
+    if min > max || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut all = Vec::new();
+    for p in 0..np {
+        all.extend(
+            db.replication_tid_list(min, max, Some(limit as u64), p)
+                .map_err(self::db(|| {
+                    format!("listing transactions of partition {p}")
+                }))?,
+        );
+    }
+    all.sort_unstable();
+    all.dedup();
+    all.truncate(limit);
+    Ok(all)
+}
+
+/// Transaction `tid` read with `getTransaction` and one `getObject` per oid.
+pub(crate) fn read_transaction<B: Backend>(
+    db: &mut B,
+    tid: Tid,
+) -> Result<Option<SourceTxn>, SourceError> {
+    let Some(t) = db
+        .get_transaction(tid, false)
+        .map_err(self::db(|| format!("reading transaction {tid}")))?
+    else {
+        return Ok(None);
+    };
+    let mut records = Vec::with_capacity(t.meta.oids.len());
+    for &oid in &t.meta.oids {
+        let r = db.find_object(oid, Some(tid), None).map_err(self::db(|| {
+            format!("reading object {oid} of transaction {tid}")
+        }))?;
+        // An oid without a record was only checked (NEO's
+        // checkCurrentSerialInTransaction), not written.
+        let Some(r) = r else { continue };
+        let data = match (r.compression, r.data) {
+            (Some(c), Some(d)) => Some((c, d)),
+            (None, None) => None,
+            _ => {
+                return Err(SourceError::Inconsistent {
+                    what: format!("object {oid} of {tid}: data without compression"),
+                })
+            }
+        };
+        records.push(SourceRecord {
+            oid,
+            data,
+            value_tid: r.data_serial,
+        });
+    }
+    Ok(Some(SourceTxn {
+        tid,
+        user: t.meta.user,
+        description: t.meta.description,
+        extension: t.meta.extension,
+        packed: t.meta.packed,
+        records,
+    }))
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use common::{fixture, load, new_db, tids, txn_positions, LoadOptions};
 use fsformat::Tid;
-use neo_exporter::{export, BackendSource, ExportError, ExportOptions, NoProgress, Summary};
+use neo_exporter::{export, ExportError, ExportOptions, NoProgress, SqliteSource, Summary};
 use neo_server::storage::SqliteBackend;
 
 fn run(
@@ -16,7 +16,7 @@ fn run(
     out: &Path,
     opts: &ExportOptions,
 ) -> (Result<Summary, ExportError>, SqliteBackend) {
-    let mut src = BackendSource::new(db).expect("source");
+    let mut src = SqliteSource::new(db).expect("source");
     let r = export(&mut src, out, opts, &mut NoProgress);
     (r, src.into_inner())
 }

@@ -9,11 +9,12 @@ use std::path::Path;
 
 use common::{fixture, fixture_json, load, new_db, zodb_check, LoadOptions};
 use fsformat::Tid;
-use neo_exporter::{export, BackendSource, ExportOptions, NoProgress, Summary};
+use neo_exporter::{export, BackendSource, ExportOptions, NoProgress, SqliteSource, Summary};
 use serde_json::Value;
 
 /// Loads fixture `name` into a new database with `np` partitions and
-/// exports it to `dir/name.fs`.
+/// exports it to `dir/name.fs`, with the range-reading [`SqliteSource`]
+/// and, to `dir/generic/name.fs`, with the generic [`BackendSource`].
 fn round_trip(dir: &Path, name: &str, np: u32, compress: bool) -> Summary {
     let mut db = new_db(&dir.join("db.sqlite"), np);
     let opts = LoadOptions {
@@ -22,13 +23,24 @@ fn round_trip(dir: &Path, name: &str, np: u32, compress: bool) -> Summary {
     };
     load(&fixture(name), &mut db, opts);
     let mut src = BackendSource::new(db).expect("source");
-    export(
+    std::fs::create_dir(dir.join("generic")).unwrap();
+    let generic = dir.join("generic").join(format!("{name}.fs"));
+    let s1 = export(
         &mut src,
-        &dir.join(format!("{name}.fs")),
+        &generic,
         &ExportOptions::default(),
         &mut NoProgress,
     )
-    .expect("export")
+    .expect("export (generic)");
+    let mut src = SqliteSource::new(src.into_inner()).expect("source");
+    let out = dir.join(format!("{name}.fs"));
+    let s2 = export(&mut src, &out, &ExportOptions::default(), &mut NoProgress).expect("export");
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&generic).unwrap()
+    );
+    assert_eq!((s1.transactions, s1.records), (s2.transactions, s2.records));
+    s2
 }
 
 /// The exported file passes fstest and ZODB lists it exactly as the
@@ -141,7 +153,7 @@ fn tid_range_resolves_backpointers_into_data() {
         .collect();
     let mut db = new_db(&dir.path().join("db.sqlite"), 1);
     load(&fixture("undo"), &mut db, LoadOptions::default());
-    let mut src = BackendSource::new(db).unwrap();
+    let mut src = SqliteSource::new(db).unwrap();
     let out = dir.path().join("undo.fs");
     let opts = ExportOptions {
         tid_min: tids[4],

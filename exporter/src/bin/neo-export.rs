@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{ArgAction, Parser, ValueEnum};
 use fsformat::Tid;
 use neo_exporter::progress::{Bar, LogLines};
-use neo_exporter::{export, BackendSource, ExportOptions, NoProgress, Progress, MAX_TID};
+use neo_exporter::{export, ExportOptions, NoProgress, Progress, SqliteSource, MAX_TID};
 use neo_server::storage::{SqliteBackend, SqliteOptions};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -110,7 +110,7 @@ fn run(args: Args) -> Result<(), String> {
         return Err(format!("{}: no such database", path.display()));
     }
     let db = SqliteBackend::open(&path, &opts).map_err(|e| e.to_string())?;
-    let mut source = BackendSource::new(db).map_err(|e| e.to_string())?;
+    let mut source = SqliteSource::new(db).map_err(|e| e.to_string())?;
     let opts = ExportOptions {
         tid_min: args.tid_min.unwrap_or(Tid(0)),
         tid_max: args.tid_max.unwrap_or(MAX_TID),

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use fsformat::{DataFs, Oid, Payload, Tid, TxnStatus};
+use fsformat::{DataFs, Magic, Oid, Payload, SyncMode, Tid, TxnStatus, Writer};
 use neo_server::storage::{
     make_checksum, Backend, CellState, ObjectRef, SqliteBackend, SqliteOptions, TxnMeta,
 };
@@ -190,4 +190,57 @@ pub fn txn_positions(fs: &Path) -> (Vec<u64>, u64) {
     let fs = DataFs::open(fs).expect("open");
     let v = fs.iter().map(|t| t.expect("transaction").pos).collect();
     (v, fs.tail().end)
+}
+
+/// A pseudo-random generator (xorshift), deterministic.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// A `Data.fs` of `n` transactions: stores of 1-8 objects among 300 with
+/// 256 B - 8 KiB of half-compressible data, some undo-like backpointers and some
+/// backpointers 0.
+pub fn synthetic(path: &Path, n: u64) {
+    let mut w = Writer::create(path, Magic::Fs30).unwrap();
+    w.set_sync(SyncMode::OnFinish);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut last: Vec<Option<u64>> = vec![None; 300];
+    for i in 0..n {
+        let tid = Tid(0x03f5_8e00_0000_0000 + (i + 1) * 0x1_0000);
+        let desc = format!("txn {i}");
+        let mut t = w
+            .begin(tid, TxnStatus::Committed, b"user", desc.as_bytes(), b"")
+            .unwrap();
+        let mut done = Vec::new();
+        for _ in 0..1 + rng.next() % 8 {
+            let o = (rng.next() % 300) as usize;
+            if done.contains(&o) {
+                continue;
+            }
+            done.push(o);
+            let kind = rng.next() % 10;
+            let pos = match (kind, last[o]) {
+                (0, Some(p)) => t.store_back(Oid(o as u64), p).unwrap(),
+                (1, Some(_)) => t.store_back(Oid(o as u64), 0).unwrap(),
+                _ => {
+                    let len = 256 + (rng.next() % (8 * 1024)) as usize;
+                    let mut d = vec![b'x'; len];
+                    for b in d.iter_mut().step_by(2) {
+                        *b = rng.next() as u8;
+                    }
+                    t.store(Oid(o as u64), &d).unwrap()
+                }
+            };
+            last[o] = Some(pos);
+        }
+        t.commit().unwrap();
+    }
+    w.finish().unwrap();
 }

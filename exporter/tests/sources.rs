@@ -1,0 +1,78 @@
+//! The range-reading SQLite source yields exactly what the generic
+//! `Backend` source yields, batch boundaries and tid ranges included.
+
+mod common;
+
+use common::{load, new_db, synthetic, LoadOptions};
+use fsformat::Tid;
+use neo_exporter::{BackendSource, Source, SourceError, SqliteSource};
+
+#[test]
+fn sqlite_source_equals_backend_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = dir.path().join("src.fs");
+    synthetic(&fs, 300);
+    let mut db = new_db(&dir.path().join("db.sqlite"), 4);
+    let opts = LoadOptions {
+        compress: true,
+        ..LoadOptions::default()
+    };
+    assert_eq!(load(&fs, &mut db, opts), 300);
+    let mut generic = BackendSource::new(db).unwrap();
+    let all = generic.tids(Tid(0), Tid(u64::MAX >> 1), 1000).unwrap();
+    assert_eq!(all.len(), 300);
+    let want: Vec<_> = all
+        .iter()
+        .map(|&t| generic.transaction(t).unwrap().unwrap())
+        .collect();
+    assert!(want
+        .iter()
+        .any(|t| t.records.iter().any(|r| r.value_tid.is_some())));
+    assert!(want
+        .iter()
+        .any(|t| t.records.iter().any(|r| r.data.is_none())));
+    assert!(want.iter().any(|t| t
+        .records
+        .iter()
+        .any(|r| r.data.as_ref().is_some_and(|d| d.0 == 1))));
+    let mut fast = SqliteSource::new(generic.into_inner()).unwrap();
+    for (lo, hi, limit) in [
+        (0, 299, 1000),
+        (10, 200, 7),
+        (0, 0, 5),
+        (299, 299, 1),
+        (50, 49, 3),
+    ] {
+        let got = fast
+            .transactions(all[lo], all[hi.max(lo.min(hi))], limit)
+            .unwrap();
+        let expect: Vec<_> = if lo <= hi {
+            want[lo..=hi].iter().take(limit).cloned().collect()
+        } else {
+            Vec::new()
+        };
+        let got = if lo > hi {
+            fast.transactions(all[lo], all[hi], limit).unwrap()
+        } else {
+            got
+        };
+        assert_eq!(got, expect, "{lo}..={hi} limit {limit}");
+    }
+    assert_eq!(fast.count(all[0], all[299]).unwrap(), 300);
+}
+
+#[test]
+fn missing_partitions_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = new_db(&dir.path().join("db.sqlite"), 3);
+    use neo_server::storage::{Backend, CellState};
+    db.change_partition_table(2, 0, &[(1, 1, CellState::OutOfDate)], false, Tid(0))
+        .unwrap();
+    db.commit().unwrap();
+    match SqliteSource::new(db) {
+        Err(e @ SourceError::MissingPartitions { np: 3, .. }) => {
+            assert!(e.to_string().contains("[1]"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -802,6 +802,10 @@ impl<B: Backend> StorageNode<B> {
                     .map(|&(p, nid, s)| (p, nid.0, db_state(s)))
                     .collect();
                 self.apply_pt(n.ptid, n.num_replicas, &cells, false)?;
+                if self.operational {
+                    // Discarded partitions may have released locks.
+                    self.execute_queued(out);
+                }
                 Ok(())
             }
             Body::StopOperation(_) => {
@@ -1034,6 +1038,8 @@ impl<B: Backend> StorageNode<B> {
         if !drop.is_empty() {
             let parts: Vec<u32> = drop.iter().copied().collect();
             log::info!("dropping the data of partitions {parts:?}");
+            let np = self.db.partition_view()?.np;
+            self.tm.discarded(&mut self.db, np, &drop)?;
             self.db.drop_partitions_temporary(Some(&parts))?;
             for &p in &parts {
                 self.db.delete_range(p, None, None)?;

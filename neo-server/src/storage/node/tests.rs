@@ -1446,3 +1446,123 @@ fn serves_replication_and_checks() {
     };
     assert_eq!((r.count, r.max_tid, r.max_oid), (3, t2, Oid(1)));
 }
+
+#[test]
+fn truncate_during_recovery() {
+    let mut c = running();
+    let (ci, cc) = c.client(C1);
+    let (t1, t2) = (Tid(0x100), Tid(0x200));
+    commit(&mut c, ci, cc, Tid(0xfc), t1, &[(0, ZERO_TID, b"r1")]);
+    commit(&mut c, ci, cc, Tid(0x1fc), t2, &[(0, t1, b"r2")]);
+    let (m, mconn) = (c.m, c.mconn);
+    c.send(m, mconn, StopOperation {});
+    c.send(m, mconn, Truncate { tid: t1 });
+    let a = c.request(m, mconn, AskRecovery {});
+    assert_eq!(
+        a,
+        Body::AnswerRecovery(AnswerRecovery {
+            ptid: Some(1),
+            backup_tid: None,
+            truncate_tid: Some(t1)
+        })
+    );
+    // AskLastIDs applies the truncation.
+    let a = c.request(m, mconn, AskLastIDs {});
+    let Body::AnswerLastIDs(ids) = a else {
+        panic!("{a:?}")
+    };
+    assert_eq!(
+        (ids.last_tid, ids.last_oid, ids.first_tid),
+        (Some(t1), Some(Oid(0)), Some(t1))
+    );
+    let Body::AnswerRecovery(r) = c.request(m, mconn, AskRecovery {}) else {
+        panic!()
+    };
+    assert_eq!(r.truncate_tid, None);
+    c.send(m, mconn, StartOperation { backup: false });
+    let (ci, cc) = c.client(C2);
+    let Body::AnswerObject(o) = load(&mut c, ci, cc, 0, None, None) else {
+        panic!()
+    };
+    assert_eq!((o.serial, o.data.as_ref()), (t1, &b"r1"[..]));
+}
+
+#[test]
+fn wrong_partition_table_id_drops_the_master() {
+    let mut c = running();
+    let (m, mconn) = (c.m, c.mconn);
+    let id = c.ask(m, mconn, Ping {});
+    assert_eq!(c.answer(m, id), Some(Body::Pong(Pong {})));
+    c.send(
+        m,
+        mconn,
+        NotifyPartitionChanges {
+            ptid: 5,
+            num_replicas: 0,
+            cell_list: vec![],
+        },
+    );
+    let n = c.notifications(m);
+    assert!(n.is_empty(), "{n:?}");
+    let errors: Vec<_> = std::mem::take(&mut c.sim.node_mut::<Peer>(m).inbox)
+        .into_iter()
+        .filter(|(_, p)| error_code(&p.body).is_some())
+        .collect();
+    assert!(
+        matches!(&errors[..], [(_, p)] if error_code(&p.body) == Some(ErrorCode::ProtocolError))
+    );
+    assert!(c.sim.node::<Peer>(m).closed.contains(&mconn));
+    assert!(!c.storage().is_operational());
+    // It reconnects at once and identifies with its node id.
+    let conns = &c.sim.node::<Peer>(m).conns;
+    assert_eq!(conns.len(), 2);
+}
+
+#[test]
+fn discarded_partition_releases_locks_and_data() {
+    let mut c = running();
+    let (ci, cc) = c.client(C1);
+    let ta = Tid(0x100);
+    assert_eq!(
+        c.request(ci, cc, obj(1, ZERO_TID, ta, b"one")),
+        stored(None)
+    );
+    assert_eq!(
+        c.request(ci, cc, obj(2, ZERO_TID, ta, b"two")),
+        stored(None)
+    );
+    // Partition 1 moves to S2: our cell is discarded.
+    let s2 = NodeId::new(NodeType::Storage, 2);
+    let (m, mconn) = (c.m, c.mconn);
+    c.send(
+        m,
+        mconn,
+        NotifyPartitionChanges {
+            ptid: 2,
+            num_replicas: 0,
+            cell_list: vec![
+                (1, s2, neo_proto::CellState::UpToDate),
+                (1, S1, neo_proto::CellState::Discarded),
+            ],
+        },
+    );
+    let t = c.storage().transactions().get(ta).expect("still there");
+    assert_eq!(t.store_dict.keys().copied().collect::<Vec<_>>(), [Oid(2)]);
+    assert_eq!(c.storage().transactions().locking_tid(Oid(1)), None);
+    // Stores to a partition we do not have anymore are ignored (ZERO_TID).
+    assert_eq!(
+        c.request(ci, cc, obj(5, ZERO_TID, Tid(0x200), b"x")),
+        stored(Some(ZERO_TID))
+    );
+    let a = load(&mut c, ci, cc, 1, None, None);
+    assert_eq!(error_code(&a), Some(ErrorCode::NonReadableCell));
+    let db = c.storage().db_mut();
+    assert_eq!(db.ptid().unwrap(), Some(2));
+    let cells: Vec<_> = db
+        .partition_table()
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.0 == 1)
+        .collect();
+    assert_eq!(cells, [(1, 2, crate::storage::CellState::UpToDate)]);
+}

@@ -525,6 +525,35 @@ impl TxnManager {
         Ok(released)
     }
 
+    /// Forgets what in-progress transactions did in partitions this node
+    /// lost (`discarded`): their locks, stores and data.
+    pub fn discarded(
+        &mut self,
+        db: &mut dyn Backend,
+        np: u32,
+        partitions: &BTreeSet<u32>,
+    ) -> Result<(), DbError> {
+        if np == 0 {
+            return Ok(());
+        }
+        let lost = |oid: &Oid| partitions.contains(&((oid.0 % u64::from(np)) as u32));
+        self.load_locks.retain(|oid, _| !lost(oid));
+        self.store_locks.retain(|oid, _| !lost(oid));
+        let mut ids = Vec::new();
+        for t in self.txns.values_mut() {
+            t.serial_dict.retain(|oid, _| !lost(oid));
+            t.store_dict.retain(|oid, (data_id, _)| {
+                if lost(oid) {
+                    ids.extend(*data_id);
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        db.release_data(&ids, true)
+    }
+
     /// The ttids in progress, with their final tid if locked.
     pub fn transactions(&self) -> impl Iterator<Item = (Tid, &Transaction)> {
         self.txns.iter().map(|(&k, v)| (k, v))

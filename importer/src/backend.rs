@@ -90,6 +90,9 @@ impl<B: Backend> Importer<B> {
     /// Whether the destination may have transactions above `ltid`.
     fn has_new(&mut self) -> DbResult<bool> {
         if self.has_new.is_none() {
+            if self.db.partition_view()?.np == 0 {
+                return Ok(false); // nothing readable yet: ask again later
+            }
             let last = self.db.last_tid(None)?;
             self.has_new = Some(last.is_some_and(|t| t > self.ltid));
         }
@@ -278,6 +281,7 @@ impl<B: Backend> Backend for Importer<B> {
     }
 
     fn set_config(&mut self, key: &str, value: Option<&str>) -> DbResult<()> {
+        self.has_new = None;
         self.db.set_config(key, value)
     }
 
@@ -286,6 +290,7 @@ impl<B: Backend> Backend for Importer<B> {
     }
 
     fn change_pt_rows(&mut self, cells: &[PtChange], reset: bool) -> DbResult<()> {
+        self.has_new = None;
         self.db.change_pt_rows(cells, reset)
     }
 
@@ -294,6 +299,7 @@ impl<B: Backend> Backend for Importer<B> {
     }
 
     fn set_temporarily_readable(&mut self, partition: u32, readable: bool) -> DbResult<()> {
+        self.has_new = None;
         self.db.set_temporarily_readable(partition, readable)
     }
 

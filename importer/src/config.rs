@@ -133,6 +133,10 @@ impl std::error::Error for ImporterConfigError {
     }
 }
 
+/// An option's place: `(section, key, line of the key, value lines with
+/// their numbers)`.
+type KeyLines = (String, String, usize, Vec<(usize, String)>);
+
 /// Where things are in the text: the line numbers [`IniFile`] does not
 /// keep. It follows the same rules (comments, continuation lines).
 #[derive(Default)]
@@ -141,7 +145,7 @@ struct Lines {
     sections: Vec<(String, usize)>,
     /// `(section, key, line of the key, continuation lines)`; the last
     /// occurrence of a key wins, as in the INI layer.
-    keys: Vec<(String, String, usize, Vec<(usize, String)>)>,
+    keys: Vec<KeyLines>,
 }
 
 impl Lines {
@@ -195,11 +199,7 @@ impl Lines {
             .map_or(0, |(_, l)| *l)
     }
 
-    fn key(
-        &self,
-        section: &str,
-        key: &str,
-    ) -> Option<&(String, String, usize, Vec<(usize, String)>)> {
+    fn key(&self, section: &str, key: &str) -> Option<&KeyLines> {
         self.keys
             .iter()
             .find(|(s, k, _, _)| s == section && k == key)

@@ -29,9 +29,10 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use fsformat::{Oid, Payload, Tid, TxnStatus, Writer};
+use fsformat::{Oid, Payload, Tid, TxnHeader, TxnStatus, Writer};
 use neo_server::storage::{
-    make_checksum, Backend, DbError, ObjectRef, SqliteBackend, SqliteOptions, TxnMeta, MAX_TID,
+    make_checksum, Backend, Checksum, DbError, ObjectRef, SqliteBackend, SqliteOptions, TxnMeta,
+    MAX_TID,
 };
 
 use crate::config::{Adapter, Compress, ImporterConfig};
@@ -129,7 +130,6 @@ pub struct Importer<B: Backend> {
     elapsed: Duration,
     log_every: Duration,
     last_log: Option<Instant>,
-    zbuf: Vec<u8>,
 }
 
 fn hex_config<B: Backend>(db: &mut B, key: &str) -> Result<Option<u64>, ImportError> {
@@ -174,7 +174,7 @@ impl Importer<SqliteBackend> {
         };
         o.reset = opts.reset;
         o.dedup = opts.dedup;
-        let db = SqliteBackend::open(&path, &o)?;
+        let db = SqliteBackend::open(&path, &import_sqlite_options(&o))?;
         Importer::open(config, db)
     }
 }
@@ -265,7 +265,6 @@ impl<B: Backend> Importer<B> {
             elapsed: Duration::ZERO,
             log_every: Duration::from_secs(10),
             last_log: None,
-            zbuf: Vec::new(),
         };
         log::info!(
             "importing {} into the storage database: {}",
@@ -378,6 +377,21 @@ impl<B: Backend> Importer<B> {
         Ok(p)
     }
 
+    /// The storage node's background step: imports transactions for about
+    /// `budget` (by chunks of 64), then commits once. Returns the progress;
+    /// call again (e.g. from a zero-delay timer between requests) until
+    /// [`Progress::finished`].
+    pub fn import_for(&mut self, budget: Duration) -> Result<Progress, ImportError> {
+        let start = Instant::now();
+        loop {
+            let p = self.import_uncommitted(64)?;
+            if p.txns_done >= p.txns_total || start.elapsed() >= budget {
+                break;
+            }
+        }
+        self.import_some(0)
+    }
+
     /// Like [`import_some`](Self::import_some) without the commit: the
     /// transactions become durable at the next [`Backend::commit`] (the
     /// node's deferred commit), the import finishes then too.
@@ -394,7 +408,7 @@ impl<B: Backend> Importer<B> {
             let start = src.first_after(self.zodb_tid);
             (start, src.txns().len().min(start.saturating_add(max_txns)))
         };
-        let res = (start..end).try_for_each(|i| self.import_txn(i));
+        let res = self.import_range(start, end);
         self.elapsed += started.elapsed();
         res?;
         Ok(self.progress())
@@ -406,113 +420,69 @@ impl<B: Backend> Importer<B> {
         })
     }
 
-    /// Compresses like NEO: zlib output only when it is smaller.
-    fn compress<'a>(compress: Compress, zbuf: &'a mut Vec<u8>, data: &'a [u8]) -> (u8, &'a [u8]) {
-        let Compress::Zlib(level) = compress else {
-            return (0, data);
-        };
-        zbuf.clear();
-        let mut enc =
-            flate2::write::ZlibEncoder::new(std::mem::take(zbuf), flate2::Compression::new(level));
-        let ok = enc.write_all(data).is_ok();
-        match enc.finish() {
-            Ok(out) if ok => {
-                *zbuf = out;
-                if zbuf.len() < data.len() {
-                    (1, zbuf.as_slice())
-                } else {
-                    (0, data)
-                }
-            }
-            _ => (0, data),
-        }
-    }
-
-    /// Copies transaction `txns()[i]` into the destination (not committed).
-    fn import_txn(&mut self, i: usize) -> Result<(), ImportError> {
-        let src = self.src.as_ref().ok_or_else(|| ImportError::Unsupported {
+    /// Imports `txns()[start..end]` (not committed). Other threads read
+    /// and compress the transactions ahead (in order, one channel per
+    /// thread), this one writes them into the destination.
+    fn import_range(&mut self, start: usize, end: usize) -> Result<(), ImportError> {
+        let Importer {
+            db,
+            src,
+            compress,
+            zodb_tid,
+            bytes_this_run,
+            bytes_done,
+            txns_done,
+            records_done,
+            ..
+        } = self;
+        let src = src.as_ref().ok_or_else(|| ImportError::Unsupported {
             what: "the source is closed".into(),
         })?;
-        let t = src.txn_at(i).map_err(|e| src.err(e))?;
-        let tid = t.tid;
-        let mut records = Vec::new();
-        for r in t.records() {
-            records.push(r.map_err(|e| src.err(e))?);
-        }
-        // Two records of one oid in a transaction: ZODB sees the last one.
-        let mut oids: Vec<Oid> = Vec::with_capacity(records.len());
-        let mut last: HashMap<Oid, usize> = HashMap::new();
-        for (k, r) in records.iter().enumerate() {
-            if last.insert(r.oid, k).is_none() {
-                oids.push(r.oid);
-            }
-        }
-        let mut objects = Vec::with_capacity(oids.len());
-        for &oid in &oids {
-            let r = &records[last[&oid]];
-            let obj = match r.payload {
-                Payload::Data(d) => {
-                    let (comp, stored) = Self::compress(self.compress, &mut self.zbuf, d);
-                    let ck = make_checksum(stored);
-                    let id = self.db.store_data(Some(&ck), oid, stored, comp, None)?;
-                    ObjectRef {
-                        oid,
-                        data_id: id,
-                        value_tid: None,
-                    }
-                }
-                Payload::Back(0) => ObjectRef {
-                    oid,
-                    data_id: None,
-                    value_tid: None,
-                },
-                Payload::Back(_) => {
-                    let dt = src
-                        .data_tid(r)
-                        .map_err(|e| src.err(e))?
-                        .unwrap_or(Tid::ZERO);
-                    let id = match self.db.store_data(None, oid, &[], 0, Some(dt)) {
-                        Ok(id) => id,
-                        Err(DbError::UndoPack { .. }) => {
-                            return Err(ImportError::MissingData {
-                                path: src.path().to_owned(),
-                                tid,
-                                reason: format!(
-                                    "the record of oid {oid} at {} points to {dt}, \
-                                     which has no record of it",
-                                    r.pos
-                                ),
-                            })
-                        }
-                        Err(e) => return Err(e.into()),
-                    };
-                    ObjectRef {
-                        oid,
-                        data_id: id,
-                        value_tid: Some(dt),
-                    }
-                }
-            };
-            objects.push(obj);
-        }
-        let meta = TxnMeta {
-            oids,
-            user: t.user.to_vec(),
-            description: t.description.to_vec(),
-            extension: t.extension.to_vec(),
-            packed: t.status == TxnStatus::Packed.byte(),
-            ttid: tid,
+        let compress = *compress;
+        let mut done = |r: &ReadyTxn<'_>| {
+            let t = src.txns()[r.index];
+            *bytes_this_run += t.end - t.pos;
+            *bytes_done = t.end - fsformat::format::MAGIC_LEN;
+            *txns_done = r.index as u64 + 1;
+            *records_done += r.nrec as u64;
+            *zodb_tid = t.tid;
         };
-        self.db
-            .store_transaction(tid, &objects, Some(&meta), false)?;
-        self.db.set_config(KEY_TID, Some(&tid.to_string()))?;
-        let end = src.txns()[i].end;
-        self.bytes_this_run += end - src.txns()[i].pos;
-        self.bytes_done = end - fsformat::format::MAGIC_LEN;
-        self.txns_done = i as u64 + 1;
-        self.records_done += records.len() as u64;
-        self.zodb_tid = tid;
-        Ok(())
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if compress == Compress::Off || end - start < 16 || workers < 2 {
+            for i in start..end {
+                let r = prepare(src, compress, i)?;
+                store(db, src, &r)?;
+                done(&r);
+            }
+            return Ok(());
+        }
+        std::thread::scope(|s| {
+            let mut rxs = Vec::with_capacity(workers);
+            for k in 0..workers {
+                let (tx, rx) = std::sync::mpsc::sync_channel(32);
+                rxs.push(rx);
+                s.spawn(move || {
+                    for i in (start + k..end).step_by(workers) {
+                        let r = prepare(src, compress, i);
+                        let failed = r.is_err();
+                        if tx.send(r).is_err() || failed {
+                            break;
+                        }
+                    }
+                });
+            }
+            for i in 0..end - start {
+                let Ok(r) = rxs[i % workers].recv() else {
+                    return Err(ImportError::Unsupported {
+                        what: "an import thread died".into(),
+                    });
+                };
+                let r = r?;
+                store(db, src, &r)?;
+                done(&r);
+            }
+            Ok(())
+        })
     }
 
     /// Commits the destination, then writes back what it committed.
@@ -607,6 +577,22 @@ impl<B: Backend> Importer<B> {
     }
 }
 
+/// SQLite page cache used for an import when the database URI does not set
+/// `cache_size`: 256 MiB. SQLite's default (2 MiB) makes a bulk import
+/// spill dirty pages, and each spill syncs the rollback journal.
+pub const IMPORT_CACHE_SIZE: &str = "-262144";
+
+/// `opts` with [`IMPORT_CACHE_SIZE`] unless they set `cache_size`
+/// (durability is unchanged: journal mode and sync stay as given).
+pub fn import_sqlite_options(opts: &SqliteOptions) -> SqliteOptions {
+    let mut o = opts.clone();
+    if !o.pragmas.iter().any(|(k, _)| k == "cache_size") {
+        o.pragmas
+            .push(("cache_size".into(), IMPORT_CACHE_SIZE.into()));
+    }
+    o
+}
+
 /// Decompresses data as NEO stores it (`compression` 0: raw, 1: zlib).
 pub fn decompress(compression: u8, data: &[u8]) -> Result<Cow<'_, [u8]>, String> {
     match compression {
@@ -620,4 +606,152 @@ pub fn decompress(compression: u8, data: &[u8]) -> Result<Cow<'_, [u8]>, String>
         }
         c => Err(format!("unknown compression {c}")),
     }
+}
+
+/// A source record made ready for the destination.
+enum Ready<'a> {
+    /// Data, compressed or not, with the checksum of the stored bytes.
+    Data {
+        oid: Oid,
+        compression: u8,
+        bytes: Cow<'a, [u8]>,
+        checksum: Checksum,
+    },
+    /// A zero backpointer: no data.
+    NoData { oid: Oid },
+    /// A backpointer to the record of `data_tid`.
+    Back { oid: Oid, data_tid: Tid, pos: u64 },
+}
+
+/// A source transaction made ready for the destination.
+struct ReadyTxn<'a> {
+    index: usize,
+    header: TxnHeader<'a>,
+    oids: Vec<Oid>,
+    records: Vec<Ready<'a>>,
+    nrec: usize,
+}
+
+/// Compresses like NEO: zlib output (`compression` 1) only when it is
+/// smaller than the data, else the data as is (0).
+pub fn compress_data(compress: Compress, data: &[u8]) -> (u8, Cow<'_, [u8]>) {
+    let Compress::Zlib(level) = compress else {
+        return (0, Cow::Borrowed(data));
+    };
+    let mut enc = flate2::write::ZlibEncoder::new(
+        Vec::with_capacity(data.len() / 2 + 64),
+        flate2::Compression::new(level),
+    );
+    match enc.write_all(data).and_then(|()| enc.finish()) {
+        Ok(out) if out.len() < data.len() => (1, Cow::Owned(out)),
+        _ => (0, Cow::Borrowed(data)),
+    }
+}
+
+/// Reads transaction `txns()[i]` and makes its records ready: the last
+/// record of each oid (ZODB sees that one), data compressed and hashed,
+/// backpointers resolved to the tid they point to.
+fn prepare(src: &Source, compress: Compress, i: usize) -> Result<ReadyTxn<'_>, ImportError> {
+    let t = src.txn_at(i).map_err(|e| src.err(e))?;
+    let mut records = Vec::new();
+    for r in t.records() {
+        records.push(r.map_err(|e| src.err(e))?);
+    }
+    let nrec = records.len();
+    let mut oids: Vec<Oid> = Vec::with_capacity(nrec);
+    let mut last: HashMap<Oid, usize> = HashMap::with_capacity(nrec);
+    for (k, r) in records.iter().enumerate() {
+        if last.insert(r.oid, k).is_none() {
+            oids.push(r.oid);
+        }
+    }
+    let mut ready = Vec::with_capacity(oids.len());
+    for &oid in &oids {
+        let r = &records[last[&oid]];
+        ready.push(match r.payload {
+            Payload::Data(d) => {
+                let (compression, bytes) = compress_data(compress, d);
+                let checksum = make_checksum(&bytes);
+                Ready::Data {
+                    oid,
+                    compression,
+                    bytes,
+                    checksum,
+                }
+            }
+            Payload::Back(0) => Ready::NoData { oid },
+            Payload::Back(_) => Ready::Back {
+                oid,
+                data_tid: src
+                    .data_tid(r)
+                    .map_err(|e| src.err(e))?
+                    .unwrap_or(Tid::ZERO),
+                pos: r.pos,
+            },
+        });
+    }
+    Ok(ReadyTxn {
+        index: i,
+        header: t.header,
+        oids,
+        records: ready,
+        nrec,
+    })
+}
+
+/// Writes a prepared transaction and the import position (not committed).
+fn store<B: Backend>(db: &mut B, src: &Source, r: &ReadyTxn<'_>) -> Result<(), ImportError> {
+    let tid = r.header.tid;
+    let mut objects = Vec::with_capacity(r.records.len());
+    for rec in &r.records {
+        objects.push(match rec {
+            Ready::Data {
+                oid,
+                compression,
+                bytes,
+                checksum,
+            } => ObjectRef {
+                oid: *oid,
+                data_id: db.store_data(Some(checksum), *oid, bytes, *compression, None)?,
+                value_tid: None,
+            },
+            Ready::NoData { oid } => ObjectRef {
+                oid: *oid,
+                data_id: None,
+                value_tid: None,
+            },
+            &Ready::Back { oid, data_tid, pos } => {
+                let id = match db.store_data(None, oid, &[], 0, Some(data_tid)) {
+                    Ok(id) => id,
+                    Err(DbError::UndoPack { .. }) => {
+                        return Err(ImportError::MissingData {
+                            path: src.path().to_owned(),
+                            tid,
+                            reason: format!(
+                                "the record of oid {oid} at {pos} points to {data_tid}, \
+                                 which has no record of it"
+                            ),
+                        })
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                ObjectRef {
+                    oid,
+                    data_id: id,
+                    value_tid: Some(data_tid),
+                }
+            }
+        });
+    }
+    let meta = TxnMeta {
+        oids: r.oids.clone(),
+        user: r.header.user.to_vec(),
+        description: r.header.description.to_vec(),
+        extension: r.header.extension.to_vec(),
+        packed: r.header.status == TxnStatus::Packed.byte(),
+        ttid: tid,
+    };
+    db.store_transaction(tid, &objects, Some(&meta), false)?;
+    db.set_config(KEY_TID, Some(&tid.to_string()))?;
+    Ok(())
 }

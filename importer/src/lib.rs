@@ -25,5 +25,8 @@ pub use config::{
     Adapter, Compress, FileStorageSpec, ImporterConfig, ImporterConfigError, SourceConfig,
 };
 pub use error::ImportError;
-pub use importer::{decompress, Importer, Progress, ALL_IMPORTED, KEY_LOID, KEY_LTID, KEY_TID};
+pub use importer::{
+    compress_data, decompress, import_sqlite_options, Importer, Progress, ALL_IMPORTED,
+    IMPORT_CACHE_SIZE, KEY_LOID, KEY_LTID, KEY_TID,
+};
 pub use source::{Source, TxnPos};

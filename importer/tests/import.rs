@@ -267,3 +267,20 @@ fn corrupt_middle_names_offset() {
     assert!(msg.contains("Data.fs"), "{msg}");
     assert!(msg.contains(&pos.to_string()), "offset {pos} not in {msg}");
 }
+
+/// One big step (transactions read and compressed by several threads).
+#[test]
+fn whole_import_in_one_step() {
+    for name in GOOD {
+        for compress in ["compress = true", "compress = false"] {
+            let mut imp = open(&config(&fixture(name), compress), memory_db());
+            let p = imp.import_some(usize::MAX).unwrap();
+            assert!(p.finished, "{name}");
+            check_listing(
+                &mut imp,
+                &listing(name),
+                &format!("{name} in one step, {compress}"),
+            );
+        }
+    }
+}

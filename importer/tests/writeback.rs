@@ -16,7 +16,10 @@ use serde_json::Value;
 
 /// One client transaction through the 2PC calls the storage node makes:
 /// `(oid, data, undo of serial)`.
-fn client_commit<B: Backend>(db: &mut B, tid: Tid, objs: &[(Oid, Option<&[u8]>, Option<Tid>)]) {
+/// `(oid, data, undo of serial)` of one object of a client transaction.
+type ClientObj<'a> = (Oid, Option<&'a [u8]>, Option<Tid>);
+
+fn client_commit<B: Backend>(db: &mut B, tid: Tid, objs: &[ClientObj<'_>]) {
     let mut refs = Vec::new();
     for &(oid, data, undo) in objs {
         let id = match (data, undo) {
@@ -237,4 +240,35 @@ fn writeback_appends_to_the_source() {
     assert_eq!(std::fs::read(&src).unwrap(), full, "rewritten identically");
     check("after crash and restart");
     assert!(std::fs::metadata(&src).unwrap().len() > orig_len);
+}
+
+/// A restart during the import finds the clients' commits, and the
+/// node's timed background step finishes the import.
+#[test]
+fn restart_keeps_new_commits_and_timed_steps_finish() {
+    let cfg = config(&fixture("basic"), "");
+    let mut imp = open(&cfg, memory_db());
+    let p = imp.import_for(std::time::Duration::ZERO).unwrap();
+    assert_eq!(p.txns_done, 40, "one timed step imports a chunk of 64");
+    let dir_ltid = imp.last_source_tid();
+    let t1 = Tid(dir_ltid.0 + 7);
+    let disk = {
+        let mut fresh = open(&cfg, memory_db());
+        fresh.import_some(5).unwrap();
+        client_commit(&mut fresh, t1, &[(Oid(0), Some(b"after"), None)]);
+        fresh.into_db().disk().clone()
+    };
+    let mut imp = open(&cfg, neo_server::storage::MemoryBackend::open(&disk));
+    assert_eq!(imp.progress().txns_done, 5);
+    let r = found(imp.get_object(Oid(0), None, None).unwrap());
+    assert_eq!((r.serial, r.data.as_deref()), (t1, Some(&b"after"[..])));
+    let mut steps = 0;
+    while !imp.is_finished() {
+        imp.import_for(std::time::Duration::from_millis(1)).unwrap();
+        steps += 1;
+        assert!(steps < 100);
+    }
+    let r = found(imp.get_object(Oid(0), None, None).unwrap());
+    assert_eq!(r.serial, t1);
+    assert_eq!(imp.last_ids().unwrap().0, Some(t1));
 }

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fsformat::{FileStorage, Oid, Payload, Tid};
-use neo_importer::{Importer, ImporterConfig};
+use neo_importer::{
+    compress_data, import_sqlite_options, Compress, Importer, ImporterConfig, IMPORT_CACHE_SIZE,
+};
 use neo_server::storage::{make_checksum, Backend, CellState, SqliteBackend, SqliteOptions};
 use rusqlite::params;
 
@@ -52,7 +54,7 @@ fn fresh_db(path: &Path) -> Result<SqliteBackend, Box<dyn std::error::Error>> {
             std::fs::remove_file(&p)?;
         }
     }
-    let mut db = SqliteBackend::open(path, &SqliteOptions::default())?;
+    let mut db = SqliteBackend::open(path, &import_sqlite_options(&SqliteOptions::default()))?;
     db.set_nid(1)?;
     db.change_partition_table(1, 0, &[(0, 1, CellState::UpToDate)], true, Tid::ZERO)?;
     db.commit()?;
@@ -74,7 +76,8 @@ fn bulk_insert(src: &Path, db_path: &Path) -> Result<(Duration, u64), Box<dyn st
     type Row = (u64, [u8; 20], Vec<u8>);
     let mut data: Vec<Row> = Vec::new();
     let mut objs: Vec<(u64, u64, Option<u64>, Option<u64>)> = Vec::new();
-    let mut trans: Vec<(u64, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>)> = Vec::new();
+    type TransRow = (u64, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>);
+    let mut trans: Vec<TransRow> = Vec::new();
     let mut last: std::collections::HashMap<(u64, u64), Option<u64>> = Default::default();
     for t in fs.iter() {
         let t = t?;
@@ -108,6 +111,7 @@ fn bulk_insert(src: &Path, db_path: &Path) -> Result<(Duration, u64), Box<dyn st
     let db = fresh_db(db_path)?;
     drop(db);
     let c = rusqlite::Connection::open(db_path)?;
+    c.execute_batch(&format!("PRAGMA cache_size = {IMPORT_CACHE_SIZE}"))?;
     let start = Instant::now();
     c.execute_batch("BEGIN")?;
     {
@@ -143,6 +147,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let size = std::fs::metadata(&args.source)?.len();
+    if std::env::var_os("IMPORT_BENCH_COMPRESS_ONLY").is_some() {
+        let fs = FileStorage::open(&args.source)?;
+        for level in [1, 6] {
+            let (mut raw, mut out, start) = (0u64, 0u64, Instant::now());
+            for t in fs.iter() {
+                for r in t?.records() {
+                    if let Some(d) = r?.data() {
+                        raw += d.len() as u64;
+                        out += compress_data(Compress::Zlib(level), d).1.len() as u64;
+                    }
+                }
+            }
+            let s = start.elapsed().as_secs_f64();
+            println!(
+                "zlib level {level}: {:.1} MB/s, stored/raw {:.3}",
+                raw as f64 / 1e6 / s,
+                out as f64 / raw as f64
+            );
+        }
+        return Ok(());
+    }
     println!("source: {} ({size} bytes)", args.source.display());
     std::fs::create_dir_all(&args.work)?;
     let db_path = args.work.join("import-bench.sqlite");

@@ -644,25 +644,30 @@ impl<B: Backend> Backend for Importer<B> {
             .iter()
             .map(|(o, _)| o)
             .filter(|o| *o >= min_oid && *o <= loid && o.0 % np == u64::from(partition))
-            .take(usize::try_from(length).unwrap_or(usize::MAX))
             .collect();
+        // Like NEO's query: the newest revision at or before `tid` of each
+        // oid counts as a row (deleted or not); deleted ones are left out.
         let before = Some(Tid(tid.0.saturating_add(1)));
         let mut found = Vec::new();
+        let mut rows = 0;
         for &o in &candidates {
-            if self
-                .find_object(o, None, before)?
-                .is_some_and(|r| r.data.is_some())
-            {
+            if rows >= length {
+                break;
+            }
+            let Some(r) = self.find_object(o, None, before)? else {
+                continue;
+            };
+            rows += 1;
+            if r.data.is_some() {
                 found.push(o);
             }
-        }
-        if candidates.len() as u64 >= length {
-            let next = candidates.last().map(|o| Oid(o.0 + np));
-            return Ok((next, found));
+            if rows >= length {
+                return Ok((Some(Oid(o.0 + np)), found));
+            }
         }
         // The rest are objects created by clients: the destination has
         // all their revisions.
-        let left = length - candidates.len() as u64;
+        let left = length - rows;
         let (next, more) = self
             .db
             .oids_from(partition, left, min_oid.max(Oid(loid.0 + 1)), tid)?;

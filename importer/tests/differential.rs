@@ -98,3 +98,43 @@ fn merged_answers_equal_the_destination_alone() {
         }
     }
 }
+
+/// The same with clients' transactions above the source's (a new object,
+/// a change, an undo of a revision not imported yet).
+#[test]
+fn merged_answers_with_new_commits() {
+    let name = "undo";
+    let l = listing(name);
+    let cfg = config(&fixture(name), "");
+    let mut imp = open(&cfg, memory_db());
+    let ltid = imp.last_source_tid();
+    let loid = imp.last_ids().unwrap().1.unwrap();
+    let t = |n: u64| Tid(ltid.0 + n);
+    client_commit(
+        &mut imp,
+        t(3),
+        &[
+            (Oid(0), Some(b"root"), None),
+            (Oid(loid.0 + 1), Some(b"new"), None),
+        ],
+    );
+    let older = Tid(hex(&l["transactions"][3]["tid"]));
+    let oid = Oid(hex(&l["transactions"][3]["records"][0]["oid"]));
+    client_commit(&mut imp, t(5), &[(oid, None, Some(older))]);
+    client_commit(&mut imp, t(8), &[(Oid(loid.0 + 1), None, None)]);
+    let mut states = vec![snapshot(&mut imp, &l)];
+    while !imp.is_finished() {
+        imp.import_some(1).unwrap();
+        states.push(snapshot(&mut imp, &l));
+    }
+    let last = states.pop().unwrap();
+    assert!(
+        last.iter().any(|s| s.contains(&format!("{:?}", t(8)))),
+        "new tids are seen"
+    );
+    for (i, s) in states.iter().enumerate() {
+        for (a, b) in s.iter().zip(&last) {
+            assert_eq!(a, b, "{name}: after {i} steps");
+        }
+    }
+}

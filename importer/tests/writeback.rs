@@ -11,44 +11,8 @@ use std::path::Path;
 use common::*;
 use fsformat::{FileStorage, Oid, Tid};
 use neo_importer::Importer;
-use neo_server::storage::{make_checksum, Backend, ObjectLookup, ObjectRef, TxnMeta};
+use neo_server::storage::{Backend, ObjectLookup};
 use serde_json::Value;
-
-/// One client transaction through the 2PC calls the storage node makes:
-/// `(oid, data, undo of serial)`.
-/// `(oid, data, undo of serial)` of one object of a client transaction.
-type ClientObj<'a> = (Oid, Option<&'a [u8]>, Option<Tid>);
-
-fn client_commit<B: Backend>(db: &mut B, tid: Tid, objs: &[ClientObj<'_>]) {
-    let mut refs = Vec::new();
-    for &(oid, data, undo) in objs {
-        let id = match (data, undo) {
-            (Some(d), _) => db.hold_data(Some(&make_checksum(d)), oid, d, 0, None),
-            (None, Some(dt)) => db.hold_data(None, oid, &[], 0, Some(dt)),
-            (None, None) => Ok(None),
-        }
-        .expect("store data");
-        refs.push(ObjectRef {
-            oid,
-            data_id: id,
-            value_tid: undo,
-        });
-    }
-    let meta = TxnMeta {
-        oids: objs.iter().map(|o| o.0).collect(),
-        user: b"client".to_vec(),
-        description: format!("commit {tid}").into_bytes(),
-        extension: Vec::new(),
-        packed: false,
-        ttid: tid,
-    };
-    db.store_transaction(tid, &refs, Some(&meta), true)
-        .expect("vote");
-    db.lock_transaction(tid, tid, false).expect("lock");
-    db.unlock_transaction(tid, tid, true, true, false)
-        .expect("unlock");
-    db.commit().expect("commit");
-}
 
 fn hex_tid(v: &Value) -> Tid {
     Tid(u64::from_str_radix(v.as_str().unwrap(), 16).unwrap())

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use fsformat::{Oid, Tid};
 use neo_importer::{decompress, Importer, ImporterConfig};
 use neo_server::storage::{
-    Backend, CellState, MemoryBackend, ObjectLookup, SqliteBackend, SqliteOptions,
+    make_checksum, Backend, CellState, MemoryBackend, ObjectLookup, ObjectRef, SqliteBackend,
+    SqliteOptions, TxnMeta,
 };
 use serde_json::Value;
 use sha1::{Digest, Sha1};
@@ -360,4 +361,40 @@ pub fn check_listing<B: Backend>(db: &mut B, l: &Value, ctx: &str) {
     let (last_tid, last_oid) = db.last_ids().expect("last_ids");
     assert_eq!(last_tid, opt_tid(&l["last_transaction"]), "{ctx}: last tid");
     assert_eq!(last_oid, Some(oid(&l["new_oid"])), "{ctx}: last oid");
+}
+
+/// One client transaction through the 2PC calls the storage node makes:
+/// `(oid, data, undo of serial)`.
+/// `(oid, data, undo of serial)` of one object of a client transaction.
+pub type ClientObj<'a> = (Oid, Option<&'a [u8]>, Option<Tid>);
+
+pub fn client_commit<B: Backend>(db: &mut B, tid: Tid, objs: &[ClientObj<'_>]) {
+    let mut refs = Vec::new();
+    for &(oid, data, undo) in objs {
+        let id = match (data, undo) {
+            (Some(d), _) => db.hold_data(Some(&make_checksum(d)), oid, d, 0, None),
+            (None, Some(dt)) => db.hold_data(None, oid, &[], 0, Some(dt)),
+            (None, None) => Ok(None),
+        }
+        .expect("store data");
+        refs.push(ObjectRef {
+            oid,
+            data_id: id,
+            value_tid: undo,
+        });
+    }
+    let meta = TxnMeta {
+        oids: objs.iter().map(|o| o.0).collect(),
+        user: b"client".to_vec(),
+        description: format!("commit {tid}").into_bytes(),
+        extension: Vec::new(),
+        packed: false,
+        ttid: tid,
+    };
+    db.store_transaction(tid, &refs, Some(&meta), true)
+        .expect("vote");
+    db.lock_transaction(tid, tid, false).expect("lock");
+    db.unlock_transaction(tid, tid, true, true, false)
+        .expect("unlock");
+    db.commit().expect("commit");
 }

@@ -769,3 +769,44 @@ fn backend_bench() {
             .unwrap();
     }
 }
+
+/// Interoperability with Python NEO, checked by hand: Python NEO's MySQL
+/// backend writes tid 10 (oid 1 small, oid 2 of 16 MiB + 5 bytes, hence
+/// in `bigdata`) into the database `$NEO_INTEROP_DB` (NEO's connection
+/// string); this reads it back and writes tid 20 (oid 3 small, oid 4 big),
+/// which Python NEO then reads.
+#[test]
+#[ignore = "needs Python NEO; run by hand"]
+fn mysql_interop_with_python_neo() {
+    let Ok(arg) = std::env::var("NEO_INTEROP_DB") else {
+        return;
+    };
+    let big: Vec<u8> = (0..0x100_0000 + 5).map(|i| (i % 253) as u8).collect();
+    let mut db = MysqlBackend::open_database(&arg, &MysqlOptions::default()).unwrap();
+    assert!(db.dedup());
+    assert_eq!(db.name().unwrap().as_deref(), Some("interop"));
+    assert_eq!(db.nid().unwrap(), Some(NID));
+    let r = found(db.get_object(Oid(1), None, None).unwrap());
+    assert_eq!(
+        (r.serial, r.data.as_deref()),
+        (Tid(10), Some(&b"small python"[..]))
+    );
+    let r = found(db.get_object(Oid(2), None, None).unwrap());
+    assert_eq!((r.serial, r.compression), (Tid(10), Some(1)));
+    assert!(r.data.as_deref() == Some(&big[..]));
+    assert_eq!(r.checksum, Some(make_checksum(&big)));
+    let t = db.get_transaction(Tid(10), false).unwrap().unwrap();
+    assert_eq!(t.meta.user, b"py-user");
+    assert_eq!(t.meta.oids, vec![Oid(1), Oid(2)]);
+    let rev: Vec<u8> = big.iter().rev().copied().collect();
+    commit_txn(&mut db, 20, &[(3, Some(b"small rust")), (4, Some(&rev))]);
+    eprintln!("rust read tid 10 and wrote tid 20");
+    // A database made here, to compare its `SHOW CREATE TABLE` with NEO's.
+    if let Ok(fresh) = std::env::var("NEO_INTEROP_FRESH_DB") {
+        let opts = MysqlOptions {
+            dedup: true,
+            ..MysqlOptions::default()
+        };
+        MysqlBackend::open_database(&fresh, &opts).unwrap();
+    }
+}

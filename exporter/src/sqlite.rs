@@ -53,6 +53,10 @@ type ObjRow = (
     Option<Vec<u8>>,
 );
 
+fn db_ctx(what: &'static str) -> impl FnOnce(DbError) -> SourceError {
+    db(move || what.to_owned())
+}
+
 fn sql_err(db: &SqliteBackend, context: &'static str) -> impl FnOnce(rusqlite::Error) -> DbError {
     let path = db.path().to_owned();
     move |error| DbError::Sqlite {
@@ -64,8 +68,17 @@ fn sql_err(db: &SqliteBackend, context: &'static str) -> impl FnOnce(rusqlite::E
 
 impl SqliteSource {
     /// Wraps an open database; checks that it holds every partition.
+    /// Wraps an open database; checks that it holds every partition. The
+    /// connection gets a memory map (`PRAGMA mmap_size`) for the scans: it
+    /// saves a system call and a copy per page read.
     pub fn new(mut db: SqliteBackend) -> Result<Self, SourceError> {
         let np = check_partitions(&mut db)?;
+        let mapped: i64 = db
+            .connection()
+            .query_row("PRAGMA mmap_size = 1099511627776", [], |r| r.get(0))
+            .map_err(sql_err(&db, "setting mmap_size"))
+            .map_err(db_ctx("setting up the database"))?;
+        log::debug!("{}: mmap_size {mapped}", db.path().display());
         Ok(SqliteSource { db, np })
     }
 

@@ -683,6 +683,100 @@ fn mysql_open_database_string_send_boxed() {
     ));
 }
 
+/// A private server of this test, stopped when dropped.
+struct OwnServer {
+    dir: tempfile::TempDir,
+    script: PathBuf,
+}
+
+impl OwnServer {
+    fn command(&self, cmd: &str) -> String {
+        let out = std::process::Command::new("bash")
+            .arg(&self.script)
+            .arg(cmd)
+            .arg(self.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mysql-test-server.sh {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(&self.script)
+            .arg("stop")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
+/// A server restart: an idle backend reconnects once the server is back
+/// (waiting up to `--wait`); a transaction with writes is lost, with an
+/// error, and nothing of it is committed.
+#[test]
+fn mysql_survives_server_restart() {
+    // Same rules as the other MySQL tests (a server is installed).
+    let Some(_h) = MysqlHarness::new() else {
+        return;
+    };
+    let server = std::sync::Arc::new(OwnServer {
+        dir: tempfile::tempdir().unwrap(),
+        script: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/mysql-test-server.sh"),
+    });
+    let sock = server.command("start");
+    let target = MysqlTarget::parse(&format!("root@neo_test{sock}")).unwrap();
+    let opts = MysqlOptions {
+        wait: 60.0,
+        ..MysqlOptions::default()
+    };
+    let mut db = MysqlBackend::open(&target, &opts).unwrap();
+    setup(&mut db);
+    commit_txn(&mut db, 10, &[(1, Some(b"one"))]);
+    // Idle: the server stops, and comes back a second later.
+    server.command("stop");
+    let s = server.clone();
+    let restart = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        s.command("start")
+    });
+    assert_eq!(
+        found(db.get_object(Oid(1), None, None).unwrap()).data,
+        Some(b"one".to_vec())
+    );
+    assert_eq!(db.reconnects(), 1);
+    restart.join().unwrap();
+    // With writes: the restart loses them and the call says so.
+    let sum = make_checksum(b"lost");
+    let id = db
+        .store_data(Some(&sum), Oid(2), b"lost", 0, None)
+        .unwrap()
+        .unwrap();
+    server.command("stop");
+    server.command("start");
+    let refs = [ObjectRef {
+        oid: Oid(2),
+        data_id: Some(id),
+        value_tid: None,
+    }];
+    assert!(matches!(
+        db.store_transaction(Tid(12), &refs, Some(&meta(12, &[2])), true),
+        Err(DbError::Mysql { .. })
+    ));
+    db.commit().unwrap();
+    assert!(db.load_data(id).unwrap().is_none());
+    commit_txn(&mut db, 14, &[(2, Some(b"kept"))]);
+    assert_eq!(
+        found(db.get_object(Oid(2), None, None).unwrap()).data,
+        Some(b"kept".to_vec())
+    );
+}
+
 /// Writes and loads on SQLite and MySQL side by side: 500 transactions of
 /// 20 objects of 1 KiB through the full 2PC, then a load of every object.
 /// Run: `cargo test --release -p neo-server --lib -- --ignored --nocapture

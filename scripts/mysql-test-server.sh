@@ -63,6 +63,13 @@ start)
             exit 1
         }
     fi
+    # RocksDB (NEO's other engine) when its plugin is installed.
+    plugins=()
+    plugin_dir=$("$server" --no-defaults --verbose --help 2>/dev/null |
+        awk '$1 == "plugin-dir" { print $2 }')
+    if [ -n "$plugin_dir" ] && [ -f "$plugin_dir/ha_rocksdb.so" ]; then
+        plugins+=(--plugin-load-add=ha_rocksdb)
+    fi
     # max_allowed_packet: NEO refuses less than 32769 KiB (bigdata chunks).
     # The test server trades durability for speed (the tests do not cut
     # power): the log is written at each commit but synced once a second.
@@ -70,7 +77,7 @@ start)
         --socket="$sock" --skip-networking --pid-file="$pidfile" \
         --log-error="$dir/error.log" --max-allowed-packet=64M \
         --innodb-buffer-pool-size=256M --innodb-flush-log-at-trx-commit=2 \
-        --innodb-log-file-size=64M --max-connections=500 \
+        --innodb-log-file-size=64M --max-connections=500 "${plugins[@]}" \
         >/dev/null 2>&1 </dev/null &
     server_pid=$!
     for _ in $(seq 1 600); do

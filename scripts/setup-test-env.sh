@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian machine (idempotent):
 # - a virtualenv in .venv with the real ZODB from PyPI (the oracle);
-# - mariadb-server (Debian) for the MySQL backend tests, which run their own
-#   private server (scripts/mysql-test-server.sh), never the system one.
+# - mariadb-server and its RocksDB plugin (Debian) for the MySQL backend
+#   tests, which run their own private server (scripts/mysql-test-server.sh),
+#   never the system one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,8 @@ have_mysqld() {
     command -v mariadbd || command -v mysqld || [ -x /usr/sbin/mariadbd ] || [ -x /usr/sbin/mysqld ]
 }
 have_mysqld >/dev/null 2>&1 || need_apt+=(mariadb-server)
+# NEO's other MySQL engine, tested when the server has it.
+dpkg -s mariadb-plugin-rocksdb >/dev/null 2>&1 || need_apt+=(mariadb-plugin-rocksdb)
 if [ ${#need_apt[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"

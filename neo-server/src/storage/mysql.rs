@@ -1913,11 +1913,14 @@ impl Backend for MysqlBackend {
             return Err(DbError::NonReadableCell { partition });
         }
         let np = u64::from(view.np);
+        // NEO's query has no outer ORDER BY and relies on the join order,
+        // which RocksDB (reverse column family for obj's key) does not keep.
         let rows: Vec<(u64, Option<u64>)> = self.rows(
             "SELECT oid, data_id FROM obj FORCE INDEX(PRIMARY) JOIN (\
              SELECT `partition`, oid, MAX(tid) AS tid FROM obj FORCE INDEX(PRIMARY) \
              WHERE `partition`=? AND oid>=? AND tid<=? \
-             GROUP BY oid ORDER BY oid LIMIT ?) AS t USING (`partition`, oid, tid)",
+             GROUP BY oid ORDER BY oid LIMIT ?) AS t USING (`partition`, oid, tid) \
+             ORDER BY oid",
             (
                 partition,
                 to_sql(min_oid.0, "oid")?,

@@ -50,6 +50,7 @@ pub(super) struct MysqlHarness {
     socket: PathBuf,
     admin: ::mysql::Conn,
     databases: Vec<String>,
+    engine: String,
 }
 
 impl MysqlHarness {
@@ -60,6 +61,7 @@ impl MysqlHarness {
             admin: admin(&socket),
             socket,
             databases: Vec::new(),
+            engine: mysql::ENGINES[0].to_owned(),
         })
     }
 
@@ -111,6 +113,7 @@ impl Harness for MysqlHarness {
         let target = self.database();
         let opts = MysqlOptions {
             dedup,
+            engine: self.engine.clone(),
             ..MysqlOptions::default()
         };
         Self::open(&target, &opts)
@@ -681,6 +684,64 @@ fn mysql_open_database_string_send_boxed() {
         MysqlBackend::open_database("/nodb", &MysqlOptions::default()),
         Err(DbError::MysqlSetup { .. })
     ));
+}
+
+/// The whole shared suite on NEO's other engine, RocksDB, when the server
+/// has it (`scripts/setup-test-env.sh` installs its plugin, so under CI it
+/// must be there).
+#[test]
+fn mysql_rocksdb_runs_the_suite() {
+    let Some(mut h) = MysqlHarness::new() else {
+        return;
+    };
+    let has_rocks: Option<(String,)> = h
+        .admin
+        .query_first(
+            "SELECT engine FROM information_schema.engines \
+             WHERE engine='ROCKSDB' AND support IN ('YES','DEFAULT')",
+        )
+        .unwrap();
+    if has_rocks.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the test server has no RocksDB engine (mariadb-plugin-rocksdb)"
+        );
+        eprintln!("notice: RocksDB test skipped: the server has no RocksDB engine");
+        return;
+    }
+    h.engine = "RocksDB".into();
+    let mut db = h.fresh(false);
+    let engines: Vec<(String, String)> = db
+        .connection()
+        .unwrap()
+        .query(
+            "SELECT table_name, engine FROM information_schema.tables \
+             WHERE table_schema = DATABASE()",
+        )
+        .unwrap();
+    assert_eq!(engines.len(), 10);
+    assert!(engines.iter().all(|(_, e)| e == "ROCKSDB"), "{engines:?}");
+    drop(db);
+    config_keys(&mut h);
+    two_phase_commit_visibility(&mut h);
+    abort_releases_data(&mut h);
+    dedup_and_collision(&mut h);
+    loads_at_and_before(&mut h);
+    deleted_objects(&mut h);
+    undo_backpointers(&mut h);
+    find_undo_tid_cases(&mut h);
+    history(&mut h);
+    replication_lists(&mut h);
+    check_hashes(&mut h);
+    truncate_after_tid(&mut h);
+    reopen_keeps_committed_only(&mut h);
+    deletes_and_prune(&mut h);
+    pack_partition_rules(&mut h);
+    pack_orders_flow(&mut h);
+    partition_table_changes(&mut h);
+    non_readable_and_out_of_range(&mut h);
+    unfinished_after_restart(&mut h);
+    drop_and_replication_helpers(&mut h);
 }
 
 /// A private server of this test, stopped when dropped.

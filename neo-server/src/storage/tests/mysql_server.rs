@@ -836,6 +836,36 @@ fn mysql_survives_server_restart() {
         found(db.get_object(Oid(2), None, None).unwrap()).data,
         Some(b"kept".to_vec())
     );
+    // The server crashes (SIGKILL) with a committed transaction and an
+    // uncommitted one: after its recovery, exactly the first is there.
+    commit_txn(&mut db, 16, &[(3, Some(b"committed"))]);
+    vote(&mut db, 18, &[(4, Some(b"voted"))]);
+    let id = db
+        .store_data(Some(&make_checksum(b"open")), Oid(5), b"open", 0, None)
+        .unwrap()
+        .unwrap();
+    let pid = std::fs::read_to_string(server.dir.path().join("mysqld.pid")).unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    server.command("start");
+    assert!(matches!(
+        db.get_object(Oid(3), None, None),
+        Err(DbError::Mysql { .. })
+    ));
+    drop(db);
+    let mut db = MysqlBackend::open(&target, &opts).unwrap();
+    assert_eq!(
+        found(db.get_object(Oid(3), None, None).unwrap()).data,
+        Some(b"committed".to_vec())
+    );
+    assert_eq!(
+        db.unfinished_transactions().unwrap(),
+        [(Tid(18), None)].into()
+    );
+    assert!(db.load_data(id).unwrap().is_none());
 }
 
 /// Writes and loads on SQLite and MySQL side by side: 500 transactions of

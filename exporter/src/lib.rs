@@ -1,4 +1,4 @@
-//! `neo-export`: a NEO storage database (and, later, a cluster) back to a
+//! `neo-export`: a NEO cluster or a storage node's database back to a
 //! valid `Data.fs` (issue 6).
 //!
 //! - [`source`]: the [`Source`] trait (committed transactions in tid
@@ -6,6 +6,8 @@
 //!   (offline export of a storage node's database);
 //! - [`sqlite`]: [`SqliteSource`], NEO's SQLite schema read in ranges
 //!   (the fast path of `neo-export --database`);
+//! - [`cluster`]: [`ClusterSource`], a running cluster through the Rust
+//!   client (`neo-export --masters/--cluster`);
 //! - [`export`](mod@export): the engine, resumable and incremental, on top
 //!   of fsformat's writer;
 //! - [`progress`]: progress bar and log lines;
@@ -13,12 +15,14 @@
 
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod error;
 pub mod export;
 pub mod progress;
 pub mod source;
 pub mod sqlite;
 
+pub use cluster::ClusterSource;
 pub use error::ExportError;
 pub use export::{export, ExportOptions, NoProgress, Progress, Summary, MAX_TID};
 pub use source::{BackendSource, Source, SourceError, SourceRecord, SourceTxn};

@@ -72,6 +72,13 @@ pub enum SourceError {
         /// The partitions that are not readable.
         missing: Vec<u32>,
     },
+    /// The cluster failed to answer.
+    Cluster {
+        /// What we were reading.
+        context: String,
+        /// The client's error.
+        error: Box<neo_server::client::ClientError>,
+    },
     /// A tid listed by the source vanished or broke its invariants.
     Inconsistent {
         /// What was found.
@@ -89,6 +96,7 @@ impl fmt::Display for SourceError {
                  of {np} are missing or not readable on this node (export from a node \
                  that has every partition, or from the cluster)"
             ),
+            SourceError::Cluster { context, error } => write!(f, "{context}: {error}"),
             SourceError::Inconsistent { what } => write!(f, "inconsistent source: {what}"),
         }
     }
@@ -98,6 +106,7 @@ impl std::error::Error for SourceError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             SourceError::Db { error, .. } => Some(error.as_ref()),
+            SourceError::Cluster { error, .. } => Some(error.as_ref()),
             _ => None,
         }
     }

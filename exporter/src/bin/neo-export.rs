@@ -9,7 +9,12 @@ use std::time::Duration;
 use clap::{ArgAction, Parser, ValueEnum};
 use fsformat::Tid;
 use neo_exporter::progress::{Bar, LogLines};
-use neo_exporter::{export, ExportOptions, NoProgress, Progress, SqliteSource, MAX_TID};
+use neo_exporter::{
+    export, ClusterSource, ExportOptions, NoProgress, Progress, Source, SqliteSource, MAX_TID,
+};
+use neo_proto::tls::TlsConfig;
+use neo_server::client::ClientConfig;
+use neo_server::config::parse_master_list;
 use neo_server::storage::{SqliteBackend, SqliteOptions};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -24,7 +29,8 @@ enum ProgressKind {
     None,
 }
 
-/// Export a NEO storage database to a FileStorage (Data.fs).
+/// Export a NEO cluster (-m/-c), or a stopped storage node's database
+/// (--database), to a FileStorage (Data.fs).
 ///
 /// If OUT.fs exists, it must be a prefix of the database's history (the
 /// same transactions, as checked on its first, last and a sample of its
@@ -34,9 +40,29 @@ enum ProgressKind {
 #[command(name = "neo-export", version)]
 struct Args {
     /// The storage node's database (SQLite: a path, or file:PATH?pragma=...).
-    /// The storage node must be stopped.
-    #[arg(short = 'd', long)]
-    database: String,
+    /// The storage node must be stopped; it must hold every partition.
+    #[arg(
+        short = 'd',
+        long,
+        required_unless_present = "masters",
+        conflicts_with = "masters"
+    )]
+    database: Option<String>,
+    /// Master nodes of the cluster to export (space-separated HOST:PORT).
+    #[arg(short = 'm', long, requires = "cluster")]
+    masters: Option<String>,
+    /// Name of the cluster.
+    #[arg(short = 'c', long)]
+    cluster: Option<String>,
+    /// TLS: certificate authority (with --cert and --key).
+    #[arg(long, requires_all = ["cert", "key"])]
+    ca: Option<PathBuf>,
+    /// TLS: this node's certificate.
+    #[arg(long, requires_all = ["ca", "key"])]
+    cert: Option<PathBuf>,
+    /// TLS: this node's private key.
+    #[arg(long, requires_all = ["ca", "cert"])]
+    key: Option<PathBuf>,
     /// Database adapter.
     #[arg(short = 'a', long, default_value = "SQLite")]
     adapter: String,
@@ -98,19 +124,35 @@ fn init_log(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-fn run(args: Args) -> Result<(), String> {
+fn open_source(args: &Args) -> Result<Box<dyn Source + Send>, String> {
+    if let Some(masters) = &args.masters {
+        let masters = parse_master_list(masters).map_err(|e| e.to_string())?;
+        let cluster = args.cluster.as_deref().unwrap_or_default();
+        let mut cfg = ClientConfig::new(masters, cluster);
+        if let (Some(ca), Some(cert), Some(key)) = (&args.ca, &args.cert, &args.key) {
+            cfg.tls = Some(TlsConfig::from_pem_files(ca, cert, key).map_err(|e| e.to_string())?);
+        }
+        return Ok(Box::new(
+            ClusterSource::connect(cfg).map_err(|e| e.to_string())?,
+        ));
+    }
+    let database = args.database.as_deref().unwrap_or_default();
     if !args.adapter.eq_ignore_ascii_case("sqlite") {
         return Err(format!(
             "adapter {:?} is not supported (only SQLite for now)",
             args.adapter
         ));
     }
-    let (path, opts) = SqliteOptions::parse_database(&args.database)?;
+    let (path, opts) = SqliteOptions::parse_database(database)?;
     if !path.is_file() {
         return Err(format!("{}: no such database", path.display()));
     }
     let db = SqliteBackend::open(&path, &opts).map_err(|e| e.to_string())?;
-    let mut source = SqliteSource::new(db).map_err(|e| e.to_string())?;
+    Ok(Box::new(SqliteSource::new(db).map_err(|e| e.to_string())?))
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let mut source = open_source(&args)?;
     let opts = ExportOptions {
         tid_min: args.tid_min.unwrap_or(Tid(0)),
         tid_max: args.tid_max.unwrap_or(MAX_TID),
@@ -127,7 +169,8 @@ fn run(args: Args) -> Result<(), String> {
         ProgressKind::Auto | ProgressKind::Log => Box::new(LogLines::new(Duration::from_secs(10))),
         ProgressKind::None => Box::new(NoProgress),
     };
-    let s = export(&mut source, &args.out, &opts, progress.as_mut()).map_err(|e| e.to_string())?;
+    let s =
+        export(source.as_mut(), &args.out, &opts, progress.as_mut()).map_err(|e| e.to_string())?;
     let secs = s.elapsed.as_secs_f64().max(1e-6);
     println!(
         "{}: {} transactions appended ({} records: {} backpointers, {} deletions; {} data bytes), \

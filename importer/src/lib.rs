@@ -7,13 +7,30 @@
 //!   transactions in tid order ([`Importer::import_some`]), resumes after a
 //!   crash, writes clients' new transactions back to the source;
 //! - `impl Backend for Importer` (module `backend`): what the storage
-//!   node calls; reads see the whole history, imported or not.
+//!   node calls; reads see the whole history, imported or not;
+//! - [`Source`]: the source `Data.fs` (fsformat) bounded to the import.
 //!
-//! The storage node drives it like any [`Backend`](neo_server::storage::Backend),
-//! plus a background step: once operational, call
-//! [`Importer::import_some`] from a timer (a few hundred transactions at a
-//! time keeps client requests served in between) until
-//! [`Progress::finished`].
+//! How a storage node uses it:
+//!
+//! ```no_run
+//! # use neo_importer::{Importer, ImporterConfig};
+//! # use neo_server::storage::SqliteOptions;
+//! # use std::time::Duration;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // `neostorage -a Importer -d importer.conf [--reset] [--dedup]`
+//! let cfg = ImporterConfig::read("importer.conf".as_ref())?;
+//! let mut db = Importer::open_sqlite(&cfg, &SqliteOptions::default())?;
+//! // ... hand `db` to the node as its Backend; once the node is
+//! // operational (partition table known), from a timer, until finished:
+//! let p = db.import_for(Duration::from_millis(50))?;
+//! if !p.finished { /* re-arm the timer */ }
+//! # Ok(()) }
+//! ```
+//!
+//! Clients' transactions need tids above the source's last one: the
+//! node's answer to the master's `AskLastIDs` comes from
+//! [`Backend::last_ids`](neo_server::storage::Backend::last_ids), which
+//! includes it.
 
 mod backend;
 pub mod config;

@@ -845,8 +845,8 @@ fn mysql_survives_server_restart() {
         .unwrap()
         .unwrap();
     let pid = std::fs::read_to_string(server.dir.path().join("mysqld.pid")).unwrap();
-    let killed = std::process::Command::new("kill")
-        .args(["-KILL", pid.trim()])
+    let killed = std::process::Command::new("bash")
+        .args(["-c", &format!("kill -KILL {}", pid.trim())])
         .status()
         .unwrap();
     assert!(killed.success());
@@ -952,6 +952,18 @@ fn backend_bench() {
         h.admin
             .query_drop(format!("SET GLOBAL innodb_flush_log_at_trx_commit = {f}"))
             .unwrap();
+    }
+    let rocks: Option<(u64,)> = h
+        .admin
+        .query_first("SELECT @@GLOBAL.rocksdb_flush_log_at_trx_commit")
+        .unwrap_or(None);
+    if let Some((f,)) = rocks {
+        h.engine = "RocksDB".into();
+        let mut db = h.fresh(false);
+        run(
+            &mut db,
+            &format!("MySQL RocksDB (rocksdb_flush_log_at_trx_commit={f})"),
+        );
     }
 }
 

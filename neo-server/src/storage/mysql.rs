@@ -39,6 +39,20 @@
 //! writes, the server has rolled them back: the call fails with
 //! [`DbError::Mysql`], the caches are dropped, and the next call starts on a
 //! new connection; nothing of the lost transaction is ever committed.
+//! `--wait` also bounds how long a reconnection waits for the server.
+//!
+//! Engines (`--engine`): InnoDB by default, or RocksDB with NEO's column
+//! families (`COMMENT 'cf_neo_*'`) and `rocksdb_max_row_locks`; an engine
+//! the server lacks is an error (`NO_ENGINE_SUBSTITUTION`), not a fallback.
+//!
+//! Where we differ from NEO's SQL (same stored bytes, behaviour of the
+//! shared [`Backend`] suite): duplicates are errors
+//! ([`DbError::Duplicate`]) instead of NEO's `REPLACE`, as in the SQLite
+//! backend; `oidsFrom` orders its outer query (RocksDB does not keep the
+//! join order NEO relies on); a load gets the next serial in the same
+//! query; check digests are computed here; data rows are deleted at once
+//! (Python NEO's secondary connection defers them through `todel`, which we
+//! drain at open).
 
 #![deny(missing_docs)]
 

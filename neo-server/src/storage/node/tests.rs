@@ -1566,3 +1566,66 @@ fn discarded_partition_releases_locks_and_data() {
         .collect();
     assert_eq!(cells, [(1, 2, crate::storage::CellState::UpToDate)]);
 }
+
+/// Timing (ignored by default; `cargo test --release -- --ignored
+/// --nocapture commit_rate`): commits of one 100-byte object through the
+/// scripted master and client, on SQLite (fsync at vote and lock).
+#[test]
+#[ignore]
+fn commit_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = SqliteBackend::open(&dir.path().join("s.sqlite"), &SqliteOptions::default()).unwrap();
+    let (sim, m, s, mconn) = identified(db);
+    let mut c = Cluster {
+        sim,
+        m,
+        s,
+        mconn,
+        ts: 1000.0,
+    };
+    start_with::<SqliteBackend>(&mut c);
+    let ts = c.client_info(C1, NodeState::Running);
+    let ci = c.sim.add(None, Peer::default());
+    c.sim.poke::<Peer>(ci, |_, out| {
+        out.connect(storage_addr(), 0);
+    });
+    c.sim.run();
+    let cc = c.sim.node::<Peer>(ci).conns[0];
+    c.request(ci, cc, identification(C1, ts));
+    let n = 300u64;
+    let data = [b'x'; 100];
+    let t0 = std::time::Instant::now();
+    let mut last = ZERO_TID;
+    for i in 0..n {
+        let ttid = Tid(0x1000 + 4 * i);
+        commit(
+            &mut c,
+            ci,
+            cc,
+            ttid,
+            ttid,
+            &[(
+                i % 50,
+                if i < 50 { ZERO_TID } else { Tid(ttid.0 - 200) },
+                &data,
+            )],
+        );
+        last = ttid;
+    }
+    let dt = t0.elapsed();
+    eprintln!(
+        "{n} commits in {dt:?}: {:.0} commits/s (last {last})",
+        n as f64 / dt.as_secs_f64()
+    );
+    let t0 = std::time::Instant::now();
+    for i in 0..n {
+        let Body::AnswerObject(_) = load(&mut c, ci, cc, i % 50, None, None) else {
+            panic!()
+        };
+    }
+    let dt = t0.elapsed();
+    eprintln!(
+        "{n} loads in {dt:?}: {:.0} loads/s",
+        n as f64 / dt.as_secs_f64()
+    );
+}

@@ -284,3 +284,61 @@ fn whole_import_in_one_step() {
         }
     }
 }
+
+/// A destination made with `--dedup` stores equal data once.
+#[test]
+fn dedup_destination_stores_equal_data_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("neo.sqlite");
+    let opts = neo_server::storage::SqliteOptions {
+        dedup: true,
+        ..Default::default()
+    };
+    let mut db = neo_server::storage::SqliteBackend::open(&path, &opts).unwrap();
+    setup_pt(&mut db);
+    // undo.fs restores earlier data several times; packed.fs too.
+    for name in ["undo", "basic"] {
+        let mut imp = open(
+            &config(&fixture(name), ""),
+            neo_server::storage::MemoryBackend::new(true),
+        );
+        setup_pt(imp.db());
+        imp.import_some(usize::MAX).unwrap();
+        check_listing(&mut imp, &listing(name), &format!("{name} dedup (memory)"));
+    }
+    // A source with equal data in several records.
+    let src = dir.path().join("Data.fs");
+    let mut w = fsformat::Writer::create(&src, fsformat::Magic::Fs30).unwrap();
+    for (i, objs) in [[(1, "same"), (2, "same")], [(3, "same"), (1, "other")]]
+        .iter()
+        .enumerate()
+    {
+        let tid = fsformat::Tid(0x03f5_8e00_0000_0000 + (i as u64 + 1) * 0x100);
+        let mut t = w
+            .begin(tid, fsformat::TxnStatus::Committed, b"", b"", b"")
+            .unwrap();
+        for &(oid, data) in objs {
+            t.store(fsformat::Oid(oid), data.as_bytes()).unwrap();
+        }
+        t.commit().unwrap();
+    }
+    w.finish().unwrap();
+    let mut imp = open(&config(&src, "compress = false"), db);
+    imp.import_some(usize::MAX).unwrap();
+    for (oid, want) in [(1, "other"), (2, "same"), (3, "same")] {
+        let r = imp
+            .find_object(fsformat::Oid(oid), None, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.data.as_deref(), Some(want.as_bytes()));
+    }
+    let c = imp.db().connection();
+    let data: i64 = c
+        .query_row("SELECT COUNT(*) FROM data", [], |r| r.get(0))
+        .unwrap();
+    let distinct: i64 = c
+        .query_row("SELECT COUNT(DISTINCT hash) FROM data", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(data, 2);
+    assert_eq!(data, distinct, "one row per distinct data");
+}

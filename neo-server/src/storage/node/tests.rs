@@ -1629,3 +1629,48 @@ fn commit_rate() {
         n as f64 / dt.as_secs_f64()
     );
 }
+
+/// A storage that holds objects of a transaction but not its metadata
+/// (another storage has the partition of the ttid): it only votes
+/// (AskVoteTransaction), and its lock has nothing to make durable.
+#[test]
+fn vote_without_metadata() {
+    let mut c = running();
+    let (ci, cc) = c.client(C1);
+    let (ttid, tid) = (Tid(0x100), Tid(0x104));
+    assert_eq!(
+        c.request(ci, cc, obj(3, ZERO_TID, ttid, b"three")),
+        stored(None)
+    );
+    let a = c.request(ci, cc, AskVoteTransaction { ttid });
+    assert_eq!(a, Body::AnswerVoteTransaction(AnswerVoteTransaction {}));
+    // A vote for an unknown transaction is a protocol error.
+    let (di, dc) = c.client(C2);
+    let a = c.request(di, dc, AskVoteTransaction { ttid: Tid(0x999) });
+    assert_eq!(error_code(&a), Some(ErrorCode::ProtocolError));
+    let (m, mconn) = (c.m, c.mconn);
+    let a = c.request(
+        m,
+        mconn,
+        AskLockInformation {
+            ttid,
+            tid,
+            pack: false,
+        },
+    );
+    assert_eq!(
+        a,
+        Body::AnswerInformationLocked(AnswerInformationLocked { ttid })
+    );
+    // Voted objects are in tobj: recovery would report the ttid unlocked.
+    let unfinished = c.storage().db_mut().unfinished_transactions().unwrap();
+    assert_eq!(unfinished.get(&ttid), Some(&None));
+    c.send(m, mconn, NotifyUnlockInformation { ttid });
+    let Body::AnswerObject(o) = load(&mut c, ci, cc, 3, None, None) else {
+        panic!()
+    };
+    assert_eq!((o.serial, o.data.as_ref()), (tid, &b"three"[..]));
+    let db = c.storage().db_mut();
+    assert!(db.get_transaction(tid, false).unwrap().is_none());
+    assert!(db.unfinished_transactions().unwrap().is_empty());
+}

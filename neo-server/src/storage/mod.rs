@@ -21,6 +21,7 @@
 //! [`Backend::commit`], the only durability point.
 
 pub mod backend;
+pub mod cli;
 pub mod memory;
 pub mod mysql;
 pub mod node;

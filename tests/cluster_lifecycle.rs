@@ -145,6 +145,17 @@ fn wrong_cluster_name_is_refused() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(3));
+    // The right name before `neoctl start`: not operational, told in time.
+    let mut cfg = c.client_config();
+    cfg.connect_timeout = Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    match rt.block_on(within(OP, "early client", Client::connect(cfg))) {
+        Err(e @ (ClientError::NotOperational { .. } | ClientError::NoMaster { .. })) => {
+            assert!(!e.to_string().is_empty())
+        }
+        other => panic!("expected not operational, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(3));
     // An admin node of another cluster exits with an error saying why.
     let args = c.admin_args("not-this-one");
     let mut a2 = {

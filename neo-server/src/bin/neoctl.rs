@@ -576,3 +576,52 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use neo_proto::CellState;
+
+    #[test]
+    fn node_ids_like_uuid_int() {
+        assert!(matches!(as_node("S1"), Ok(NodeId(1))));
+        assert!(matches!(as_node("M1"), Ok(NodeId(-268_435_455))));
+        assert!(matches!(as_node("a1"), Ok(NodeId(-805_306_367))));
+        assert!(matches!(as_node("C2"), Ok(NodeId(-536_870_910))));
+        assert!(as_node("X1").is_err());
+        assert!(as_node("S").is_err());
+        assert!(as_node("").is_err());
+    }
+
+    #[test]
+    fn tids_like_as_tid() {
+        let tid = |s| match as_tid(s) {
+            Ok(t) => t.0,
+            Err(_) => panic!("{s} refused"),
+        };
+        assert_eq!(tid("tid:257684787499560686"), 0x0393_7af2_eeee_eeee);
+        assert_eq!(tid("TID:0x3937af2eeeeeeee"), 0x0393_7af2_eeee_eeee);
+        assert_eq!(tid("tid:0o17"), 15);
+        assert_eq!(tid("1325421296"), 0x0393_7af2_eeee_eeee);
+        assert!(as_tid("tid:zz").is_err());
+        assert!(as_tid("yesterday").is_err());
+    }
+
+    #[test]
+    fn row_list_like_format_row_list() {
+        let cell = |n, state| Cell {
+            uuid: NodeId(n),
+            state,
+        };
+        let rows = vec![
+            vec![cell(1, CellState::UpToDate), cell(2, CellState::OutOfDate)],
+            vec![],
+        ];
+        assert_eq!(
+            format_row_list(9, &rows),
+            "009 | S1 - UP_TO_DATE | S2 - OUT_OF_DATE |\n010 |"
+        );
+        assert_eq!(py_opt::<u64>(None), "None");
+        assert_eq!(py_opt(Some(3)), "3");
+    }
+}

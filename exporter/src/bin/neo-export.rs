@@ -10,12 +10,13 @@ use clap::{ArgAction, Parser, ValueEnum};
 use fsformat::Tid;
 use neo_exporter::progress::{Bar, LogLines};
 use neo_exporter::{
-    export, ClusterSource, ExportOptions, NoProgress, Progress, Source, SqliteSource, MAX_TID,
+    export, BackendSource, ClusterSource, ExportOptions, NoProgress, Progress, Source,
+    SqliteSource, MAX_TID,
 };
 use neo_proto::tls::TlsConfig;
 use neo_server::client::ClientConfig;
 use neo_server::config::parse_master_list;
-use neo_server::storage::{SqliteBackend, SqliteOptions};
+use neo_server::storage::{MysqlBackend, MysqlOptions, SqliteBackend, SqliteOptions};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum ProgressKind {
@@ -63,7 +64,8 @@ struct Args {
     /// TLS: this node's private key.
     #[arg(long, requires_all = ["ca", "cert"])]
     key: Option<PathBuf>,
-    /// Database adapter.
+    /// Database adapter: SQLite, or MySQL (--database
+    /// [user[:password]@]database[unix_socket], as NEO).
     #[arg(short = 'a', long, default_value = "SQLite")]
     adapter: String,
     /// First tid to export (16 hex digits, 0x-prefixed hex, or decimal).
@@ -137,9 +139,16 @@ fn open_source(args: &Args) -> Result<Box<dyn Source + Send>, String> {
         ));
     }
     let database = args.database.as_deref().unwrap_or_default();
+    if args.adapter.eq_ignore_ascii_case("mysql") {
+        // NEO's [user[:password]@]database[unix_socket]; read through the
+        // generic Backend source.
+        let db = MysqlBackend::open_database(database, &MysqlOptions::default())
+            .map_err(|e| e.to_string())?;
+        return Ok(Box::new(BackendSource::new(db).map_err(|e| e.to_string())?));
+    }
     if !args.adapter.eq_ignore_ascii_case("sqlite") {
         return Err(format!(
-            "adapter {:?} is not supported (only SQLite for now)",
+            "adapter {:?} is not supported (SQLite or MySQL)",
             args.adapter
         ));
     }

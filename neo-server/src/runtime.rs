@@ -288,6 +288,8 @@ pub fn spawn<N: Node>(
             let mut out = Outbox::new(conn_ids, Instant::now());
             node.start(Instant::now(), &mut out);
             let mut stop = false;
+            // Whether a due timer goes before the next ready event.
+            let mut timer_turn = false;
             loop {
                 // Apply what the node asked.
                 for action in out.drain() {
@@ -311,22 +313,39 @@ pub fn spawn<N: Node>(
                 if stop {
                     break;
                 }
-                // Fire due timers, else wait for the next event.
+                // A due timer and ready events take turns, so that a timer
+                // re-armed at once (background work) starves nobody; with
+                // nothing due, wait for the next event or timer.
                 let now = Instant::now();
-                if let Some(i) = timers.iter().position(|(at, _)| *at <= now) {
-                    let (_, token) = timers.swap_remove(i);
-                    out.set_now(now);
-                    node.handle(now, Event::Timer { token }, &mut out);
-                    continue;
+                let due = timers.iter().position(|(at, _)| *at <= now);
+                let mut ready = None;
+                if let Some(i) = due {
+                    ready = if timer_turn {
+                        None
+                    } else {
+                        match rx.try_recv() {
+                            Ok(m) => Some(m),
+                            Err(mpsc::TryRecvError::Empty) => None,
+                            Err(mpsc::TryRecvError::Disconnected) => break,
+                        }
+                    };
+                    timer_turn = ready.is_some();
+                    if ready.is_none() {
+                        let (_, token) = timers.swap_remove(i);
+                        out.set_now(now);
+                        node.handle(now, Event::Timer { token }, &mut out);
+                        continue;
+                    }
                 }
                 let next = timers.iter().map(|(at, _)| *at).min();
-                let msg = match next {
-                    Some(at) => match rx.recv_timeout(at.saturating_duration_since(now)) {
+                let msg = match (ready, next) {
+                    (Some(m), _) => m,
+                    (None, Some(at)) => match rx.recv_timeout(at.saturating_duration_since(now)) {
                         Ok(m) => m,
                         Err(mpsc::RecvTimeoutError::Timeout) => continue,
                         Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     },
-                    None => match rx.recv() {
+                    (None, None) => match rx.recv() {
                         Ok(m) => m,
                         Err(_) => break,
                     },
@@ -571,6 +590,33 @@ mod tests {
         let client = spawn(p, None, None).unwrap();
         client.join();
         assert_eq!(*got.lock().unwrap(), (0..100).collect::<Vec<u32>>());
+        server.shutdown();
+    }
+
+    /// A Ponger whose background timer re-arms itself at once, forever.
+    struct BusyPonger(u64);
+    impl Node for BusyPonger {
+        fn start(&mut self, _: Instant, out: &mut Outbox) {
+            out.timer(Duration::ZERO, 9);
+        }
+        fn handle(&mut self, now: Instant, ev: Event, out: &mut Outbox) {
+            match ev {
+                Event::Timer { token: 9 } => {
+                    self.0 += 1;
+                    out.timer(Duration::ZERO, 9);
+                }
+                ev => Ponger.handle(now, ev, out),
+            }
+        }
+    }
+
+    #[test]
+    fn background_timer_does_not_starve_connections() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = spawn(BusyPonger(0), Some(l), None).unwrap();
+        let (p, got) = pinger(server.local_addr.unwrap(), 50);
+        spawn(p, None, None).unwrap().join();
+        assert_eq!(got.lock().unwrap().len(), 50);
         server.shutdown();
     }
 

@@ -370,6 +370,14 @@ pub trait Backend {
     /// partition's transactions and their pack orders.
     fn drop_partition_step(&mut self, partition: u32, count: u64) -> DbResult<DropStep>;
 
+    /// Background work of the backend (the Importer migrates its source),
+    /// for at most about `budget`; returns whether more is left. The storage
+    /// node calls it while operational, between requests. None by default.
+    fn background_step(&mut self, budget: std::time::Duration) -> DbResult<bool> {
+        let _ = budget;
+        Ok(false)
+    }
+
     // ===== provided: NEO's base-class logic =====
 
     /// `config.version`.

@@ -57,6 +57,10 @@ use self::txn::{StoreData, TxnError, TxnManager};
 const TIMER_RETRY: u64 = 1;
 /// Timer: commit what unlock left uncommitted (NEO's `deferCommit`).
 const TIMER_COMMIT: u64 = 2;
+/// Timer: a step of the backend's background work (the Importer's import).
+const TIMER_BACKGROUND: u64 = 3;
+/// How long one background step may keep the node from its requests.
+pub const BACKGROUND_BUDGET: Duration = Duration::from_millis(20);
 /// Connection token of the master connection.
 const TOKEN_MASTER: u64 = 1;
 
@@ -289,6 +293,8 @@ pub struct StorageNode<B: Backend> {
     executing: bool,
     rerun: bool,
     commit_armed: bool,
+    /// Whether a background step is scheduled.
+    background_armed: bool,
     completed_pack_id: Tid,
     last_pack_id: Tid,
     stopped: bool,
@@ -379,6 +385,7 @@ impl<B: Backend> StorageNode<B> {
             executing: false,
             rerun: false,
             commit_armed: false,
+            background_armed: false,
             completed_pack_id: Tid::ZERO,
             last_pack_id: Tid::ZERO,
             stopped: false,
@@ -667,7 +674,30 @@ impl<B: Backend> StorageNode<B> {
                     self.fatal(e, out);
                 }
             }
+            Event::Timer {
+                token: TIMER_BACKGROUND,
+            } => {
+                self.background_armed = false;
+                if !self.operational {
+                    return;
+                }
+                match self.db.background_step(BACKGROUND_BUDGET) {
+                    Ok(true) => self.arm_background(Duration::ZERO, out),
+                    Ok(false) => {}
+                    Err(e) => {
+                        log::error!("background work of the database failed: {e}");
+                        self.arm_background(RETRY_DELAY, out);
+                    }
+                }
+            }
             Event::Timer { .. } => {}
+        }
+    }
+
+    fn arm_background(&mut self, after: Duration, out: &mut Outbox) {
+        if !self.background_armed {
+            self.background_armed = true;
+            out.timer(after, TIMER_BACKGROUND);
         }
     }
 
@@ -984,6 +1014,7 @@ impl<B: Backend> StorageNode<B> {
                 // NEO's doOperation: forget all unfinished data.
                 self.db.drop_unfinished_data()?;
                 log::info!("operational: serving clients");
+                self.arm_background(Duration::ZERO, out);
                 Ok(())
             }
             body => Err(Fail::Protocol(format!(

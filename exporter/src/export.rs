@@ -253,7 +253,7 @@ impl Positions {
         let u16_at = |o: usize| u64::from(u16::from_be_bytes([h[o], h[o + 1]]));
         let tlen = u64::from_be_bytes(h[TXN_TLEN..TXN_TLEN + 8].try_into().unwrap_or([0; 8]));
         let mut pos = tpos + TXN_HEADER_LEN as u64 + u16_at(17) + u16_at(19) + u16_at(21);
-        let end = tpos + tlen;
+        let end = tpos.saturating_add(tlen);
         let mut found = None;
         let path = self.path.clone();
         while pos < end {
@@ -271,12 +271,15 @@ impl Positions {
             if serial != tid.0 {
                 return Err(corrupt("record of another transaction"));
             }
+            let next = pos
+                .checked_add(DATA_HEADER_LEN as u64)
+                .and_then(|p| p.checked_add(if plen == 0 { 8 } else { plen }))
+                .filter(|&n| n <= end)
+                .ok_or_else(|| corrupt("record runs past its transaction"))?;
             if roid == oid.0 {
                 found = Some(pos);
             }
-            pos = pos
-                .checked_add(DATA_HEADER_LEN as u64 + if plen == 0 { 8 } else { plen })
-                .ok_or_else(|| corrupt("record length overflows"))?;
+            pos = next;
         }
         Ok(found)
     }
@@ -630,4 +633,69 @@ fn compare_txn(fs: &DataFs, tpos: u64, src: SourceTxn) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn decompress_checks_its_input() {
+        let (o, t) = (Oid(7), Tid(9));
+        assert_eq!(decompress(o, t, 0, b"abc".to_vec()).unwrap(), b"abc");
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(&[b'x'; 1000]).unwrap();
+        let z = z.finish().unwrap();
+        assert_eq!(decompress(o, t, 1, z.clone()).unwrap(), vec![b'x'; 1000]);
+        let e = decompress(o, t, 1, z[..z.len() / 2].to_vec()).unwrap_err();
+        assert!(e.to_string().contains("0000000000000007"), "{e}");
+        let e = decompress(o, t, 1, b"not zlib".to_vec()).unwrap_err();
+        assert!(matches!(e, ExportError::BadData { .. }), "{e}");
+        let e = decompress(o, t, 2, b"abc".to_vec()).unwrap_err();
+        assert!(e.to_string().contains("unknown compression 2"), "{e}");
+        let e = decompress(o, t, 0, Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("empty data"), "{e}");
+    }
+
+    #[test]
+    fn positions_find_records_and_report_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Data.fs");
+        let mut w = Writer::create(&path, Magic::Fs30).unwrap();
+        let mut t = w
+            .begin(Tid(10), TxnStatus::Committed, b"u", b"d", b"e")
+            .unwrap();
+        let a = t.store(Oid(1), b"one").unwrap();
+        let b = t.store_back(Oid(2), 0).unwrap();
+        let b2 = t.store(Oid(2), b"two").unwrap();
+        let c1 = t.commit().unwrap();
+        let mut t = w.begin(Tid(20), TxnStatus::Packed, b"", b"", b"").unwrap();
+        let c = t.store_back(Oid(1), a).unwrap();
+        let c2 = t.commit().unwrap();
+        w.finish().unwrap();
+        assert!(b < b2);
+        let txns = vec![(Tid(10), c1.pos), (Tid(20), c2.pos)];
+        let mut p = Positions::new(&path, txns.clone()).unwrap();
+        assert_eq!(p.find(Oid(1), Tid(10)).unwrap(), Some(a));
+        assert_eq!(
+            p.find(Oid(2), Tid(10)).unwrap(),
+            Some(b2),
+            "the last record"
+        );
+        assert_eq!(p.find(Oid(1), Tid(20)).unwrap(), Some(c));
+        assert_eq!(p.find(Oid(3), Tid(10)).unwrap(), None);
+        assert_eq!(p.find(Oid(1), Tid(15)).unwrap(), None);
+        // A record length running past its transaction.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let plen = (a + DATA_PLEN as u64) as usize;
+        bytes[plen..plen + 8].copy_from_slice(&u64::MAX.to_be_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let mut p = Positions::new(&path, txns).unwrap();
+        let e = p.find(Oid(2), Tid(10)).unwrap_err();
+        assert!(
+            matches!(e, ExportError::Corrupt { pos, .. } if pos == a),
+            "{e}"
+        );
+    }
 }

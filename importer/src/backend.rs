@@ -276,6 +276,12 @@ impl<B: Backend> Backend for Importer<B> {
         self.commit_all().map_err(|e| e.into_db())
     }
 
+    /// The import itself, a step at a time while the node is idle.
+    fn background_step(&mut self, budget: std::time::Duration) -> DbResult<bool> {
+        let p = self.import_for(budget).map_err(|e| e.into_db())?;
+        Ok(!p.finished)
+    }
+
     fn config(&mut self, key: &str) -> DbResult<Option<String>> {
         self.db.config(key)
     }

@@ -20,10 +20,11 @@
 //! // `neostorage -a Importer -d importer.conf [--reset] [--dedup]`
 //! let cfg = ImporterConfig::read("importer.conf".as_ref())?;
 //! let mut db = Importer::open_sqlite(&cfg, &SqliteOptions::default())?;
-//! // ... hand `db` to the node as its Backend; once the node is
-//! // operational (partition table known), from a timer, until finished:
+//! // ... hand `db` to the node as its Backend: once operational, the node
+//! // calls `Backend::background_step` from a timer until it returns false,
+//! // which runs:
 //! let p = db.import_for(Duration::from_millis(50))?;
-//! if !p.finished { /* re-arm the timer */ }
+//! if !p.finished { /* more to do */ }
 //! # Ok(()) }
 //! ```
 //!

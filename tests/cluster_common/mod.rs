@@ -30,7 +30,7 @@ pub struct Bins {
 pub fn bins() -> Bins {
     Bins {
         master: binary("neo-server", "neomaster"),
-        storage: binary("neo-server", "neostorage"),
+        storage: binary("neo-importer", "neostorage"),
         admin: binary("neo-server", "neoadmin"),
         neoctl: binary("neo-server", "neoctl"),
     }

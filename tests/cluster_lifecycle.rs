@@ -182,6 +182,11 @@ fn storage_killed_right_after_commit_keeps_it() {
     c.bootstrap();
     let rt = runtime();
     let root = Oid(0);
+    // A client that lives through the crash: it is dropped by the master
+    // when the cluster stops being operational and reconnects by itself.
+    let survivor = rt
+        .block_on(within(OP, "connect", Client::connect(c.client_config())))
+        .expect("client");
     let tids = rt.block_on(within(OP, "commits", async {
         let a = Client::connect(c.client_config()).await.expect("client");
         let mut tids = Vec::new();
@@ -202,9 +207,9 @@ fn storage_killed_right_after_commit_keeps_it() {
     c.storages[0] = None;
     c.start_storage(0);
     c.wait_state("RUNNING", STEP);
+    let last = *tids.last().expect("tids");
     rt.block_on(within(OP, "reload", async {
         let a = Client::connect(c.client_config()).await.expect("client");
-        let last = *tids.last().expect("tids");
         assert_eq!(a.last_tid(), last);
         let r = a.load(root).await.expect("load");
         assert_eq!((r.data, r.serial), (vec![4u8; 100], last));
@@ -213,5 +218,14 @@ fn storage_killed_right_after_commit_keeps_it() {
             assert_eq!(r.data, vec![i as u8; 100]);
         }
         a.close().await;
+    }));
+    rt.block_on(within(OP, "survivor", async {
+        survivor.sync().await.expect("sync after reconnection");
+        assert_eq!(survivor.last_tid(), last);
+        let t = commit(&survivor, "after the crash", &[(root, last, b"survived")])
+            .await
+            .expect("commit after the crash");
+        assert_eq!(survivor.load(root).await.expect("load").serial, t);
+        survivor.close().await;
     }));
 }

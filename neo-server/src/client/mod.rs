@@ -19,15 +19,22 @@
 //! tpc_abort        AbortTransaction                   -> storages and master
 //! ```
 //!
-//! Not done yet: reconnection after the master is lost, several masters,
-//! conflict resolution (a conflict is returned as
+//! When the master connection is lost (e.g. the cluster stopped being
+//! operational), the client reconnects in the background with its node id;
+//! calls needing the master wait for that up to
+//! [`ClientConfig::connect_timeout`]. Invalidations missed meanwhile are not
+//! replayed to the callbacks (the last tid is refreshed).
+//!
+//! Not done yet: several masters (election), conflict resolution (a conflict is returned as
 //! [`ClientError::Conflict`]), a cache.
 
 mod error;
 mod txn;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -214,7 +221,8 @@ impl Shared {
 struct Inner {
     cfg: ClientConfig,
     conn_cfg: ConnConfig,
-    master: Connection,
+    master: Mutex<Connection>,
+    closing: std::sync::atomic::AtomicBool,
     shared: Mutex<Shared>,
     changed: watch::Sender<u64>,
     storages: tokio::sync::Mutex<HashMap<NodeId, Connection>>,
@@ -230,6 +238,44 @@ impl Inner {
     fn bump(&self) {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
+
+    fn master(&self) -> Connection {
+        self.master
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn push_task(&self, t: JoinHandle<()>) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(t);
+    }
+
+    /// Waits until our own entry (id_timestamp) and an operational
+    /// partition table came from the master, up to `deadline`.
+    async fn wait_ready(&self, deadline: Instant) -> Result<()> {
+        let mut rx = self.changed.subscribe();
+        loop {
+            {
+                let sh = self.shared();
+                if sh.id_timestamp.is_some() && sh.operational() {
+                    return Ok(());
+                }
+                if self.master().is_closed() {
+                    return Err(ClientError::NoMaster {
+                        last: sh.master_lost.clone().unwrap_or_default(),
+                    });
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, rx.changed()).await.is_err() {
+                return Err(ClientError::NotOperational {
+                    state: self.shared().cluster_state,
+                });
+            }
+        }
+    }
 }
 
 impl Drop for Inner {
@@ -242,7 +288,7 @@ impl Drop for Inner {
         {
             t.abort();
         }
-        let mut conns = vec![self.master.clone()];
+        let mut conns = vec![self.master()];
         if let Ok(map) = self.storages.try_lock() {
             conns.extend(map.values().cloned());
         }
@@ -342,56 +388,14 @@ impl Client {
         addr: SocketAddr,
         deadline: Instant,
     ) -> Result<Client> {
-        let (conn, events) = Connection::connect(addr, cfg.tls.as_ref(), conn_cfg.clone()).await?;
-        let mut extra = Map::new();
-        if cfg.read_only {
-            extra
-                .0
-                .push((Bytes::from_static(b"read_only"), Value::Bool(true)));
-        }
-        let ident = RequestIdentification {
-            node_type: NodeType::Client,
-            uuid: None,
-            address: None,
-            name: bytes(cfg.cluster.as_bytes()),
-            id_timestamp: None,
-            extra,
-        };
-        let answer = conn.ask(ident).await?;
-        let nid = match answer {
-            Body::AcceptIdentification(AcceptIdentification {
-                node_type: NodeType::Master,
-                your_uuid: Some(nid),
-                ..
-            }) => nid,
-            Body::Error(e) if e.code == ErrorCode::NotReady => {
-                conn.close().await;
-                return Err(ClientError::Remote {
-                    peer: addr.to_string(),
-                    asked: "RequestIdentification",
-                    code: e.code,
-                    message: text(&e.message),
-                });
-            }
-            Body::Error(e) => {
-                conn.close().await;
-                return Err(ClientError::Refused {
-                    peer: addr.to_string(),
-                    code: e.code,
-                    message: text(&e.message),
-                });
-            }
-            other => {
-                conn.close().await;
-                return Err(remote(&addr.to_string(), "RequestIdentification", other));
-            }
-        };
+        let (conn, events, nid) = identify(cfg, conn_cfg, addr, None).await?;
         info!("connected to master {addr} as {nid}");
         let (changed, _) = watch::channel(0u64);
         let inner = Arc::new(Inner {
             cfg: cfg.clone(),
             conn_cfg: conn_cfg.clone(),
-            master: conn.clone(),
+            master: Mutex::new(conn.clone()),
+            closing: std::sync::atomic::AtomicBool::new(false),
             shared: Mutex::new(Shared {
                 nid: Some(nid),
                 ..Shared::default()
@@ -402,31 +406,12 @@ impl Client {
             tasks: Mutex::new(Vec::new()),
         });
         let task = tokio::spawn(master_events(Arc::downgrade(&inner), conn.clone(), events));
-        inner
-            .tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(task);
+        inner.push_task(task);
         let client = Client { inner };
         client.last_transaction().await?;
-        // Wait for our own entry (id_timestamp) and an operational table.
-        let mut rx = client.inner.changed.subscribe();
-        loop {
-            {
-                let sh = client.inner.shared();
-                if sh.id_timestamp.is_some() && sh.operational() {
-                    break;
-                }
-                if let Some(why) = &sh.master_lost {
-                    return Err(ClientError::NoMaster { last: why.clone() });
-                }
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || tokio::time::timeout(left, rx.changed()).await.is_err() {
-                return Err(ClientError::NotOperational {
-                    state: client.cluster_state(),
-                });
-            }
+        if let Err(e) = client.inner.wait_ready(deadline).await {
+            client.close().await;
+            return Err(e);
         }
         Ok(client)
     }
@@ -470,8 +455,11 @@ impl Client {
             .push(Box::new(f));
     }
 
-    /// Closes every connection.
+    /// Closes every connection (no reconnection after this).
     pub async fn close(&self) {
+        self.inner
+            .closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let conns: Vec<Connection> = self
             .inner
             .storages
@@ -483,7 +471,7 @@ impl Client {
         for c in conns {
             c.close().await;
         }
-        self.inner.master.close().await;
+        self.inner.master().close().await;
     }
 
     fn partition_of(&self, id: u64) -> Result<u32> {
@@ -495,20 +483,72 @@ impl Client {
         }
     }
 
+    /// The master connection, waiting (up to the connect timeout) while
+    /// it is being re-established.
+    async fn live_master(&self) -> Result<Connection> {
+        let deadline = Instant::now() + self.inner.cfg.connect_timeout;
+        let mut rx = self.inner.changed.subscribe();
+        loop {
+            let c = self.inner.master();
+            let lost = self.inner.shared().master_lost.clone();
+            match lost {
+                None if !c.is_closed() => return Ok(c),
+                _ if self.inner.closing.load(std::sync::atomic::Ordering::SeqCst) => {
+                    return Err(ClientError::NoMaster {
+                        last: "client closed".into(),
+                    })
+                }
+                lost => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() || tokio::time::timeout(left, rx.changed()).await.is_err() {
+                        return Err(ClientError::NoMaster {
+                            last: lost.unwrap_or_else(|| "connection closed".into()),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
     async fn ask_master(&self, body: impl Into<Body>) -> Result<Body> {
-        Ok(self.inner.master.ask(body).await?)
+        let conn = self.live_master().await?;
+        Ok(conn.ask(body).await?)
+    }
+
+    /// [`Client::ask_master`] for requests that may be sent again: if the
+    /// connection breaks under it, waits for the new one and asks again.
+    async fn ask_master_again(&self, body: impl Into<Body>) -> Result<Body> {
+        let body = body.into();
+        let conn = self.live_master().await?;
+        match conn.ask(body.clone()).await {
+            Ok(b) => Ok(b),
+            Err(e) if conn.is_closed() || matches!(e, neo_proto::ConnError::Closed { .. }) => {
+                debug!(
+                    "master connection lost during {}: asking again",
+                    body.name()
+                );
+                // Let the events task see the close and start reconnecting.
+                while !conn.is_closed() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                tokio::task::yield_now().await;
+                let conn = self.live_master().await?;
+                Ok(conn.ask(body).await?)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Asks the master for the last committed tid (and remembers it).
     pub async fn last_transaction(&self) -> Result<Tid> {
-        match self.ask_master(AskLastTransaction {}).await? {
+        match self.ask_master_again(AskLastTransaction {}).await? {
             Body::AnswerLastTransaction(a) => {
                 let mut sh = self.inner.shared();
                 sh.last_tid = sh.last_tid.max(a.tid);
                 Ok(a.tid)
             }
             other => Err(remote(
-                self.inner.master.peer(),
+                self.inner.master().peer(),
                 "AskLastTransaction",
                 other,
             )),
@@ -522,9 +562,9 @@ impl Client {
 
     /// Asks the master for `n` new oids.
     pub async fn new_oids(&self, n: u32) -> Result<Vec<Oid>> {
-        match self.ask_master(AskNewOIDs { num_oids: n }).await? {
+        match self.ask_master_again(AskNewOIDs { num_oids: n }).await? {
             Body::AnswerNewOIDs(a) => Ok(a.oid_list),
-            other => Err(remote(self.inner.master.peer(), "AskNewOIDs", other)),
+            other => Err(remote(self.inner.master().peer(), "AskNewOIDs", other)),
         }
     }
 
@@ -535,7 +575,7 @@ impl Client {
         }
         let mut list = self.new_oids(100).await?.into_iter();
         let first = list.next().ok_or(ClientError::Unexpected {
-            peer: self.inner.master.peer().to_owned(),
+            peer: self.inner.master().peer().to_owned(),
             asked: "AskNewOIDs",
             got: "an empty list",
         })?;
@@ -874,12 +914,136 @@ async fn master_events(inner: Weak<Inner>, conn: Connection, mut events: Events)
         match ev {
             Event::Packet(p) => master_packet(&inner, &conn, p).await,
             Event::Closed(reason) => {
-                warn!("connection to master {} lost: {reason:?}", conn.peer());
                 inner.shared().master_lost = Some(format!("{reason:?}"));
                 inner.bump();
+                if !inner.closing.load(std::sync::atomic::Ordering::SeqCst) {
+                    warn!("connection to master {} lost: {reason:?}", conn.peer());
+                    let weak = Arc::downgrade(&inner);
+                    inner.push_task(tokio::spawn(reconnect(weak)));
+                }
                 return;
             }
             _ => {}
+        }
+    }
+}
+
+/// Connects and identifies to the master at `addr` as a CLIENT (with our
+/// previous node id when reconnecting).
+async fn identify(
+    cfg: &ClientConfig,
+    conn_cfg: &ConnConfig,
+    addr: SocketAddr,
+    uuid: Option<NodeId>,
+) -> Result<(Connection, Events, NodeId)> {
+    let (conn, events) = Connection::connect(addr, cfg.tls.as_ref(), conn_cfg.clone()).await?;
+    let mut extra = Map::new();
+    if cfg.read_only {
+        extra
+            .0
+            .push((Bytes::from_static(b"read_only"), Value::Bool(true)));
+    }
+    let ident = RequestIdentification {
+        node_type: NodeType::Client,
+        uuid,
+        address: None,
+        name: bytes(cfg.cluster.as_bytes()),
+        id_timestamp: None,
+        extra,
+    };
+    let answer = conn.ask(ident).await?;
+    match answer {
+        Body::AcceptIdentification(AcceptIdentification {
+            node_type: NodeType::Master,
+            your_uuid: Some(nid),
+            ..
+        }) => Ok((conn, events, nid)),
+        Body::Error(e) if e.code == ErrorCode::NotReady => {
+            conn.close().await;
+            Err(ClientError::Remote {
+                peer: addr.to_string(),
+                asked: "RequestIdentification",
+                code: e.code,
+                message: text(&e.message),
+            })
+        }
+        Body::Error(e) => {
+            conn.close().await;
+            Err(ClientError::Refused {
+                peer: addr.to_string(),
+                code: e.code,
+                message: text(&e.message),
+            })
+        }
+        other => {
+            conn.close().await;
+            Err(remote(&addr.to_string(), "RequestIdentification", other))
+        }
+    }
+}
+
+/// Re-establishes the master connection after it was lost, until it works,
+/// the master refuses us for good, or the client is dropped or closed.
+fn reconnect(weak: Weak<Inner>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    // Boxed: it spawns master_events, which spawns it.
+    Box::pin(reconnect_loop(weak))
+}
+
+async fn reconnect_loop(weak: Weak<Inner>) {
+    let mut i = 0usize;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.closing.load(std::sync::atomic::Ordering::SeqCst) || inner.cfg.masters.is_empty() {
+            return;
+        }
+        let addr = inner.cfg.masters[i % inner.cfg.masters.len()];
+        i += 1;
+        let nid = inner.shared().nid;
+        let (conn, events, nid) = match identify(&inner.cfg, &inner.conn_cfg, addr, nid).await {
+            Ok(x) => x,
+            Err(e @ ClientError::Refused { .. }) => {
+                log::error!("master {addr} refused us: {e}");
+                inner.shared().master_lost = Some(e.to_string());
+                inner.bump();
+                return;
+            }
+            Err(e) => {
+                debug!("reconnecting to {addr}: {e}");
+                continue;
+            }
+        };
+        {
+            let mut sh = inner.shared();
+            sh.nid = Some(nid);
+            sh.id_timestamp = None;
+            sh.pt = None;
+        }
+        *inner.master.lock().unwrap_or_else(|e| e.into_inner()) = conn.clone();
+        inner.push_task(tokio::spawn(master_events(
+            weak.clone(),
+            conn.clone(),
+            events,
+        )));
+        match conn.ask(AskLastTransaction {}).await {
+            Ok(Body::AnswerLastTransaction(a)) => {
+                let mut sh = inner.shared();
+                sh.last_tid = sh.last_tid.max(a.tid);
+            }
+            _ => continue,
+        }
+        let deadline = Instant::now() + inner.cfg.connect_timeout;
+        match inner.wait_ready(deadline).await {
+            Ok(()) => {
+                info!("reconnected to master {addr} as {nid}");
+                inner.shared().master_lost = None;
+                inner.bump();
+                return;
+            }
+            Err(e) => {
+                debug!("master {addr} not ready: {e}");
+                conn.close().await;
+            }
         }
     }
 }

@@ -596,3 +596,42 @@ fn compression_round_trip() {
     assert!(decompress(2, b"x").is_err());
     assert!(decompress(1, b"not zlib").is_err());
 }
+
+#[tokio::test]
+async fn reconnects_when_the_master_drops_us() {
+    let fake = fake_cluster(1).await;
+    let c = Client::connect(cfg(&fake)).await.expect("connect");
+    let oid = c.new_oid().await.expect("oid");
+    let t1 = commit(&c, "v1", &[(oid, ZERO_TID, b"one")])
+        .await
+        .expect("t1");
+    let conns: Vec<Connection> = lock(&fake.state)
+        .clients
+        .iter()
+        .map(|x| x.1.clone())
+        .collect();
+    for conn in conns {
+        conn.close().await;
+    }
+    // The next call waits for the new connection and works.
+    let t2 = commit(&c, "v2", &[(oid, t1, b"two")])
+        .await
+        .expect("t2 after reconnection");
+    assert_eq!(c.load(oid).await.expect("load").serial, t2);
+    assert_eq!(c.nid(), Some(NodeId::new(NodeType::Client, 2)));
+    let received = lock(&fake.state).received.clone();
+    assert_eq!(
+        received
+            .iter()
+            .filter(|n| **n == "RequestIdentification")
+            .count(),
+        3,
+        "master twice, storage once: {received:?}"
+    );
+    // After close, no reconnection.
+    c.close().await;
+    assert!(matches!(
+        c.last_transaction().await,
+        Err(ClientError::NoMaster { .. })
+    ));
+}

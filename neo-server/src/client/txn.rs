@@ -64,7 +64,10 @@ impl Client {
         if self.inner.cfg.read_only {
             return Err(ClientError::ReadOnly);
         }
-        match self.ask_master(AskBeginTransaction { tid: None }).await? {
+        match self
+            .ask_master_again(AskBeginTransaction { tid: None })
+            .await?
+        {
             Body::AnswerBeginTransaction(a) => Ok(Transaction {
                 ttid: a.ttid,
                 meta,
@@ -75,7 +78,7 @@ impl Client {
                 voted: false,
             }),
             other => Err(remote(
-                self.inner.master.peer(),
+                self.inner.master().peer(),
                 "AskBeginTransaction",
                 other,
             )),
@@ -265,7 +268,7 @@ impl Client {
                 Ok(a.tid)
             }
             other => Err(remote(
-                self.inner.master.peer(),
+                self.inner.master().peer(),
                 "AskFinishTransaction",
                 other,
             )),
@@ -295,7 +298,7 @@ impl Client {
         }
         let _ = self
             .inner
-            .master
+            .master()
             .notify(AbortTransaction {
                 ttid: txn.ttid,
                 uuid_list: txn.involved.iter().copied().collect(),

@@ -130,7 +130,13 @@ pub struct Importer<B: Backend> {
     elapsed: Duration,
     log_every: Duration,
     last_log: Option<Instant>,
+    /// Where [`Importer::import_for`] publishes its progress for another
+    /// thread (e.g. `neo-import`'s progress bar).
+    watch: Option<ProgressWatch>,
 }
+
+/// The latest [`Progress`] of an import, readable from another thread.
+pub type ProgressWatch = std::sync::Arc<std::sync::Mutex<Progress>>;
 
 fn hex_config<B: Backend>(db: &mut B, key: &str) -> Result<Option<u64>, ImportError> {
     match db.config(key)? {
@@ -265,6 +271,7 @@ impl<B: Backend> Importer<B> {
             elapsed: Duration::ZERO,
             log_every: Duration::from_secs(10),
             last_log: None,
+            watch: None,
         };
         log::info!(
             "importing {} into the storage database: {}",
@@ -389,7 +396,19 @@ impl<B: Backend> Importer<B> {
                 break;
             }
         }
-        self.import_some(0)
+        let p = self.import_some(0)?;
+        if let Some(w) = &self.watch {
+            *w.lock().unwrap_or_else(|e| e.into_inner()) = p.clone();
+        }
+        Ok(p)
+    }
+
+    /// A handle on the progress, updated by each [`import_for`](Self::import_for).
+    pub fn watch(&mut self) -> ProgressWatch {
+        let now = self.progress();
+        self.watch
+            .get_or_insert_with(|| std::sync::Arc::new(std::sync::Mutex::new(now)))
+            .clone()
     }
 
     /// Like [`import_some`](Self::import_some) without the commit: the

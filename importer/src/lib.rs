@@ -44,7 +44,7 @@ pub use config::{
 };
 pub use error::ImportError;
 pub use importer::{
-    compress_data, decompress, import_sqlite_options, Importer, Progress, ALL_IMPORTED,
-    IMPORT_CACHE_SIZE, KEY_LOID, KEY_LTID, KEY_TID,
+    compress_data, decompress, import_sqlite_options, Importer, Progress, ProgressWatch,
+    ALL_IMPORTED, IMPORT_CACHE_SIZE, KEY_LOID, KEY_LTID, KEY_TID,
 };
 pub use source::{Source, TxnPos};

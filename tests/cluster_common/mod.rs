@@ -45,6 +45,8 @@ pub struct Cluster {
     pub master: Option<Daemon>,
     pub storages: Vec<Option<Daemon>>,
     pub admin: Option<Daemon>,
+    /// `-r` of the master (0 by default).
+    pub replicas: u32,
     /// Last so that the daemons die before their directory goes.
     pub dir: TestDir,
 }
@@ -62,6 +64,7 @@ impl Cluster {
             master: None,
             storages: (0..storages).map(|_| None).collect(),
             admin: None,
+            replicas: 0,
             dir: TestDir::new(test),
         }
     }
@@ -87,7 +90,7 @@ impl Cluster {
             "-p".into(),
             "4".into(),
             "-r".into(),
-            "0".into(),
+            self.replicas.to_string(),
         ];
         self.master = Some(Daemon::spawn(
             "master",

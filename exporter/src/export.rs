@@ -23,11 +23,10 @@
 //! only the missing transactions are appended. The file is fsynced at the
 //! end and at resume points (every [`ExportOptions::sync_bytes`]).
 //!
-//! Reading (source + decompression) runs on its own thread, one batch
-//! ahead of the writer.
+//! Reading the source, decompressing and writing are three threads, each
+//! one batch ahead of the next.
 
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -158,13 +157,7 @@ pub fn decompress(
     let bad = |reason: String| ExportError::BadData { oid, tid, reason };
     let out = match compression {
         0 => data,
-        1 => {
-            let mut out = Vec::with_capacity(data.len().saturating_mul(3));
-            flate2::read::ZlibDecoder::new(&data[..])
-                .read_to_end(&mut out)
-                .map_err(|e| bad(format!("zlib data cannot be decompressed: {e}")))?;
-            out
-        }
+        1 => inflate(&data).map_err(|e| bad(format!("zlib data cannot be decompressed: {e}")))?,
         c => return Err(bad(format!("unknown compression {c}"))),
     };
     if out.is_empty() {
@@ -173,6 +166,33 @@ pub fn decompress(
         ));
     }
     Ok(out)
+}
+
+/// zlib-decompresses `data` straight into the output vector (no
+/// intermediate buffer, no zeroing of the spare capacity).
+fn inflate(data: &[u8]) -> Result<Vec<u8>, String> {
+    use flate2::{Decompress, FlushDecompress, Status};
+    let mut z = Decompress::new(true);
+    let mut out = Vec::with_capacity(data.len().saturating_mul(4).max(64));
+    loop {
+        let consumed = usize::try_from(z.total_in()).unwrap_or(usize::MAX);
+        let (in_before, out_before) = (z.total_in(), z.total_out());
+        let status = z
+            .decompress_vec(
+                data.get(consumed..).unwrap_or(&[]),
+                &mut out,
+                FlushDecompress::Finish,
+            )
+            .map_err(|e| e.to_string())?;
+        match status {
+            Status::StreamEnd => return Ok(out),
+            _ if out.len() == out.capacity() => out.reserve(out.capacity()),
+            _ if z.total_in() == in_before && z.total_out() == out_before => {
+                return Err("truncated stream".into())
+            }
+            _ => {}
+        }
+    }
 }
 
 fn prepare(txn: SourceTxn) -> Result<ReadyTxn, ExportError> {
@@ -353,14 +373,13 @@ fn read_ahead(
     from: Tid,
     max: Tid,
     batch: usize,
-    tx: mpsc::SyncSender<Result<Vec<ReadyTxn>, ExportError>>,
+    tx: mpsc::SyncSender<Result<Vec<SourceTxn>, ExportError>>,
 ) {
     let mut from = from;
     while from <= max {
         let res = source
             .transactions(from, max, batch.max(1))
-            .map_err(ExportError::from)
-            .and_then(|b| b.into_iter().map(prepare).collect::<Result<Vec<_>, _>>());
+            .map_err(ExportError::from);
         let (last, done) = match &res {
             Ok(b) => (b.last().map(|t| t.tid), b.len() < batch.max(1)),
             Err(_) => (None, true),
@@ -371,6 +390,19 @@ fn read_ahead(
         match last {
             Some(t) if !done && t < max => from = Tid(t.0 + 1),
             _ => return,
+        }
+    }
+}
+
+/// The decompression thread, between the reader and the writer.
+fn prepare_ahead(
+    rx: mpsc::Receiver<Result<Vec<SourceTxn>, ExportError>>,
+    tx: mpsc::SyncSender<Result<Vec<ReadyTxn>, ExportError>>,
+) {
+    for b in rx {
+        let res = b.and_then(|b| b.into_iter().map(prepare).collect::<Result<Vec<_>, _>>());
+        if tx.send(res).is_err() {
+            return;
         }
     }
 }
@@ -386,9 +418,11 @@ fn copy(
 ) -> Result<(), ExportError> {
     let mut since_sync = 0u64;
     std::thread::scope(|scope| {
+        let (raw_tx, raw_rx) = mpsc::sync_channel(1);
         let (tx, rx) = mpsc::sync_channel(1);
         let (max, batch) = (opts.tid_max, opts.batch);
-        scope.spawn(move || read_ahead(source, from, max, batch, tx));
+        scope.spawn(move || read_ahead(source, from, max, batch, raw_tx));
+        scope.spawn(move || prepare_ahead(raw_rx, tx));
         for b in rx {
             let (mut n, mut bytes, mut last) = (0, 0, Tid(0));
             for txn in b? {

@@ -34,7 +34,7 @@ impl Default for Bar {
 impl Progress for Bar {
     fn begin(&mut self, total: u64, _existing: u64) {
         let style = ProgressStyle::with_template(
-            "{elapsed_precise} [{wide_bar}] {pos}/{len} txns ({per_sec}) {msg} ETA {eta}",
+            "{elapsed_precise} [{wide_bar}] {pos}/{len} txns {msg} ETA {eta}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
@@ -47,7 +47,8 @@ impl Progress for Bar {
         self.bar.inc(txns);
         let secs = self.bar.elapsed().as_secs_f64().max(1e-3);
         self.bar.set_message(format!(
-            "{} ({}/s)",
+            "({:.0}/s) {} ({}/s)",
+            self.bar.position() as f64 / secs,
             HumanBytes(self.bytes),
             HumanBytes((self.bytes as f64 / secs) as u64)
         ));

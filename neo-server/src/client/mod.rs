@@ -42,10 +42,10 @@ use log::{debug, info, warn};
 use neo_proto::conn::{ConnConfig, Connection, Event, Events};
 use neo_proto::tls::TlsConfig;
 use neo_proto::{
-    AcceptIdentification, AskLastTransaction, AskNewOIDs, AskObject, AskObjectHistory, AskTIDs,
-    AskTIDsFrom, AskTransactionInformation, Body, Bytes, Cell, CellState, Checksum, ClusterState,
-    ErrorCode, Map, NodeId, NodeInfo, NodeState, NodeType, Oid, Packet, Pong,
-    RequestIdentification, Tid, Value, INVALID_PARTITION, ZERO_HASH,
+    AcceptIdentification, AskLastTransaction, AskNewOIDs, AskObject, AskObjectHistory,
+    AskRelockObject, AskTIDs, AskTIDsFrom, AskTransactionInformation, Body, Bytes, Cell, CellState,
+    Checksum, ClusterState, ErrorCode, Map, NodeId, NodeInfo, NodeState, NodeType, Oid, Packet,
+    Pong, RequestIdentification, Tid, Value, INVALID_PARTITION, ZERO_HASH,
 };
 use sha1::{Digest, Sha1};
 use tokio::sync::watch;
@@ -228,6 +228,8 @@ struct Inner {
     storages: tokio::sync::Mutex<HashMap<NodeId, Connection>>,
     callbacks: Mutex<Vec<InvalidationCallback>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Relocks asked after NotifyDeadlock, by ttid: collected at the vote.
+    relocks: Mutex<HashMap<Tid, Vec<JoinHandle<Result<()>>>>>,
 }
 
 impl Inner {
@@ -404,6 +406,7 @@ impl Client {
             storages: tokio::sync::Mutex::new(HashMap::new()),
             callbacks: Mutex::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
+            relocks: Mutex::new(HashMap::new()),
         });
         let task = tokio::spawn(master_events(Arc::downgrade(&inner), conn.clone(), events));
         inner.push_task(task);
@@ -628,7 +631,8 @@ impl Client {
             }
         }
         info!("connected to storage {nid} at {addr}");
-        let task = tokio::spawn(storage_events(conn.clone(), events));
+        let weak = Arc::downgrade(&self.inner);
+        let task = tokio::spawn(storage_events(weak, conn.clone(), events));
         self.inner
             .tasks
             .lock()
@@ -1114,12 +1118,43 @@ async fn master_packet(inner: &Inner, conn: &Connection, p: Packet) {
     inner.bump();
 }
 
-async fn storage_events(conn: Connection, mut events: Events) {
+async fn storage_events(inner: Weak<Inner>, conn: Connection, mut events: Events) {
     while let Some(ev) = events.recv().await {
         match ev {
             Event::Packet(p) => match p.body {
                 Body::Ping(_) => {
                     let _ = conn.answer(p.id, Pong {}).await;
+                }
+                Body::NotifyDeadlock(d) => {
+                    // Deadlock avoidance: take the lock again; if the object
+                    // changed meanwhile, that is a conflict for the vote.
+                    let Some(inner) = inner.upgrade() else { return };
+                    info!("deadlock avoidance for {}:{}", d.oid, d.ttid);
+                    let c = conn.clone();
+                    let task = tokio::spawn(async move {
+                        let ask = AskRelockObject {
+                            ttid: d.ttid,
+                            oid: d.oid,
+                        };
+                        match c.ask(ask).await? {
+                            Body::AnswerRelockObject(a) => match a.conflict {
+                                None => Ok(()),
+                                Some((base, committed, _)) => Err(ClientError::Conflict {
+                                    oid: d.oid,
+                                    committed,
+                                    base,
+                                }),
+                            },
+                            other => Err(remote(c.peer(), "AskRelockObject", other)),
+                        }
+                    });
+                    inner
+                        .relocks
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(d.ttid)
+                        .or_default()
+                        .push(task);
                 }
                 other => debug!("{} sent {} (ignored)", conn.peer(), other.name()),
             },

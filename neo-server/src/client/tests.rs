@@ -84,8 +84,27 @@ async fn fake_cluster(np: u32) -> Fake {
                 };
                 let st = st.clone();
                 tokio::spawn(async move {
+                    let mut held = Vec::new();
                     while let Some(Event::Packet(p)) = events.recv().await {
                         lock(&st).received.push(p.body.name());
+                        // A store of b"deadlock" makes us ask the client to
+                        // relock; the store is answered after the relock.
+                        if let Body::AskStoreObject(r) = &p.body {
+                            if &r.data[..] == b"deadlock" {
+                                let d = NotifyDeadlock {
+                                    ttid: r.ttid,
+                                    oid: r.oid,
+                                };
+                                held.push(p.id);
+                                let _ = conn.notify(d).await;
+                                continue;
+                            }
+                        }
+                        if matches!(p.body, Body::AskRelockObject(_)) {
+                            for id in held.drain(..) {
+                                let _ = conn.answer(id, AnswerStoreObject { conflict: None }).await;
+                            }
+                        }
                         let answer = if is_master {
                             serve_master(&st, &conn, p.id, p.body).await
                         } else {
@@ -292,6 +311,10 @@ fn serve_storage(st: &Shared, body: Body) -> Option<(Body, bool)> {
             AnswerStoreTransaction {}.into()
         }
         Body::AskVoteTransaction(_) => AnswerVoteTransaction {}.into(),
+        Body::AskRelockObject(_) => AnswerRelockObject {
+            conflict: Some((ZERO_TID, Tid(0x0500_0000_0000_0000), None)),
+        }
+        .into(),
         Body::AskTransactionInformation(r) => match s.txns.get(&r.tid) {
             Some((user, description, extension, oids)) => AnswerTransactionInformation {
                 tid: r.tid,
@@ -634,4 +657,36 @@ async fn reconnects_when_the_master_drops_us() {
         c.last_transaction().await,
         Err(ClientError::NoMaster { .. })
     ));
+}
+
+#[tokio::test]
+async fn deadlock_avoidance_relocks_and_reports_the_conflict() {
+    let fake = fake_cluster(1).await;
+    let c = Client::connect(cfg(&fake)).await.expect("connect");
+    let oid = c.new_oid().await.expect("oid");
+    match commit(&c, "relock", &[(oid, ZERO_TID, b"deadlock")]).await {
+        Err(ClientError::Conflict {
+            oid: o,
+            committed,
+            base,
+        }) => assert_eq!(
+            (o, committed, base),
+            (oid, Tid(0x0500_0000_0000_0000), ZERO_TID)
+        ),
+        other => panic!("expected the relock's conflict, got {other:?}"),
+    }
+    for _ in 0..100 {
+        if lock(&fake.state).received.contains(&"AbortTransaction") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let received = lock(&fake.state).received.clone();
+    assert!(received.contains(&"AskRelockObject"), "{received:?}");
+    assert!(received.contains(&"AbortTransaction"), "{received:?}");
+    // A relock without conflict lets the commit through.
+    let t = commit(&c, "plain", &[(oid, ZERO_TID, b"fine")])
+        .await
+        .expect("commit");
+    assert_eq!(c.load(oid).await.expect("load").serial, t);
 }

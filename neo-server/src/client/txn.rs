@@ -188,6 +188,18 @@ impl Client {
                 first_err.get_or_insert(e);
             }
         }
+        // Relocks asked by deadlock avoidance (possibly several rounds).
+        loop {
+            let relocks = self.take_relocks(txn.ttid);
+            if relocks.is_empty() {
+                break;
+            }
+            for t in relocks {
+                if let Err(e) = join(t).await {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
         if let Some(e) = first_err {
             return Err(e);
         }
@@ -275,10 +287,15 @@ impl Client {
         }
     }
 
+    fn take_relocks(&self, ttid: Tid) -> Vec<StoreTask> {
+        let mut map = self.inner.relocks.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(&ttid).unwrap_or_default()
+    }
+
     /// Aborts: `AbortTransaction` to the storages written to, then to the
     /// master with their list.
     pub async fn tpc_abort(&self, mut txn: Transaction) {
-        for t in txn.pending.drain(..) {
+        for t in txn.pending.drain(..).chain(self.take_relocks(txn.ttid)) {
             t.abort();
         }
         let conns: Vec<_> = {

@@ -335,6 +335,66 @@ pub fn parse_master_list(value: &str) -> Result<Vec<SocketAddr>, ConfigError> {
         .collect()
 }
 
+/// Sets up the one logging facade of a daemon: `log` through
+/// `env_logger`, level from `RUST_LOG` (default `info`), to `logfile`
+/// (appended) when given, else stderr.
+pub fn setup_logging(logfile: Option<&str>) -> Result<(), String> {
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if let Some(path) = logfile {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("cannot open log file {path}: {e}"))?;
+        b.target(env_logger::Target::Pipe(Box::new(f)));
+    }
+    b.try_init().map_err(|e| e.to_string())
+}
+
+/// NEO's `--ca`, `--cert`, `--key`: all three (TLS) or none (plain).
+pub fn tls_options(
+    ca: Option<&str>,
+    cert: Option<&str>,
+    key: Option<&str>,
+) -> Result<Option<neo_proto::tls::TlsConfig>, String> {
+    match (ca, cert, key) {
+        (Some(ca), Some(cert), Some(key)) => neo_proto::tls::TlsConfig::from_pem_files(
+            Path::new(ca),
+            Path::new(cert),
+            Path::new(key),
+        )
+        .map(Some)
+        .map_err(|e| e.to_string()),
+        (None, None, None) => Ok(None),
+        _ => Err(
+            "To enable encryption, 3 files must be provided: the CA certificate, \
+                  and the certificate of this node with its private key."
+                .into(),
+        ),
+    }
+}
+
+/// `-i`: a node id of type `ty`, as a number (NEO's int) or as shown
+/// (`S1`, `M1`, ...).
+pub fn parse_nid(s: &str, ty: neo_proto::NodeType) -> Result<neo_proto::NodeId, String> {
+    use neo_proto::NodeId;
+    let n = match s.strip_prefix(ty.letter()) {
+        Some(n) => n
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..0x0100_0000).contains(n))
+            .map(|n| NodeId::new(ty, n)),
+        None => s.parse::<i32>().ok().map(NodeId),
+    };
+    match n {
+        Some(n) if n.node_type() == Some(ty) && n.number() != 0 => Ok(n),
+        _ => Err(format!(
+            "invalid {} node id: {s:?}",
+            ty.name().to_lowercase()
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,6 +490,27 @@ replicas: 0
             .unwrap();
         assert_eq!(m.get_one::<String>("replicas").unwrap(), "0");
         assert!(!m.get_flag("disable-pack"));
+    }
+
+    #[test]
+    fn node_ids() {
+        use neo_proto::{NodeId, NodeType};
+        assert_eq!(
+            parse_nid("S2", NodeType::Storage),
+            Ok(NodeId::new(NodeType::Storage, 2))
+        );
+        assert_eq!(parse_nid("1", NodeType::Storage), Ok(NodeId(1)));
+        assert_eq!(parse_nid("M1", NodeType::Master), Ok(NodeId(-268435455)));
+        assert!(parse_nid("M1", NodeType::Storage).is_err());
+        assert!(parse_nid("S0", NodeType::Storage).is_err());
+        assert_eq!(
+            parse_nid("-268435454", NodeType::Master),
+            Ok(NodeId::new(NodeType::Master, 2))
+        );
+        assert!(parse_nid("1", NodeType::Master).is_err());
+        assert!(parse_nid("Mx", NodeType::Master).is_err());
+        assert!(tls_options(Some("ca"), None, None).is_err());
+        assert!(matches!(tls_options(None, None, None), Ok(None)));
     }
 
     #[test]

@@ -8,14 +8,15 @@
 //! `-B`) are accepted and refused when set.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use log::{error, info};
 use neo_proto::tls::TlsConfig;
-use neo_proto::{Address, NodeId, NodeType};
-use neo_server::config::{merged_args, parse_address, parse_master_list};
+use neo_proto::{Address, NodeType};
+use neo_server::config::{
+    merged_args, parse_address, parse_master_list, parse_nid, setup_logging, tls_options,
+};
 use neo_server::master::{Master, MasterConfig};
 use neo_server::runtime;
 
@@ -100,59 +101,13 @@ fn command() -> Command {
         )
 }
 
-fn setup_logging(m: &ArgMatches) -> Result<(), String> {
-    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    if let Some(path) = m.get_one::<String>("logfile") {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| format!("cannot open log file {path}: {e}"))?;
-        b.target(env_logger::Target::Pipe(Box::new(f)));
-    }
-    b.try_init().map_err(|e| e.to_string())
-}
-
-/// `-i`: a master node id, as a number (NEO's int) or as shown (`M1`).
-fn parse_nid(s: &str) -> Result<NodeId, String> {
-    let n = match s.strip_prefix('M') {
-        Some(n) => n
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..0x0100_0000).contains(n))
-            .map(|n| NodeId::new(NodeType::Master, n)),
-        None => s.parse::<i32>().ok().map(NodeId),
-    };
-    match n {
-        Some(n) if n.node_type() == Some(NodeType::Master) && n.number() != 0 => Ok(n),
-        _ => Err(format!("invalid master node id: {s:?}")),
-    }
-}
-
 fn tls(m: &ArgMatches) -> Result<Option<TlsConfig>, String> {
-    match (
-        m.get_one::<String>("ca"),
-        m.get_one::<String>("cert"),
-        m.get_one::<String>("key"),
-    ) {
-        (Some(ca), Some(cert), Some(key)) => TlsConfig::from_pem_files(
-            &PathBuf::from(ca),
-            &PathBuf::from(cert),
-            &PathBuf::from(key),
-        )
-        .map(Some)
-        .map_err(|e| e.to_string()),
-        (None, None, None) => Ok(None),
-        _ => Err(
-            "To enable encryption, 3 files must be provided: the CA certificate, \
-                  and the certificate of this node with its private key."
-                .into(),
-        ),
-    }
+    let get = |k: &str| m.get_one::<String>(k).map(String::as_str);
+    tls_options(get("ca"), get("cert"), get("key"))
 }
 
 fn run(m: &ArgMatches) -> Result<(), String> {
-    setup_logging(m)?;
+    setup_logging(m.get_one::<String>("logfile").map(String::as_str))?;
     let get = |k: &str| m.get_one::<String>(k).map(String::as_str);
     let cluster = get("cluster").unwrap_or_default().to_owned();
     if cluster.is_empty() {
@@ -176,7 +131,9 @@ fn run(m: &ArgMatches) -> Result<(), String> {
     if others.iter().any(|a| *a != bind) {
         log::warn!("other masters are ignored: this master is always the primary one");
     }
-    let nid = get("nid").map(parse_nid).transpose()?;
+    let nid = get("nid")
+        .map(|s| parse_nid(s, NodeType::Master))
+        .transpose()?;
     let tls = tls(m)?;
     let listener =
         std::net::TcpListener::bind(bind).map_err(|e| format!("cannot bind {bind}: {e}"))?;
@@ -282,18 +239,5 @@ mod tests {
         );
         assert_eq!(m.get_one::<u32>("partitions"), Some(&7));
         assert_eq!(m.get_one::<usize>("autostart"), Some(&3));
-    }
-
-    #[test]
-    fn node_ids() {
-        assert_eq!(parse_nid("M1"), Ok(NodeId::new(NodeType::Master, 1)));
-        assert_eq!(
-            parse_nid("-268435454"),
-            Ok(NodeId::new(NodeType::Master, 2))
-        );
-        assert!(parse_nid("S1").is_err());
-        assert!(parse_nid("1").is_err());
-        assert!(parse_nid("M0").is_err());
-        assert!(parse_nid("Mx").is_err());
     }
 }

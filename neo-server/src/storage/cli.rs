@@ -9,16 +9,17 @@
 //! `--disable-drop-partitions`.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
 
-use crate::config::{merged_args, parse_address, parse_master_list};
+use crate::config::{
+    merged_args, parse_address, parse_master_list, parse_nid, setup_logging, tls_options,
+};
 use crate::runtime;
 use crate::storage::node::{StorageConfig, StorageNode};
 use crate::storage::{Backend, MysqlBackend, MysqlOptions, SqliteBackend, SqliteOptions};
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use log::{error, info, warn};
 use neo_proto::tls::TlsConfig;
-use neo_proto::{NodeId, NodeType};
+use neo_proto::NodeType;
 
 /// The command line of `neostorage`.
 pub fn command() -> Command {
@@ -99,54 +100,9 @@ pub fn command() -> Command {
         ))
 }
 
-fn setup_logging(m: &ArgMatches) -> Result<(), String> {
-    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    if let Some(path) = m.get_one::<String>("logfile") {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| format!("cannot open log file {path}: {e}"))?;
-        b.target(env_logger::Target::Pipe(Box::new(f)));
-    }
-    b.try_init().map_err(|e| e.to_string())
-}
-
-/// `-i`: a storage node id, as a number (NEO's int) or as shown (`S1`).
-fn parse_nid(s: &str) -> Result<NodeId, String> {
-    let n = match s.strip_prefix('S') {
-        Some(n) => n
-            .parse::<u32>()
-            .map(|n| NodeId::new(NodeType::Storage, n))
-            .ok(),
-        None => s.parse::<i32>().ok().map(NodeId),
-    };
-    match n {
-        Some(n) if n.node_type() == Some(NodeType::Storage) && n.0 != 0 => Ok(n),
-        _ => Err(format!("invalid storage node id: {s:?}")),
-    }
-}
-
 fn tls(m: &ArgMatches) -> Result<Option<TlsConfig>, String> {
-    match (
-        m.get_one::<String>("ca"),
-        m.get_one::<String>("cert"),
-        m.get_one::<String>("key"),
-    ) {
-        (Some(ca), Some(cert), Some(key)) => TlsConfig::from_pem_files(
-            &PathBuf::from(ca),
-            &PathBuf::from(cert),
-            &PathBuf::from(key),
-        )
-        .map(Some)
-        .map_err(|e| e.to_string()),
-        (None, None, None) => Ok(None),
-        _ => Err(
-            "To enable encryption, 3 files must be provided: the CA certificate, \
-                  and the certificate of this node with its private key."
-                .into(),
-        ),
-    }
+    let get = |k: &str| m.get_one::<String>(k).map(String::as_str);
+    tls_options(get("ca"), get("cert"), get("key"))
 }
 
 /// What `neostorage` was asked to run, once the options are checked.
@@ -178,7 +134,7 @@ pub fn parse(argv: Vec<OsString>) -> Result<StorageArgs, String> {
         Ok(m) => m,
         Err(e) => e.exit(),
     };
-    setup_logging(&m)?;
+    setup_logging(m.get_one::<String>("logfile").map(String::as_str))?;
     let get = |k: &str| m.get_one::<String>(k).map(String::as_str);
     let cluster = get("cluster").unwrap_or_default().to_owned();
     if cluster.is_empty() {
@@ -197,7 +153,9 @@ pub fn parse(argv: Vec<OsString>) -> Result<StorageArgs, String> {
     }
     let bind =
         parse_address(get("bind").unwrap_or("127.0.0.1"), Some(0)).map_err(|e| e.to_string())?;
-    let nid = get("nid").map(parse_nid).transpose()?;
+    let nid = get("nid")
+        .map(|s| parse_nid(s, NodeType::Storage))
+        .transpose()?;
     let tls = tls(&m)?;
     let database = get("database").unwrap_or_default().to_owned();
     Ok(StorageArgs {

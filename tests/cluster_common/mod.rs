@@ -211,9 +211,21 @@ impl Cluster {
     /// `neoctl start`, then waits for RUNNING.
     pub fn bootstrap(&mut self) {
         self.wait_state("RECOVERING", STEP);
-        let (code, out, err) = self.neoctl(&["start"]);
-        assert_eq!(code, 0, "neoctl start: {out}{err}");
-        assert_eq!(out.trim(), "Cluster state changed");
+        // The master refuses to start while a storage is still entering the
+        // cluster (as NEO does): try again until it accepts.
+        let end = Instant::now() + STEP;
+        loop {
+            let (code, out, err) = self.neoctl(&["start"]);
+            if code == 0 {
+                assert_eq!(out.trim(), "Cluster state changed");
+                break;
+            }
+            assert!(
+                Instant::now() < end && format!("{out}{err}").contains("entering cluster"),
+                "neoctl start: {out}{err}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         self.wait_state("RUNNING", STEP);
     }
 

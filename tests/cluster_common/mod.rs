@@ -47,8 +47,65 @@ pub struct Cluster {
     pub admin: Option<Daemon>,
     /// `-r` of the master (0 by default).
     pub replicas: u32,
+    /// Storages on MySQL instead of SQLite (see [`MysqlDbs::create`]).
+    pub mysql: Option<MysqlDbs>,
     /// Last so that the daemons die before their directory goes.
     pub dir: TestDir,
+}
+
+/// Fresh MySQL databases, one per storage, on the private test server of
+/// `scripts/mysql-test-server.sh` (`$NEO_TEST_MYSQL_SOCKET`).
+pub struct MysqlDbs {
+    pub socket: String,
+    pub databases: Vec<String>,
+}
+
+impl MysqlDbs {
+    /// `None` (with a notice) when no test server is configured outside CI;
+    /// under `CI=true` a missing server is a failure.
+    pub fn create(test: &str, n: usize) -> Option<MysqlDbs> {
+        let Some(socket) = std::env::var_os("NEO_TEST_MYSQL_SOCKET") else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "NEO_TEST_MYSQL_SOCKET is not set: under CI the MySQL tests must run"
+            );
+            eprintln!("notice: MySQL e2e test skipped: NEO_TEST_MYSQL_SOCKET is not set");
+            return None;
+        };
+        let socket = socket.to_string_lossy().into_owned();
+        let databases: Vec<String> = (0..n)
+            .map(|i| format!("neo_e2e_{test}_{}_{i}", std::process::id()))
+            .collect();
+        let sql: String = databases
+            .iter()
+            .map(|d| format!("DROP DATABASE IF EXISTS {d}; CREATE DATABASE {d};"))
+            .collect();
+        let client = ["mariadb", "mysql"]
+            .into_iter()
+            .find(|c| {
+                Command::new(c)
+                    .arg("--version")
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            })
+            .expect("a mariadb/mysql client");
+        let out = Command::new(client)
+            .args([
+                "--no-defaults",
+                &format!("--socket={socket}"),
+                "-uroot",
+                "-e",
+                &sql,
+            ])
+            .output()
+            .expect("run the mysql client");
+        assert!(
+            out.status.success(),
+            "creating {databases:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(MysqlDbs { socket, databases })
+    }
 }
 
 impl Cluster {
@@ -65,6 +122,7 @@ impl Cluster {
             storages: (0..storages).map(|_| None).collect(),
             admin: None,
             replicas: 0,
+            mysql: None,
             dir: TestDir::new(test),
         }
     }
@@ -106,16 +164,25 @@ impl Cluster {
     }
 
     pub fn storage_args(&self, i: usize, cluster: &str) -> Vec<String> {
-        vec![
+        let mut args = vec![
             "-c".into(),
             cluster.into(),
             "-m".into(),
             self.masters_arg(),
             "-b".into(),
             local(self.storage_ports[i]).to_string(),
-            "-d".into(),
-            self.storage_db(i).display().to_string(),
-        ]
+        ];
+        match &self.mysql {
+            // NEO's `user@database<unix socket>`.
+            Some(m) => args.extend([
+                "-a".into(),
+                "MySQL".into(),
+                "-d".into(),
+                format!("root@{}{}", m.databases[i], m.socket),
+            ]),
+            None => args.extend(["-d".into(), self.storage_db(i).display().to_string()]),
+        }
+        args
     }
 
     pub fn start_storage(&mut self, i: usize) {

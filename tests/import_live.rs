@@ -7,6 +7,8 @@
 
 use std::time::{Duration, Instant};
 
+mod cluster_common;
+
 use neo_e2e::{binary, free_port, local, testdata, wait_listening, Daemon, TestDir};
 use neo_proto::{Oid, Tid};
 use neo_server::client::{Client, ClientConfig};
@@ -90,15 +92,21 @@ fn wait_for_log(d: &Daemon, needle: &str) {
     }
 }
 
-fn import_fixture(name: &str) {
+/// Imports fixture `name` into SQLite, or into MySQL database `mysql`
+/// (NEO's `user@database<socket>` string).
+fn import_fixture(name: &str, mysql: Option<String>) {
     let dir = TestDir::new(&format!("import-{name}"));
+    let (adapter, database) = match &mysql {
+        Some(db) => ("MySQL", db.clone()),
+        None => ("SQLite", "dest.sqlite".to_owned()),
+    };
     let fs = dir.path().join("Data.fs");
     std::fs::copy(testdata().join(format!("{name}.fs")), &fs).expect("copy fixture");
     let conf = dir.path().join("importer.conf");
     std::fs::write(
         &conf,
         format!(
-            "[neo]\nadapter = SQLite\ndatabase = dest.sqlite\n\n[root]\nstorage =\n  <filestorage>\n    path {}\n  </filestorage>\n",
+            "[neo]\nadapter = {adapter}\ndatabase = {database}\n\n[root]\nstorage =\n  <filestorage>\n    path {}\n  </filestorage>\n",
             fs.display()
         ),
     )
@@ -135,7 +143,7 @@ fn import_fixture(name: &str) {
     wait_for_log(&imp, "All data are imported");
     imp.kill();
 
-    // Switch to the destination alone: a plain SQLite storage node.
+    // Switch to the destination alone: a plain SQLite or MySQL storage node.
     let (mport, sport) = (free_port(), free_port());
     let master = Daemon::spawn(
         "master",
@@ -154,8 +162,13 @@ fn import_fixture(name: &str) {
             &local(mport).to_string(),
             "-b",
             &local(sport).to_string(),
+            "-a",
+            adapter,
             "-d",
-            &dir.path().join("dest.sqlite").display().to_string(),
+            &match &mysql {
+                Some(db) => db.clone(),
+                None => dir.path().join("dest.sqlite").display().to_string(),
+            },
         ]
         .map(String::from),
     );
@@ -172,20 +185,31 @@ fn import_fixture(name: &str) {
 
 #[test]
 fn import_basic_live() {
-    import_fixture("basic");
+    import_fixture("basic", None);
 }
 
 #[test]
 fn import_undo_live() {
-    import_fixture("undo");
+    import_fixture("undo", None);
 }
 
 #[test]
 fn import_packed_live() {
-    import_fixture("packed");
+    import_fixture("packed", None);
 }
 
 #[test]
 fn import_large_live() {
-    import_fixture("large");
+    import_fixture("large", None);
+}
+
+#[test]
+fn import_basic_live_into_mysql() {
+    let Some(dbs) = cluster_common::MysqlDbs::create("import", 1) else {
+        return;
+    };
+    import_fixture(
+        "basic",
+        Some(format!("root@{}{}", dbs.databases[0], dbs.socket)),
+    );
 }

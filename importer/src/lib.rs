@@ -8,6 +8,8 @@
 //!   crash, writes clients' new transactions back to the source;
 //! - `impl Backend for Importer` (module `backend`): what the storage
 //!   node calls; reads see the whole history, imported or not;
+//! - [`repickle`]: finds and rewrites the persistent references of
+//!   pickles (oid remapping when databases are merged at mountpoints);
 //! - [`Source`]: the source `Data.fs` (fsformat) bounded to the import.
 //!
 //! How a storage node uses it:
@@ -37,6 +39,7 @@ mod backend;
 pub mod config;
 mod error;
 mod importer;
+pub mod repickle;
 mod source;
 
 pub use config::{

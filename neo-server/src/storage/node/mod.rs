@@ -23,14 +23,18 @@
 //! retried in order whenever a transaction releases its locks.
 //!
 //! Served to other storage nodes: replication sources and checks
-//! (`serve.rs`). Not here yet: our own replication (fetching), backup, pack.
+//! (`serve.rs`). Our own replication of out-of-date cells: `replicator.rs`.
+//! Not here yet: backup, pack.
 
 mod client;
+mod replicator;
 mod serve;
 pub mod txn;
 
 #[cfg(test)]
 mod replay;
+#[cfg(test)]
+mod replication_tests;
 #[cfg(test)]
 mod tests;
 
@@ -51,6 +55,7 @@ use neo_proto::{
 use crate::runtime::{ConnId, Event, Node, Outbox};
 use crate::storage::{Backend, CellState, DbError};
 
+use self::replicator::Replicator;
 use self::txn::{StoreData, TxnError, TxnManager};
 
 /// Timer: try the masters again.
@@ -183,6 +188,7 @@ struct KnownNode {
     node_type: NodeType,
     state: NodeState,
     id_timestamp: Option<f64>,
+    address: Option<SocketAddr>,
 }
 
 /// A request waiting for a lock, retried later.
@@ -299,6 +305,10 @@ pub struct StorageNode<B: Backend> {
     last_pack_id: Tid,
     stopped: bool,
     exit: ExitReport,
+    /// Our id timestamp, as the master told it (other storages check it).
+    id_timestamp: Option<f64>,
+    /// Replication of our out-of-date cells.
+    replicator: Replicator,
 }
 
 impl<B: Backend> fmt::Debug for StorageNode<B> {
@@ -390,6 +400,8 @@ impl<B: Backend> StorageNode<B> {
             last_pack_id: Tid::ZERO,
             stopped: false,
             exit: ExitReport::default(),
+            id_timestamp: None,
+            replicator: Replicator::default(),
         })
     }
 
@@ -426,6 +438,11 @@ impl<B: Backend> StorageNode<B> {
     /// The transactions in progress.
     pub fn transactions(&self) -> &TxnManager {
         &self.tm
+    }
+
+    /// Our out-of-date partitions that replication has yet to fill.
+    pub fn replicating(&self) -> Vec<u32> {
+        self.replicator.outdated()
     }
 
     /// Number of requests waiting for a lock.
@@ -512,6 +529,7 @@ impl<B: Backend> StorageNode<B> {
     /// connection but the master's is closed, transactions are forgotten.
     fn leave_operation(&mut self, out: &mut Outbox) {
         self.operational = false;
+        self.replication_reset(out);
         for (&conn, _) in self.conns.iter() {
             out.close(conn);
         }
@@ -634,6 +652,8 @@ impl<B: Backend> StorageNode<B> {
             Event::Connected { conn, .. } => {
                 if self.master == MasterLink::Connecting(conn) {
                     self.identify(conn, out);
+                } else if self.replicator.owns(conn) {
+                    self.replication_connected(out);
                 } else {
                     out.close(conn);
                 }
@@ -642,6 +662,8 @@ impl<B: Backend> StorageNode<B> {
                 if self.master == MasterLink::Connecting(conn) {
                     log::debug!("master connection failed: {error}");
                     self.master_failed(out);
+                } else if self.replicator.owns(conn) {
+                    self.replication_closed(&error, out);
                 }
             }
             Event::Accepted { conn, peer } => {
@@ -656,6 +678,10 @@ impl<B: Backend> StorageNode<B> {
                 MasterLink::Identifying(c, _) | MasterLink::Connecting(c) if c == conn => {
                     log::info!("master closed the connection during identification");
                     self.master_failed(out);
+                }
+                _ if self.replicator.owns(conn) => {
+                    let why = error.unwrap_or_else(|| "connection closed".into());
+                    self.replication_closed(&why, out);
                 }
                 _ => self.forget_conn(conn, out),
             },
@@ -690,6 +716,9 @@ impl<B: Backend> StorageNode<B> {
                     }
                 }
             }
+            Event::Timer {
+                token: replicator::TIMER_REPLICATE,
+            } => self.replication_timer(out),
             Event::Timer { .. } => {}
         }
     }
@@ -714,6 +743,9 @@ impl<B: Backend> StorageNode<B> {
                 return;
             }
             _ => {}
+        }
+        if self.replicator.owns(conn) {
+            return self.replication_packet(packet, out);
         }
         let Some(&peer) = self.conns.get(&conn) else {
             return; // a connection we dropped
@@ -835,6 +867,7 @@ impl<B: Backend> StorageNode<B> {
                 if self.operational {
                     // Discarded partitions may have released locks.
                     self.execute_queued(out);
+                    self.replication_update(out)?;
                 }
                 Ok(())
             }
@@ -896,10 +929,15 @@ impl<B: Backend> StorageNode<B> {
             }
             Body::NotifyTransactionFinished(n) => {
                 self.abort_transaction(n.ttid, out);
+                self.replication_txn_finished(n.ttid, n.max_tid, out);
                 Ok(())
             }
             Body::Ping(_) => {
                 out.answer(conn, id, Pong {});
+                Ok(())
+            }
+            Body::AnswerUnfinishedTransactions(a) if self.replicator.asked_unfinished(id) => {
+                self.replication_unfinished(id, a.max_tid, &a.ttid_list, out);
                 Ok(())
             }
             Body::Pong(_) | Body::AnswerUnfinishedTransactions(_) | Body::AnswerPackOrders(_) => {
@@ -1015,6 +1053,7 @@ impl<B: Backend> StorageNode<B> {
                 self.db.drop_unfinished_data()?;
                 log::info!("operational: serving clients");
                 self.arm_background(Duration::ZERO, out);
+                self.replication_update(out)?;
                 Ok(())
             }
             body => Err(Fail::Protocol(format!(
@@ -1111,6 +1150,7 @@ impl<B: Backend> StorageNode<B> {
             let Some(nid) = info.uuid else { continue };
             if Some(nid) == self.nid {
                 log::info!("I was told I'm {}", info.state);
+                self.id_timestamp = info.id_timestamp;
                 if matches!(info.state, NodeState::Unknown | NodeState::Down) {
                     self.shutdown(out);
                     return Ok(());
@@ -1139,6 +1179,10 @@ impl<B: Backend> StorageNode<B> {
                         node_type: info.node_type,
                         state: info.state,
                         id_timestamp: info.id_timestamp,
+                        address: info.address.as_ref().and_then(|a| {
+                            let host = String::from_utf8_lossy(&a.host).into_owned();
+                            crate::config::parse_address(&host, Some(a.port)).ok()
+                        }),
                     },
                 );
             }

@@ -1,0 +1,365 @@
+//! Replication of out-of-date cells, in a simulation with the real master,
+//! storage nodes on SQLite and a scripted client (conversations 05 and 06).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Instant;
+
+use fsformat::{Oid, Tid};
+use neo_proto::*;
+
+use super::*;
+use crate::master::{Master, MasterConfig};
+use crate::runtime::{ConnId, Event, Node, Outbox};
+use crate::sim::{ms, Sim};
+use crate::storage::{make_checksum, SqliteBackend, SqliteOptions};
+
+type Sql = StorageNode<SqliteBackend>;
+
+fn master_addr() -> SocketAddr {
+    "127.0.0.1:32000".parse().unwrap()
+}
+
+fn storage_addr(n: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 32100 + n))
+}
+
+/// A scripted peer: records what it gets, sends what the test tells it.
+#[derive(Default)]
+struct Peer {
+    conns: Vec<ConnId>,
+    inbox: Vec<(ConnId, Packet)>,
+}
+
+impl Node for Peer {
+    fn start(&mut self, _: Instant, _: &mut Outbox) {}
+    fn handle(&mut self, _: Instant, ev: Event, _: &mut Outbox) {
+        match ev {
+            Event::Connected { conn, .. } => self.conns.push(conn),
+            Event::Packet { conn, packet } => self.inbox.push((conn, packet)),
+            _ => {}
+        }
+    }
+}
+
+/// The cluster: the master, storages by number, a client (or admin).
+struct Cluster {
+    sim: Sim,
+    m: usize,
+    storages: Vec<(u16, usize)>,
+    client: usize,
+    mconn: ConnId,
+    me: NodeId,
+    ts: f64,
+}
+
+fn open(dir: &Path, n: u16) -> SqliteBackend {
+    SqliteBackend::open(&dir.join(format!("s{n}.sqlite")), &SqliteOptions::default()).unwrap()
+}
+
+fn storage(n: u16, db: SqliteBackend) -> Sql {
+    StorageNode::new(
+        StorageConfig {
+            cluster: "test".into(),
+            masters: vec![master_addr()],
+            address: storage_addr(n),
+            nid: None,
+            database: format!("s{n}"),
+            disable_pack: false,
+        },
+        db,
+    )
+    .unwrap()
+}
+
+impl Cluster {
+    /// A master with `np` partitions and one replica, storages 1..=`n`.
+    fn new(dir: &Path, np: u32, n: u16) -> Cluster {
+        let mut sim = Sim::new();
+        let m = sim.add(
+            Some(master_addr()),
+            Master::new(MasterConfig {
+                cluster: "test".into(),
+                address: Address::new("127.0.0.1", 32000),
+                partitions: np,
+                replicas: 1,
+                autostart: Some(n.into()),
+                nid: None,
+            })
+            .unwrap(),
+        );
+        let storages = (1..=n)
+            .map(|i| (i, sim.add(Some(storage_addr(i)), storage(i, open(dir, i)))))
+            .collect();
+        sim.advance(ms(200));
+        assert_eq!(sim.node::<Master>(m).cluster_state(), ClusterState::Running);
+        let client = sim.add(None, Peer::default());
+        sim.poke::<Peer>(client, |_, out| {
+            out.connect(master_addr(), 0);
+        });
+        sim.run();
+        let mconn = sim.node::<Peer>(client).conns[0];
+        let mut c = Cluster {
+            sim,
+            m,
+            storages,
+            client,
+            mconn,
+            me: NodeId(0),
+            ts: 0.0,
+        };
+        let r = c.request(
+            mconn,
+            RequestIdentification {
+                node_type: NodeType::Client,
+                uuid: None,
+                address: None,
+                name: Bytes::from_static(b"test"),
+                id_timestamp: None,
+                extra: Map::new(),
+            },
+        );
+        let Body::AcceptIdentification(a) = r else {
+            panic!("{r:?}")
+        };
+        c.me = a.your_uuid.unwrap();
+        let me = c.me;
+        c.ts = c
+            .sim
+            .node::<Peer>(client)
+            .inbox
+            .iter()
+            .filter_map(|(_, p)| match &p.body {
+                Body::NotifyNodeInformation(n) => n.node_list.iter().find(|i| i.uuid == Some(me)),
+                _ => None,
+            })
+            .find_map(|i| i.id_timestamp)
+            .expect("our id timestamp");
+        c
+    }
+
+    fn index(&self, n: u16) -> usize {
+        self.storages.iter().find(|s| s.0 == n).unwrap().1
+    }
+
+    fn node(&self, n: u16) -> &Sql {
+        self.sim.node::<Sql>(self.index(n))
+    }
+
+    fn request(&mut self, conn: ConnId, body: impl Into<Body>) -> Body {
+        let body = body.into();
+        let mut id = 0;
+        self.sim
+            .poke::<Peer>(self.client, |_, out| id = out.ask(conn, body));
+        self.sim.run();
+        let inbox = &mut self.sim.node_mut::<Peer>(self.client).inbox;
+        let pos = inbox
+            .iter()
+            .position(|(c, p)| {
+                *c == conn
+                    && p.id == id
+                    && matches!(p.body.kind(), PacketKind::Answer | PacketKind::Error)
+            })
+            .expect("an answer");
+        inbox.remove(pos).1.body
+    }
+
+    /// A client connection to storage `n`, identified.
+    fn connect(&mut self, n: u16) -> ConnId {
+        self.sim.poke::<Peer>(self.client, |_, out| {
+            out.connect(storage_addr(n), 0);
+        });
+        self.sim.run();
+        let conn = *self.sim.node::<Peer>(self.client).conns.last().unwrap();
+        let r = self.request(
+            conn,
+            RequestIdentification {
+                node_type: NodeType::Client,
+                uuid: Some(self.me),
+                address: None,
+                name: Bytes::from_static(b"test"),
+                id_timestamp: Some(self.ts),
+                extra: Map::new(),
+            },
+        );
+        assert!(matches!(r, Body::AcceptIdentification(_)), "{r:?}");
+        conn
+    }
+
+    /// Begins a transaction, stores and votes on `conns`.
+    fn store(&mut self, conns: &[ConnId], objs: &[(u64, Tid, &[u8])]) -> Tid {
+        let mconn = self.mconn;
+        let Body::AnswerBeginTransaction(b) =
+            self.request(mconn, AskBeginTransaction { tid: None })
+        else {
+            panic!()
+        };
+        let ttid = b.ttid;
+        for &conn in conns {
+            for &(oid, serial, data) in objs {
+                let r = self.request(
+                    conn,
+                    AskStoreObject {
+                        oid: Oid(oid),
+                        serial,
+                        compression: 0,
+                        checksum: Checksum(make_checksum(data)),
+                        data: Bytes::copy_from_slice(data),
+                        data_serial: None,
+                        ttid,
+                    },
+                );
+                assert_eq!(
+                    r,
+                    Body::AnswerStoreObject(AnswerStoreObject { conflict: None })
+                );
+            }
+            let r = self.request(
+                conn,
+                AskStoreTransaction {
+                    ttid,
+                    user: Bytes::from_static(b"u"),
+                    description: Bytes::from_static(b"d"),
+                    extension: Bytes::new(),
+                    oid_list: objs.iter().map(|o| Oid(o.0)).collect(),
+                    pack: None,
+                },
+            );
+            assert_eq!(r, Body::AnswerStoreTransaction(AnswerStoreTransaction {}));
+        }
+        ttid
+    }
+
+    fn finish(&mut self, ttid: Tid, oids: &[u64]) -> Tid {
+        let mconn = self.mconn;
+        let r = self.request(
+            mconn,
+            AskFinishTransaction {
+                ttid,
+                oid_list: oids.iter().map(|&o| Oid(o)).collect(),
+                deleted: vec![],
+                checked: vec![],
+                pack: None,
+            },
+        );
+        let Body::AnswerTransactionFinished(f) = r else {
+            panic!("{r:?}")
+        };
+        f.tid
+    }
+
+    fn commit(&mut self, conns: &[ConnId], objs: &[(u64, Tid, &[u8])]) -> Tid {
+        let ttid = self.store(conns, objs);
+        let oids: Vec<u64> = objs.iter().map(|o| o.0).collect();
+        self.finish(ttid, &oids)
+    }
+
+    fn load(&mut self, conn: ConnId, oid: u64) -> (Tid, Vec<u8>) {
+        let r = self.request(
+            conn,
+            AskObject {
+                oid: Oid(oid),
+                at: None,
+                before: None,
+            },
+        );
+        let Body::AnswerObject(o) = r else {
+            panic!("{r:?}")
+        };
+        (o.serial, o.data.to_vec())
+    }
+
+    /// Cell states of storage `nid` in the master's table.
+    fn cells(&self, nid: NodeId) -> Vec<Option<neo_proto::CellState>> {
+        let pt = self.sim.node::<Master>(self.m).pt();
+        (0..pt.np()).map(|p| pt.cell(p, nid)).collect()
+    }
+}
+
+/// A storage killed while the cluster commits, then restarted: it
+/// replicates what it missed, its cells become UP_TO_DATE, it serves the
+/// same data; a transaction in progress at its restart is waited for, and
+/// one committed while it is out of date is not lost.
+#[test]
+fn restarted_storage_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(dir.path(), 4, 2);
+    let nid2 = c.node(2).nid().unwrap();
+    let c1 = c.connect(1);
+    let c2 = c.connect(2);
+    let t1 = c.commit(&[c1, c2], &[(0, ZERO_TID, b"a0"), (1, ZERO_TID, b"b0")]);
+
+    // Storage 2 dies; the cluster goes on with storage 1.
+    let i2 = c.index(2);
+    c.sim.kill(i2);
+    c.sim.advance(ms(100));
+    assert!(c
+        .cells(nid2)
+        .iter()
+        .all(|s| *s == Some(neo_proto::CellState::OutOfDate)));
+    let t2 = c.commit(&[c1], &[(0, t1, b"a1"), (2, ZERO_TID, b"c0")]);
+    let mut last = t2;
+    for i in 0..30u64 {
+        last = c.commit(&[c1], &[(10 + i, ZERO_TID, b"bulk")]);
+    }
+    // A transaction in progress when storage 2 comes back.
+    let pending = c.store(&[c1], &[(3, ZERO_TID, b"d0")]);
+
+    // Restart on the same database (the dead process's handle goes:
+    // uncommitted changes are rolled back).
+    let old = open(dir.path(), 99);
+    drop(std::mem::replace(c.sim.node_mut::<Sql>(i2).db_mut(), old));
+    let s2 = c
+        .sim
+        .add(Some(storage_addr(2)), storage(2, open(dir.path(), 2)));
+    c.storages.retain(|s| s.0 != 2);
+    c.storages.push((2, s2));
+    c.sim.advance(ms(300));
+    assert!(c.node(2).is_operational());
+    // Replicated up to the last commit, but waits for the pending one.
+    assert_eq!(c.node(2).replicating(), vec![0, 1, 2, 3]);
+    assert!(c
+        .cells(nid2)
+        .iter()
+        .all(|s| *s == Some(neo_proto::CellState::OutOfDate)));
+
+    // Committed while storage 2 is out of date: stored to both.
+    let c2 = c.connect(2);
+    let t3 = c.commit(&[c1, c2], &[(1, t1, b"b1")]);
+    let t4 = c.finish(pending, &[3]);
+    assert!(t4 > t3 && t3 > last);
+    c.sim.advance(ms(300));
+    assert!(c.node(2).replicating().is_empty());
+    assert!(
+        c.cells(nid2)
+            .iter()
+            .all(|s| *s == Some(neo_proto::CellState::UpToDate)),
+        "{:?}",
+        c.cells(nid2)
+    );
+    // Storage 2 serves what storage 1 serves.
+    for oid in [0, 1, 2, 3, 10, 25, 39] {
+        let a = c.load(c1, oid);
+        assert_eq!(c.load(c2, oid), a, "oid {oid}");
+    }
+    assert_eq!(c.load(c2, 0), (t2, b"a1".to_vec()));
+    assert_eq!(c.load(c2, 1), (t3, b"b1".to_vec()));
+    assert_eq!(c.load(c2, 3), (t4, b"d0".to_vec()));
+    let r = c.request(
+        c2,
+        AskTIDs {
+            first: 0,
+            last: 100,
+            partition: INVALID_PARTITION,
+        },
+    );
+    let r1 = c.request(
+        c1,
+        AskTIDs {
+            first: 0,
+            last: 100,
+            partition: INVALID_PARTITION,
+        },
+    );
+    assert_eq!(r, r1);
+}

@@ -1,0 +1,565 @@
+//! Our own replication (the fetching half of NEO's `storage/replicator.py`
+//! and `handlers/storage.py`): every `OUT_OF_DATE` cell of this node is
+//! filled from a storage node that has the partition readable.
+//!
+//! For new out-of-date cells the master is asked which transactions are
+//! unfinished (`AskUnfinishedTransactions`): the partition is replicated
+//! up to the last committed tid it answers, or, if transactions were in
+//! progress, up to the tid `NotifyTransactionFinished` gives once they are
+//! all done (they may have stored to the other cells only). Transactions
+//! that start later store to us directly: meanwhile their stores to a
+//! replicating partition are taken without lock nor conflict check
+//! (`TxnManager::replicating`; a readable cell does the check).
+//!
+//! One partition at a time: identify to the source as STORAGE with our
+//! node id, `AskFetchTransactions` (answered by `AddTransaction`s with the
+//! request's id, then the answer: tids to delete and where to go on), then
+//! `AskFetchObjects` likewise with `AddObject`; commit after each chunk
+//! (the cell's tid records where to resume), then `NotifyReplicationDone`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use neo_proto::{
+    AddObject, AddTransaction, Address, AskFetchObjects, AskFetchTransactions,
+    AskUnfinishedTransactions, Body, Bytes, Map, NodeId, NodeState, NodeType,
+    NotifyReplicationDone, Oid, Packet, RequestIdentification, Tid,
+};
+
+use super::{Fail, StorageNode};
+use crate::runtime::{ConnId, Outbox};
+use crate::storage::{Backend, CellNext, DbError, ObjectRef, TxnMeta};
+
+/// How many transactions or objects one fetch asks (NEO's `FETCH_COUNT`).
+pub const FETCH_COUNT: u32 = 1000;
+/// How long to wait before trying a partition again after a failure.
+pub const REPLICATION_RETRY: Duration = Duration::from_secs(1);
+/// Timer: try replication again.
+pub(super) const TIMER_REPLICATE: u64 = 4;
+/// Connection token of replication connections.
+pub(super) const TOKEN_REPLICATION: u64 = 2;
+
+/// An out-of-date cell of ours.
+#[derive(Debug, Clone)]
+struct Part {
+    /// First tid not replicated yet.
+    next_tid: Tid,
+    /// Replicate up to this tid (`None`: not known yet).
+    target: Option<Tid>,
+    /// Greatest unfinished transaction we wait for, if any.
+    max_ttid: Option<Tid>,
+}
+
+/// Where the current replication is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// TCP connection under way.
+    Connecting,
+    /// RequestIdentification sent with this id.
+    Identifying(u32),
+    /// AskFetchTransactions sent with this id.
+    Transactions(u32),
+    /// AskFetchObjects sent with this id.
+    Objects(u32),
+}
+
+/// The partition being replicated now.
+#[derive(Debug, Clone)]
+struct Current {
+    partition: u32,
+    conn: ConnId,
+    source: NodeId,
+    step: Step,
+    /// The first tid of this round (objects start there).
+    min_tid: Tid,
+    /// The last tid of this round.
+    max_tid: Tid,
+}
+
+/// The replicator's state.
+#[derive(Debug, Default)]
+pub(super) struct Replicator {
+    parts: BTreeMap<u32, Part>,
+    /// Unfinished transactions (ttids) we wait for.
+    ttids: BTreeSet<Tid>,
+    /// AskUnfinishedTransactions in flight: id -> partitions.
+    asked: BTreeMap<u32, Vec<u32>>,
+    current: Option<Current>,
+    retry_armed: bool,
+}
+
+impl Replicator {
+    /// Whether `conn` is our replication connection.
+    pub(super) fn owns(&self, conn: ConnId) -> bool {
+        self.current.as_ref().is_some_and(|c| c.conn == conn)
+    }
+
+    /// Whether `id` is one of our AskUnfinishedTransactions.
+    pub(super) fn asked_unfinished(&self, id: u32) -> bool {
+        self.asked.contains_key(&id)
+    }
+
+    /// Partitions still to replicate.
+    pub(super) fn outdated(&self) -> Vec<u32> {
+        self.parts.keys().copied().collect()
+    }
+}
+
+impl<B: Backend> StorageNode<B> {
+    /// Forgets replication (the node leaves operation).
+    pub(super) fn replication_reset(&mut self, out: &mut Outbox) {
+        if let Some(c) = self.replicator.current.take() {
+            out.close(c.conn);
+        }
+        let retry_armed = self.replicator.retry_armed;
+        self.replicator = Replicator {
+            retry_armed,
+            ..Replicator::default()
+        };
+        self.tm.set_replicating(BTreeSet::new(), 0);
+    }
+
+    /// Compares our out-of-date cells with what is being replicated
+    /// (NEO's `populate` and `notifyPartitionChanges`): new ones are
+    /// registered (and the master asked about unfinished transactions),
+    /// cells no longer out of date are forgotten.
+    pub(super) fn replication_update(&mut self, out: &mut Outbox) -> Result<(), DbError> {
+        if !self.operational {
+            return Ok(());
+        }
+        let Some(master) = self.master_conn() else {
+            return Ok(());
+        };
+        let mut outdated = BTreeMap::new();
+        for (offset, next) in self.db.cell_next_tids()? {
+            if let CellNext::Replicate { next_tid } = next {
+                outdated.insert(offset, next_tid);
+            }
+        }
+        let gone: Vec<u32> = self
+            .replicator
+            .parts
+            .keys()
+            .filter(|p| !outdated.contains_key(p))
+            .copied()
+            .collect();
+        for p in gone {
+            self.replicator.parts.remove(&p);
+            if self
+                .replicator
+                .current
+                .as_ref()
+                .is_some_and(|c| c.partition == p)
+            {
+                log::info!("partition {p} is no longer out of date: replication aborted");
+                if let Some(c) = self.replicator.current.take() {
+                    out.close(c.conn);
+                }
+            }
+        }
+        let mut added = Vec::new();
+        for (p, next_tid) in outdated {
+            if let std::collections::btree_map::Entry::Vacant(e) = self.replicator.parts.entry(p) {
+                e.insert(Part {
+                    next_tid,
+                    target: None,
+                    max_ttid: None,
+                });
+                added.push(p);
+            }
+        }
+        let np = self.db.partition_view()?.np;
+        let replicating = self.replicator.parts.keys().copied().collect();
+        self.tm.set_replicating(replicating, np);
+        if !added.is_empty() {
+            log::info!("partitions to replicate: {added:?}");
+            let id = out.ask(
+                master,
+                AskUnfinishedTransactions {
+                    offset_list: added.clone(),
+                },
+            );
+            self.replicator.asked.insert(id, added);
+        }
+        self.next_partition(out);
+        Ok(())
+    }
+
+    /// AnswerUnfinishedTransactions (`setUnfinishedTIDList`).
+    pub(super) fn replication_unfinished(
+        &mut self,
+        id: u32,
+        max_tid: Tid,
+        ttid_list: &[Tid],
+        out: &mut Outbox,
+    ) {
+        let Some(offsets) = self.replicator.asked.remove(&id) else {
+            return;
+        };
+        self.replicator.ttids.extend(ttid_list.iter().copied());
+        let max_ttid = ttid_list.iter().max().copied();
+        for p in offsets {
+            if let Some(part) = self.replicator.parts.get_mut(&p) {
+                part.max_ttid = max_ttid;
+                part.target = Some(max_tid);
+            }
+        }
+        self.next_partition(out);
+    }
+
+    /// NotifyTransactionFinished (`transactionFinished`): a transaction
+    /// we waited for is over; replicate up to `max_tid`.
+    pub(super) fn replication_txn_finished(&mut self, ttid: Tid, max_tid: Tid, out: &mut Outbox) {
+        if !self.replicator.ttids.remove(&ttid) {
+            return;
+        }
+        let min_ttid = self.replicator.ttids.iter().next().copied();
+        for part in self.replicator.parts.values_mut() {
+            if let Some(m) = part.max_ttid {
+                part.target = Some(max_tid);
+                if min_ttid.is_none_or(|min| m < min) {
+                    part.max_ttid = None;
+                }
+            }
+        }
+        self.next_partition(out);
+    }
+
+    /// Starts replicating a partition if none is (`_nextPartition`).
+    fn next_partition(&mut self, out: &mut Outbox) {
+        if self.replicator.current.is_some() || !self.operational {
+            return;
+        }
+        // Furthest behind first; then those without unfinished
+        // transactions.
+        let Some((&partition, part)) = self
+            .replicator
+            .parts
+            .iter()
+            .filter(|(_, p)| p.target.is_some())
+            .min_by_key(|(_, p)| (p.next_tid, p.max_ttid.is_some()))
+        else {
+            return;
+        };
+        let (next_tid, target) = (part.next_tid, part.target);
+        let Some(max_tid) = target else { return };
+        let Some((source, addr)) = self.replication_source(partition) else {
+            log::warn!("no readable running node to replicate partition {partition} from");
+            return self.arm_replication_retry(out);
+        };
+        if let Some(part) = self.replicator.parts.get_mut(&partition) {
+            part.target = None;
+        }
+        log::info!("replicating partition {partition} ({next_tid}..={max_tid}) from {source}");
+        let conn = out.connect(addr, TOKEN_REPLICATION);
+        self.replicator.current = Some(Current {
+            partition,
+            conn,
+            source,
+            step: Step::Connecting,
+            min_tid: next_tid,
+            max_tid,
+        });
+    }
+
+    /// A running storage node with a readable cell of `partition`.
+    fn replication_source(&mut self, partition: u32) -> Option<(NodeId, SocketAddr)> {
+        let cells = self.db.partition_table().ok()?;
+        cells
+            .into_iter()
+            .filter(|&(p, nid, s)| {
+                p == partition && Some(NodeId(nid)) != self.nid && s.is_readable()
+            })
+            .find_map(|(_, nid, _)| {
+                let n = self.nodes.get(&NodeId(nid))?;
+                if n.node_type != NodeType::Storage || n.state != NodeState::Running {
+                    return None;
+                }
+                Some((NodeId(nid), n.address?))
+            })
+    }
+
+    fn arm_replication_retry(&mut self, out: &mut Outbox) {
+        if !self.replicator.retry_armed {
+            self.replicator.retry_armed = true;
+            out.timer(REPLICATION_RETRY, TIMER_REPLICATE);
+        }
+    }
+
+    /// The retry timer.
+    pub(super) fn replication_timer(&mut self, out: &mut Outbox) {
+        self.replicator.retry_armed = false;
+        self.next_partition(out);
+    }
+
+    /// The current replication failed: its partition is tried again later.
+    fn replication_abort(&mut self, why: &str, out: &mut Outbox) {
+        let Some(c) = self.replicator.current.take() else {
+            return;
+        };
+        log::warn!(
+            "replication of partition {} from {} failed: {why}",
+            c.partition,
+            c.source
+        );
+        out.close(c.conn);
+        if let Some(part) = self.replicator.parts.get_mut(&c.partition) {
+            part.target = Some(part.target.map_or(c.max_tid, |t| t.max(c.max_tid)));
+        }
+        self.arm_replication_retry(out);
+    }
+
+    /// The replication connection is up: identify.
+    pub(super) fn replication_connected(&mut self, out: &mut Outbox) {
+        let Some(c) = self.replicator.current.as_mut() else {
+            return;
+        };
+        let a = self.cfg.address;
+        let id = out.ask(
+            c.conn,
+            RequestIdentification {
+                node_type: NodeType::Storage,
+                uuid: self.nid,
+                address: Some(Address::new(&a.ip().to_string(), a.port())),
+                name: Bytes::copy_from_slice(self.cfg.cluster.as_bytes()),
+                id_timestamp: self.id_timestamp,
+                extra: Map::new(),
+            },
+        );
+        c.step = Step::Identifying(id);
+    }
+
+    /// The replication connection failed or closed.
+    pub(super) fn replication_closed(&mut self, why: &str, out: &mut Outbox) {
+        if let Some(c) = self.replicator.current.take() {
+            // Already closed: do not close again, but requeue.
+            self.replicator.current = Some(c);
+            self.replication_abort(why, out);
+        }
+    }
+
+    /// A packet on the replication connection.
+    pub(super) fn replication_packet(&mut self, packet: Packet, out: &mut Outbox) {
+        if let Err(e) = self.replication_packet_inner(packet, out) {
+            match e {
+                Fail::Db(e) => self.fatal(e, out),
+                Fail::Protocol(m) | Fail::NotReady(m) => self.replication_abort(&m, out),
+            }
+        }
+    }
+
+    fn replication_packet_inner(&mut self, packet: Packet, out: &mut Outbox) -> Result<(), Fail> {
+        let Some(c) = self.replicator.current.clone() else {
+            return Ok(());
+        };
+        let expected = match c.step {
+            Step::Connecting => None,
+            Step::Identifying(id) | Step::Transactions(id) | Step::Objects(id) => Some(id),
+        };
+        if Some(packet.id) != expected {
+            return match packet.body {
+                Body::Ping(_) | Body::Pong(_) => Ok(()),
+                body => Err(Fail::Protocol(format!(
+                    "unexpected {} on a replication connection",
+                    body.name()
+                ))),
+            };
+        }
+        match (c.step, packet.body) {
+            (_, Body::Error(e)) => Err(Fail::Protocol(format!(
+                "{}: {}",
+                e.code,
+                String::from_utf8_lossy(&e.message)
+            ))),
+            (Step::Identifying(_), Body::AcceptIdentification(a)) => {
+                if a.node_type != NodeType::Storage {
+                    return Err(Fail::Protocol(format!("peer is a {} node", a.node_type)));
+                }
+                self.ask_fetch_transactions(c.min_tid, true, out)
+            }
+            (Step::Transactions(_), Body::AddTransaction(t)) => {
+                self.add_transaction(&t)?;
+                Ok(())
+            }
+            (Step::Transactions(_), Body::AnswerFetchTransactions(a)) => {
+                for tid in &a.tid_list {
+                    self.db.delete_transaction(*tid)?;
+                }
+                if let Some(pack) = a.completed_pack {
+                    self.db
+                        .update_completed_pack_by_replication(c.partition, pack)?;
+                }
+                match a.next_tid {
+                    Some(next) => {
+                        self.db.commit()?;
+                        self.ask_fetch_transactions(next, false, out)
+                    }
+                    None => self.ask_fetch_objects(c.min_tid, Oid(0), out),
+                }
+            }
+            (Step::Objects(_), Body::AddObject(o)) => {
+                self.add_object(&o)?;
+                Ok(())
+            }
+            (Step::Objects(_), Body::AnswerFetchObjects(a)) => {
+                for (serial, oids) in a.object_dict.0.iter() {
+                    for oid in oids {
+                        self.db.delete_object(*oid, Some(*serial))?;
+                    }
+                }
+                match (a.next_tid, a.next_oid) {
+                    (Some(tid), Some(oid)) => {
+                        if tid.0 > 0 {
+                            self.db.update_cell_tid(c.partition, Tid(tid.0 - 1))?;
+                        }
+                        self.ask_fetch_objects(tid, oid, out)
+                    }
+                    _ => self.replication_finish(out),
+                }
+            }
+            (_, body) => Err(Fail::Protocol(format!(
+                "unexpected {} on a replication connection",
+                body.name()
+            ))),
+        }
+    }
+
+    /// AskFetchTransactions from `min_tid` (`fetchTransactions`).
+    fn ask_fetch_transactions(
+        &mut self,
+        min_tid: Tid,
+        ask_pack_info: bool,
+        out: &mut Outbox,
+    ) -> Result<(), Fail> {
+        let Some(c) = self.replicator.current.as_mut() else {
+            return Ok(());
+        };
+        let tid_list = self.db.replication_tid_list(
+            min_tid,
+            c.max_tid,
+            Some(FETCH_COUNT.into()),
+            c.partition,
+        )?;
+        let id = out.ask(
+            c.conn,
+            AskFetchTransactions {
+                partition: c.partition,
+                length: FETCH_COUNT,
+                min_tid,
+                max_tid: c.max_tid,
+                tid_list,
+                ask_pack_info,
+            },
+        );
+        c.step = Step::Transactions(id);
+        Ok(())
+    }
+
+    /// AskFetchObjects from `(min_tid, min_oid)` (`fetchObjects`).
+    fn ask_fetch_objects(
+        &mut self,
+        min_tid: Tid,
+        min_oid: Oid,
+        out: &mut Outbox,
+    ) -> Result<(), Fail> {
+        self.db.commit()?;
+        let Some(c) = self.replicator.current.as_mut() else {
+            return Ok(());
+        };
+        let mut object_dict: BTreeMap<Tid, Vec<Oid>> = BTreeMap::new();
+        for (serial, oid) in self.db.replication_object_list(
+            min_tid,
+            c.max_tid,
+            Some(FETCH_COUNT.into()),
+            c.partition,
+            min_oid,
+        )? {
+            object_dict.entry(serial).or_default().push(oid);
+        }
+        let id = out.ask(
+            c.conn,
+            AskFetchObjects {
+                partition: c.partition,
+                length: FETCH_COUNT,
+                min_tid,
+                max_tid: c.max_tid,
+                min_oid,
+                object_dict: object_dict.into_iter().collect(),
+            },
+        );
+        c.step = Step::Objects(id);
+        Ok(())
+    }
+
+    /// AddTransaction (`addTransaction`).
+    fn add_transaction(&mut self, t: &AddTransaction) -> Result<(), DbError> {
+        let meta = TxnMeta {
+            oids: t.oid_list.clone(),
+            user: t.user.to_vec(),
+            description: t.description.to_vec(),
+            extension: t.extension.to_vec(),
+            packed: t.packed,
+            ttid: t.ttid,
+        };
+        self.db.store_transaction(t.tid, &[], Some(&meta), false)
+    }
+
+    /// AddObject (`addObject`): an empty uncompressed record is a
+    /// deletion.
+    fn add_object(&mut self, o: &AddObject) -> Result<(), DbError> {
+        let deletion = o.data.is_empty() && o.compression == 0;
+        let checksum = (!deletion).then_some(o.checksum.0);
+        let data_id = self.db.store_data(
+            checksum.as_ref(),
+            o.oid,
+            &o.data,
+            o.compression,
+            o.data_serial,
+        )?;
+        self.db.store_transaction(
+            o.serial,
+            &[ObjectRef {
+                oid: o.oid,
+                data_id,
+                value_tid: o.data_serial,
+            }],
+            None,
+            false,
+        )
+    }
+
+    /// The partition is replicated up to the round's last tid (`finish`):
+    /// done, unless transactions we wait for are still unfinished.
+    fn replication_finish(&mut self, out: &mut Outbox) -> Result<(), Fail> {
+        let Some(c) = self.replicator.current.take() else {
+            return Ok(());
+        };
+        out.close(c.conn);
+        self.db.update_cell_tid(c.partition, c.max_tid)?;
+        self.db.commit()?;
+        let Some(part) = self.replicator.parts.get_mut(&c.partition) else {
+            return Ok(());
+        };
+        part.next_tid = Tid(c.max_tid.0.saturating_add(1));
+        log::info!(
+            "partition {} replicated up to {} from {}",
+            c.partition,
+            c.max_tid,
+            c.source
+        );
+        if part.max_ttid.is_none() && part.target.is_none() {
+            if let Some(master) = self.master_conn() {
+                out.notify(
+                    master,
+                    NotifyReplicationDone {
+                        offset: c.partition,
+                        tid: c.max_tid,
+                    },
+                );
+            }
+        }
+        self.next_partition(out);
+        Ok(())
+    }
+}

@@ -363,3 +363,119 @@ fn restarted_storage_catches_up() {
     );
     assert_eq!(r, r1);
 }
+
+/// A storage added to a running cluster (`neoctl add` then `tweak`): it
+/// replicates the partitions it gets, which become UP_TO_DATE, and serves
+/// them; the cells moved away are dropped by their former owners.
+#[test]
+fn added_storage_gets_its_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(dir.path(), 4, 2);
+    let c1 = c.connect(1);
+    let c2 = c.connect(2);
+    let mut serials = Vec::new();
+    for oid in 0..12u64 {
+        let data = format!("object {oid}");
+        serials.push(c.commit(&[c1, c2], &[(oid, ZERO_TID, data.as_bytes())]));
+    }
+    // Storage 3 joins: pending until added.
+    let s3 = c
+        .sim
+        .add(Some(storage_addr(3)), storage(3, open(dir.path(), 3)));
+    c.storages.push((3, s3));
+    c.sim.advance(ms(200));
+    let nid3 = c.node(3).nid().unwrap();
+    assert_eq!(
+        c.sim.node::<Master>(c.m).nodes().state(nid3),
+        Some(NodeState::Pending)
+    );
+    // An admin adds it and tweaks the partition table.
+    c.sim.poke::<Peer>(c.client, |_, out| {
+        out.connect(master_addr(), 0);
+    });
+    c.sim.run();
+    let admin = *c.sim.node::<Peer>(c.client).conns.last().unwrap();
+    let r = c.request(
+        admin,
+        RequestIdentification {
+            node_type: NodeType::Admin,
+            uuid: None,
+            address: Some(Address::new("127.0.0.1", 32200)),
+            name: Bytes::from_static(b"test"),
+            id_timestamp: None,
+            extra: Map::new(),
+        },
+    );
+    assert!(matches!(r, Body::AcceptIdentification(_)), "{r:?}");
+    let r = c.request(
+        admin,
+        AddPendingNodes {
+            uuid_list: vec![nid3],
+        },
+    );
+    assert_eq!(error_code(&r), Some(ErrorCode::Ack), "{r:?}");
+    c.sim.advance(ms(100));
+    assert!(c.node(3).is_operational());
+    let r = c.request(
+        admin,
+        TweakPartitionTable {
+            dry_run: false,
+            uuid_list: vec![],
+        },
+    );
+    assert!(matches!(r, Body::AnswerTweakPartitionTable(_)), "{r:?}");
+    c.sim.advance(ms(500));
+    let pt = c.sim.node::<Master>(c.m).pt();
+    let mine = pt.assigned_offsets(nid3);
+    assert!(mine.len() >= 2, "{mine:?}");
+    assert_eq!(pt.readable_offsets(nid3), mine);
+    assert!(c.node(3).replicating().is_empty());
+    // Every row has two readable cells again, no FEEDING one left.
+    for p in 0..4 {
+        let row = pt.row(p);
+        assert_eq!(row.len(), 2, "partition {p}: {row:?}");
+        assert!(row
+            .iter()
+            .all(|cell| cell.state == neo_proto::CellState::UpToDate));
+    }
+    // Storage 3 serves its partitions.
+    let c3 = c.connect(3);
+    for oid in 0..12u64 {
+        if !mine.contains(&((oid % 4) as u32)) {
+            continue;
+        }
+        let data = format!("object {oid}");
+        assert_eq!(
+            c.load(c3, oid),
+            (serials[oid as usize], data.into_bytes()),
+            "oid {oid}"
+        );
+        // Its former owner dropped it.
+        let row = c
+            .sim
+            .node::<Master>(c.m)
+            .pt()
+            .row((oid % 4) as u32)
+            .to_vec();
+        for (n, conn) in [(1, c1), (2, c2)] {
+            let nid = c.node(n).nid().unwrap();
+            if row.iter().any(|cell| cell.uuid == nid) {
+                continue;
+            }
+            let at = AskObject {
+                oid: Oid(oid),
+                at: None,
+                before: None,
+            };
+            let r = c.request(conn, at);
+            assert_eq!(error_code(&r), Some(ErrorCode::NonReadableCell), "{r:?}");
+        }
+    }
+}
+
+fn error_code(b: &Body) -> Option<ErrorCode> {
+    match b {
+        Body::Error(e) => Some(e.code),
+        _ => None,
+    }
+}

@@ -3,8 +3,8 @@
 //! for replication (`AskFetchTransactions`, `AskFetchObjects`, answered by
 //! a stream of `AddTransaction`/`AddObject` with the request's id, then
 //! the answer), and the digests of `neoctl check` (`AskCheckTIDRange`,
-//! `AskCheckSerialRange`). The fetching half (our own replication) is not
-//! here yet.
+//! `AskCheckSerialRange`). The fetching half (our own replication) is in
+//! `replicator.rs`.
 
 use std::collections::BTreeSet;
 

@@ -8,6 +8,8 @@
 //!   crash, writes clients' new transactions back to the source;
 //! - `impl Backend for Importer` (module `backend`): what the storage
 //!   node calls; reads see the whole history, imported or not;
+//! - [`mount`]: where the oids of several sources merged at mountpoints
+//!   land, and their pickles rewritten accordingly;
 //! - [`repickle`]: finds and rewrites the persistent references of
 //!   pickles (oid remapping when databases are merged at mountpoints);
 //! - [`Source`]: the source `Data.fs` (fsformat) bounded to the import.
@@ -39,6 +41,7 @@ mod backend;
 pub mod config;
 mod error;
 mod importer;
+pub mod mount;
 pub mod repickle;
 mod source;
 

@@ -309,9 +309,10 @@ fn restarted_storage_catches_up() {
     // uncommitted changes are rolled back).
     let old = open(dir.path(), 99);
     drop(std::mem::replace(c.sim.node_mut::<Sql>(i2).db_mut(), old));
-    let s2 = c
-        .sim
-        .add(Some(storage_addr(2)), storage(2, open(dir.path(), 2)));
+    let mut node = storage(2, open(dir.path(), 2));
+    // Small chunks: several fetches per partition.
+    node.set_fetch_count(3);
+    let s2 = c.sim.add(Some(storage_addr(2)), node);
     c.storages.retain(|s| s.0 != 2);
     c.storages.push((2, s2));
     c.sim.advance(ms(300));

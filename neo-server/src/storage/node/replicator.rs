@@ -87,6 +87,8 @@ pub(super) struct Replicator {
     asked: BTreeMap<u32, Vec<u32>>,
     current: Option<Current>,
     retry_armed: bool,
+    /// How many records a fetch asks (tests: small chunks).
+    fetch_count: Option<u32>,
 }
 
 impl Replicator {
@@ -98,6 +100,10 @@ impl Replicator {
     /// Whether `id` is one of our AskUnfinishedTransactions.
     pub(super) fn asked_unfinished(&self, id: u32) -> bool {
         self.asked.contains_key(&id)
+    }
+
+    fn fetch_count(&self) -> u32 {
+        self.fetch_count.unwrap_or(FETCH_COUNT)
     }
 
     /// Partitions still to replicate.
@@ -112,12 +118,19 @@ impl<B: Backend> StorageNode<B> {
         if let Some(c) = self.replicator.current.take() {
             out.close(c.conn);
         }
-        let retry_armed = self.replicator.retry_armed;
+        let (retry_armed, fetch_count) = (self.replicator.retry_armed, self.replicator.fetch_count);
         self.replicator = Replicator {
             retry_armed,
+            fetch_count,
             ..Replicator::default()
         };
         self.tm.set_replicating(BTreeSet::new(), 0);
+    }
+
+    /// Fetches `count` records at a time instead of [`FETCH_COUNT`].
+    #[cfg(test)]
+    pub(super) fn set_fetch_count(&mut self, count: u32) {
+        self.replicator.fetch_count = Some(count);
     }
 
     /// Compares our out-of-date cells with what is being replicated
@@ -432,20 +445,18 @@ impl<B: Backend> StorageNode<B> {
         ask_pack_info: bool,
         out: &mut Outbox,
     ) -> Result<(), Fail> {
+        let count = self.replicator.fetch_count();
         let Some(c) = self.replicator.current.as_mut() else {
             return Ok(());
         };
-        let tid_list = self.db.replication_tid_list(
-            min_tid,
-            c.max_tid,
-            Some(FETCH_COUNT.into()),
-            c.partition,
-        )?;
+        let tid_list =
+            self.db
+                .replication_tid_list(min_tid, c.max_tid, Some(count.into()), c.partition)?;
         let id = out.ask(
             c.conn,
             AskFetchTransactions {
                 partition: c.partition,
-                length: FETCH_COUNT,
+                length: count,
                 min_tid,
                 max_tid: c.max_tid,
                 tid_list,
@@ -464,6 +475,7 @@ impl<B: Backend> StorageNode<B> {
         out: &mut Outbox,
     ) -> Result<(), Fail> {
         self.db.commit()?;
+        let count = self.replicator.fetch_count();
         let Some(c) = self.replicator.current.as_mut() else {
             return Ok(());
         };
@@ -471,7 +483,7 @@ impl<B: Backend> StorageNode<B> {
         for (serial, oid) in self.db.replication_object_list(
             min_tid,
             c.max_tid,
-            Some(FETCH_COUNT.into()),
+            Some(count.into()),
             c.partition,
             min_oid,
         )? {
@@ -481,7 +493,7 @@ impl<B: Backend> StorageNode<B> {
             c.conn,
             AskFetchObjects {
                 partition: c.partition,
-                length: FETCH_COUNT,
+                length: count,
                 min_tid,
                 max_tid: c.max_tid,
                 min_oid,

@@ -8,6 +8,8 @@
 //!   crash, writes clients' new transactions back to the source;
 //! - `impl Backend for Importer` (module `backend`): what the storage
 //!   node calls; reads see the whole history, imported or not;
+//! - [`import_merged`]: imports sources merged at mountpoints in one go
+//!   (the live [`Importer`] still takes a single source);
 //! - [`mount`]: where the oids of several sources merged at mountpoints
 //!   land, and their pickles rewritten accordingly;
 //! - [`repickle`]: finds and rewrites the persistent references of
@@ -41,6 +43,7 @@ mod backend;
 pub mod config;
 mod error;
 mod importer;
+mod merge;
 pub mod mount;
 pub mod repickle;
 mod source;
@@ -53,4 +56,5 @@ pub use importer::{
     compress_data, decompress, import_sqlite_options, Importer, Progress, ProgressWatch,
     ALL_IMPORTED, IMPORT_CACHE_SIZE, KEY_LOID, KEY_LTID, KEY_TID,
 };
+pub use merge::{import_merged, MergeStats};
 pub use source::{Source, TxnPos};

@@ -1,0 +1,85 @@
+//! End-to-end replication with real processes: a storage SIGKILLed while
+//! the cluster commits, restarted on its database, catches up (its cells
+//! become UP_TO_DATE) and then serves everything alone.
+
+mod cluster_common;
+
+use std::time::{Duration, Instant};
+
+use cluster_common::*;
+use neo_proto::{Oid, ZERO_TID};
+use neo_server::client::Client;
+
+const OP: Duration = Duration::from_secs(10);
+
+/// Waits until `neoctl print pt` prints `want`.
+fn wait_pt(c: &Cluster, want: &str, timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        let (_, pt, _) = c.neoctl(&["print", "pt"]);
+        if pt.ends_with(want) {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "partition table still:\n{pt}\nwanted:\n{want}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn restarted_storage_catches_up() {
+    let mut c = Cluster::new("replication", 2);
+    c.replicas = 1;
+    c.start_all();
+    c.bootstrap();
+    wait_pt(&c, "S1 R UUUU\nS2 R UUUU\n", OP);
+    let rt = runtime();
+    let a = rt
+        .block_on(within(OP, "connect", Client::connect(c.client_config())))
+        .expect("client");
+    let mut expected = Vec::new();
+    rt.block_on(within(OP, "first writes", async {
+        for i in 0..6u64 {
+            let data = format!("object {i}").into_bytes();
+            let t = commit(&a, "first", &[(Oid(i), ZERO_TID, &data)])
+                .await
+                .expect("commit");
+            expected.push((t, data));
+        }
+    }));
+    if let Some(s) = c.storages[0].as_mut() {
+        s.kill();
+    }
+    wait_pt(&c, "S1 D OOOO\nS2 R UUUU\n", OP);
+    rt.block_on(within(OP, "writes while S1 is down", async {
+        let data = b"object 0, second revision".to_vec();
+        let t = commit(&a, "second", &[(Oid(0), expected[0].0, &data)])
+            .await
+            .expect("commit");
+        expected[0] = (t, data);
+        for i in 6..40u64 {
+            let data = format!("object {i}").into_bytes();
+            let t = commit(&a, "while down", &[(Oid(i), ZERO_TID, &data)])
+                .await
+                .expect("commit");
+            expected.push((t, data));
+        }
+    }));
+    c.start_storage(0);
+    wait_pt(&c, "S1 R UUUU\nS2 R UUUU\n", Duration::from_secs(30));
+    // S1 alone serves everything.
+    if let Some(s) = c.storages[1].as_mut() {
+        s.kill();
+    }
+    wait_pt(&c, "S1 R UUUU\nS2 D OOOO\n", OP);
+    rt.block_on(within(OP, "reads from the restarted storage", async {
+        for (i, (t, data)) in expected.iter().enumerate() {
+            let r = a.load(Oid(i as u64)).await.expect("load");
+            assert_eq!((&r.serial, &r.data), (t, data), "oid {i}");
+        }
+        a.close().await;
+    }));
+    assert_eq!(c.state(), "RUNNING");
+}

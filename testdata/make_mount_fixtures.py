@@ -4,6 +4,7 @@
 usage (from the repository root, after scripts/setup-test-env.sh):
 
     .venv/bin/python testdata/make_mount_fixtures.py [OUTDIR]
+    .venv/bin/python testdata/make_mount_fixtures.py --read-pids < HEX_LINES
 
 Writes:
   mount_main.fs   the main database: a PersistentMapping root holding a few
@@ -208,6 +209,12 @@ def pid_json(pid):
 
 
 def main():
+    if sys.argv[1:] == ["--read-pids"]:
+        # Oracle mode for the tests: one hex record per stdin line, one
+        # JSON line of the persistent ids zodbpickle reads in it.
+        for line in sys.stdin:
+            print(json.dumps(read_pids(bytes.fromhex(line.strip()))))
+        return
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.abspath(__file__))
     clock = FakeClock(1704067200.0)
     saved = ZODB.BaseStorage.time

@@ -195,7 +195,9 @@ impl<B: Backend> Importer<B> {
         if config.sources.len() > 1 {
             return Err(ImportError::Unsupported {
                 what: format!(
-                    "{}: several source databases (mountpoints) are not supported yet",
+                    "{}: several source databases (mountpoints): the live Importer takes \
+                     one; import them with neo_importer::import_merged into a destination \
+                     that is not in service yet",
                     config.path.display()
                 ),
             });

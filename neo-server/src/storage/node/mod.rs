@@ -663,7 +663,7 @@ impl<B: Backend> StorageNode<B> {
                     log::debug!("master connection failed: {error}");
                     self.master_failed(out);
                 } else if self.replicator.owns(conn) {
-                    self.replication_closed(&error, out);
+                    self.replication_closed(conn, &error, out);
                 }
             }
             Event::Accepted { conn, peer } => {
@@ -681,7 +681,7 @@ impl<B: Backend> StorageNode<B> {
                 }
                 _ if self.replicator.owns(conn) => {
                     let why = error.unwrap_or_else(|| "connection closed".into());
-                    self.replication_closed(&why, out);
+                    self.replication_closed(conn, &why, out);
                 }
                 _ => self.forget_conn(conn, out),
             },
@@ -745,7 +745,7 @@ impl<B: Backend> StorageNode<B> {
             _ => {}
         }
         if self.replicator.owns(conn) {
-            return self.replication_packet(packet, out);
+            return self.replication_packet(conn, packet, out);
         }
         let Some(&peer) = self.conns.get(&conn) else {
             return; // a connection we dropped

@@ -86,6 +86,9 @@ pub(super) struct Replicator {
     /// AskUnfinishedTransactions in flight: id -> partitions.
     asked: BTreeMap<u32, Vec<u32>>,
     current: Option<Current>,
+    /// An identified connection kept between partitions: `(source, conn)`
+    /// (NEO reuses it for the next partition from the same node).
+    idle: Option<(NodeId, ConnId)>,
     retry_armed: bool,
     /// How many records a fetch asks (tests: small chunks).
     fetch_count: Option<u32>,
@@ -95,6 +98,7 @@ impl Replicator {
     /// Whether `conn` is our replication connection.
     pub(super) fn owns(&self, conn: ConnId) -> bool {
         self.current.as_ref().is_some_and(|c| c.conn == conn)
+            || self.idle.is_some_and(|(_, c)| c == conn)
     }
 
     /// Whether `id` is one of our AskUnfinishedTransactions.
@@ -117,6 +121,9 @@ impl<B: Backend> StorageNode<B> {
     pub(super) fn replication_reset(&mut self, out: &mut Outbox) {
         if let Some(c) = self.replicator.current.take() {
             out.close(c.conn);
+        }
+        if let Some((_, conn)) = self.replicator.idle.take() {
+            out.close(conn);
         }
         let (retry_armed, fetch_count) = (self.replicator.retry_armed, self.replicator.fetch_count);
         self.replicator = Replicator {
@@ -265,7 +272,15 @@ impl<B: Backend> StorageNode<B> {
             part.target = None;
         }
         log::info!("replicating partition {partition} ({next_tid}..={max_tid}) from {source}");
-        let conn = out.connect(addr, TOKEN_REPLICATION);
+        let reuse = match self.replicator.idle.take() {
+            Some((nid, conn)) if nid == source => Some(conn),
+            Some((_, conn)) => {
+                out.close(conn);
+                None
+            }
+            None => None,
+        };
+        let conn = reuse.unwrap_or_else(|| out.connect(addr, TOKEN_REPLICATION));
         self.replicator.current = Some(Current {
             partition,
             conn,
@@ -274,23 +289,36 @@ impl<B: Backend> StorageNode<B> {
             min_tid: next_tid,
             max_tid,
         });
+        if reuse.is_some() {
+            if let Err(e) = self.ask_fetch_transactions(next_tid, true, out) {
+                self.replication_failed(e, out);
+            }
+        }
     }
 
     /// A running storage node with a readable cell of `partition`.
     fn replication_source(&mut self, partition: u32) -> Option<(NodeId, SocketAddr)> {
         let cells = self.db.partition_table().ok()?;
-        cells
+        let candidates: Vec<(NodeId, SocketAddr)> = cells
             .into_iter()
             .filter(|&(p, nid, s)| {
                 p == partition && Some(NodeId(nid)) != self.nid && s.is_readable()
             })
-            .find_map(|(_, nid, _)| {
+            .filter_map(|(_, nid, _)| {
                 let n = self.nodes.get(&NodeId(nid))?;
                 if n.node_type != NodeType::Storage || n.state != NodeState::Running {
                     return None;
                 }
                 Some((NodeId(nid), n.address?))
             })
+            .collect();
+        // The node we are connected to, if it can.
+        let linked = self.replicator.idle.map(|(nid, _)| nid);
+        candidates
+            .iter()
+            .find(|(nid, _)| Some(*nid) == linked)
+            .or(candidates.first())
+            .copied()
     }
 
     fn arm_replication_retry(&mut self, out: &mut Outbox) {
@@ -343,22 +371,32 @@ impl<B: Backend> StorageNode<B> {
         c.step = Step::Identifying(id);
     }
 
-    /// The replication connection failed or closed.
-    pub(super) fn replication_closed(&mut self, why: &str, out: &mut Outbox) {
-        if let Some(c) = self.replicator.current.take() {
-            // Already closed: do not close again, but requeue.
-            self.replicator.current = Some(c);
+    /// A replication connection failed or closed.
+    pub(super) fn replication_closed(&mut self, conn: ConnId, why: &str, out: &mut Outbox) {
+        if self.replicator.idle.is_some_and(|(_, c)| c == conn) {
+            self.replicator.idle = None;
+        } else {
             self.replication_abort(why, out);
         }
     }
 
-    /// A packet on the replication connection.
-    pub(super) fn replication_packet(&mut self, packet: Packet, out: &mut Outbox) {
-        if let Err(e) = self.replication_packet_inner(packet, out) {
-            match e {
-                Fail::Db(e) => self.fatal(e, out),
-                Fail::Protocol(m) | Fail::NotReady(m) => self.replication_abort(&m, out),
+    /// A packet on a replication connection.
+    pub(super) fn replication_packet(&mut self, conn: ConnId, packet: Packet, out: &mut Outbox) {
+        if self.replicator.idle.is_some_and(|(_, c)| c == conn) {
+            if !matches!(packet.body, Body::Ping(_) | Body::Pong(_)) {
+                log::debug!("{} on an idle replication connection", packet.body.name());
             }
+            return;
+        }
+        if let Err(e) = self.replication_packet_inner(packet, out) {
+            self.replication_failed(e, out);
+        }
+    }
+
+    fn replication_failed(&mut self, e: Fail, out: &mut Outbox) {
+        match e {
+            Fail::Db(e) => self.fatal(e, out),
+            Fail::Protocol(m) | Fail::NotReady(m) => self.replication_abort(&m, out),
         }
     }
 
@@ -547,7 +585,8 @@ impl<B: Backend> StorageNode<B> {
         let Some(c) = self.replicator.current.take() else {
             return Ok(());
         };
-        out.close(c.conn);
+        // Kept for the next partition.
+        self.replicator.idle = Some((c.source, c.conn));
         self.db.update_cell_tid(c.partition, c.max_tid)?;
         self.db.commit()?;
         let Some(part) = self.replicator.parts.get_mut(&c.partition) else {

@@ -480,3 +480,38 @@ fn error_code(b: &Body) -> Option<ErrorCode> {
         _ => None,
     }
 }
+
+/// Stores to a replicating partition take no lock; once it is replicated,
+/// the pending transaction holds the lock and a younger one waits.
+#[test]
+fn lockless_stores_are_locked_once_replicated() {
+    use super::txn::{LockError, StoreData, TxnManager};
+    use crate::storage::CellState;
+    use crate::storage::MemoryBackend;
+    let mut db = MemoryBackend::new(false);
+    db.set_nid(1).unwrap();
+    let cells = [(0, 1, CellState::UpToDate), (1, 1, CellState::OutOfDate)];
+    db.change_partition_table(1, 0, &cells, true, ZERO_TID)
+        .unwrap();
+    let mut tm = TxnManager::new();
+    let (a, b) = (Tid(100), Tid(200));
+    tm.register(NodeId(-536_870_911), a);
+    tm.register(NodeId(-536_870_910), b);
+    let data = StoreData {
+        compression: 0,
+        checksum: Some(make_checksum(b"x")),
+        data: b"x".to_vec(),
+    };
+    tm.set_replicating([1].into(), 2);
+    // Oid 3 is in partition 1: no lock, no conflict check.
+    tm.store_object(&mut db, a, Tid(42), Oid(3), &data, None)
+        .unwrap();
+    assert_eq!(tm.locking_tid(Oid(3)), None);
+    tm.set_replicating([].into(), 2);
+    assert_eq!(tm.locking_tid(Oid(3)), Some(a));
+    let r = tm.store_object(&mut db, b, Tid(42), Oid(3), &data, None);
+    assert!(
+        matches!(r, Err(LockError::Delay { key, .. }) if key == b),
+        "{r:?}"
+    );
+}

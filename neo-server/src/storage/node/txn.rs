@@ -126,8 +126,23 @@ impl TxnManager {
     /// Sets the partitions being replicated (NEO's `replicating` /
     /// `replicated`): stores and checks of their oids are taken without
     /// lock nor conflict check (we may lack data; a readable cell checks).
+    /// Partitions that leave the set are replicated: the oids stored there
+    /// without lock by pending transactions get locked now (by the
+    /// youngest storer), as NEO's `_notifyReplicated` does.
     pub fn set_replicating(&mut self, partitions: BTreeSet<u32>, np: u32) {
-        self.replicating = (partitions, np);
+        let (old, old_np) = std::mem::replace(&mut self.replicating, (partitions, np));
+        if old_np == 0 {
+            return;
+        }
+        for (&ttid, t) in self.txns.iter() {
+            for &oid in t.serial_dict.keys() {
+                let p = (oid.0 % u64::from(old_np)) as u32;
+                if old.contains(&p) && !self.replicating.0.contains(&p) {
+                    let lock = self.store_locks.entry(oid).or_insert(ttid);
+                    *lock = (*lock).max(ttid);
+                }
+            }
+        }
     }
 
     /// The transaction `ttid`, if registered.

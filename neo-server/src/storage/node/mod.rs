@@ -925,11 +925,12 @@ impl<B: Backend> StorageNode<B> {
             }
             Body::AbortTransaction(a) => {
                 self.abort_transaction(a.ttid, out);
+                self.replication_txn_finished(a.ttid, None, out);
                 Ok(())
             }
             Body::NotifyTransactionFinished(n) => {
                 self.abort_transaction(n.ttid, out);
-                self.replication_txn_finished(n.ttid, n.max_tid, out);
+                self.replication_txn_finished(n.ttid, Some(n.max_tid), out);
                 Ok(())
             }
             Body::Ping(_) => {

@@ -515,3 +515,51 @@ fn lockless_stores_are_locked_once_replicated() {
         "{r:?}"
     );
 }
+
+/// The transaction a restarted storage waits for is aborted: the
+/// partitions it already replicated are done all the same.
+#[test]
+fn awaited_transaction_aborted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(dir.path(), 2, 2);
+    let nid2 = c.node(2).nid().unwrap();
+    let c1 = c.connect(1);
+    let c2 = c.connect(2);
+    let t1 = c.commit(&[c1, c2], &[(0, ZERO_TID, b"a0")]);
+    let i2 = c.index(2);
+    c.sim.kill(i2);
+    c.sim.advance(ms(100));
+    let t2 = c.commit(&[c1], &[(0, t1, b"a1"), (1, ZERO_TID, b"b0")]);
+    let pending = c.store(&[c1], &[(2, ZERO_TID, b"never")]);
+    let old = open(dir.path(), 99);
+    drop(std::mem::replace(c.sim.node_mut::<Sql>(i2).db_mut(), old));
+    let s2 = c
+        .sim
+        .add(Some(storage_addr(2)), storage(2, open(dir.path(), 2)));
+    c.storages.retain(|s| s.0 != 2);
+    c.storages.push((2, s2));
+    c.sim.advance(ms(300));
+    assert_eq!(c.node(2).replicating(), vec![0, 1]);
+    let mconn = c.mconn;
+    c.sim.poke::<Peer>(c.client, |_, out| {
+        out.notify(
+            mconn,
+            AbortTransaction {
+                ttid: pending,
+                uuid_list: vec![],
+            },
+        )
+    });
+    c.sim.advance(ms(300));
+    assert!(c.node(2).replicating().is_empty());
+    assert!(
+        c.cells(nid2)
+            .iter()
+            .all(|s| *s == Some(neo_proto::CellState::UpToDate)),
+        "{:?}",
+        c.cells(nid2)
+    );
+    let c2 = c.connect(2);
+    assert_eq!(c.load(c2, 0), (t2, b"a1".to_vec()));
+    assert_eq!(c.load(c2, 1), (t2, b"b0".to_vec()));
+}

@@ -228,19 +228,38 @@ impl<B: Backend> StorageNode<B> {
         self.next_partition(out);
     }
 
-    /// NotifyTransactionFinished (`transactionFinished`): a transaction
-    /// we waited for is over; replicate up to `max_tid`.
-    pub(super) fn replication_txn_finished(&mut self, ttid: Tid, max_tid: Tid, out: &mut Outbox) {
+    /// NotifyTransactionFinished, or AbortTransaction without `max_tid`
+    /// (`transactionFinished`): a transaction we waited for is over;
+    /// replicate up to `max_tid`. A partition already replicated whose
+    /// last awaited transactions were aborted is done.
+    pub(super) fn replication_txn_finished(
+        &mut self,
+        ttid: Tid,
+        max_tid: Option<Tid>,
+        out: &mut Outbox,
+    ) {
         if !self.replicator.ttids.remove(&ttid) {
             return;
         }
         let min_ttid = self.replicator.ttids.iter().next().copied();
-        for part in self.replicator.parts.values_mut() {
-            if let Some(m) = part.max_ttid {
-                part.target = Some(max_tid);
-                if min_ttid.is_none_or(|min| m < min) {
-                    part.max_ttid = None;
+        let current = self.replicator.current.as_ref().map(|c| c.partition);
+        let mut done = Vec::new();
+        for (&offset, part) in self.replicator.parts.iter_mut() {
+            let Some(m) = part.max_ttid else { continue };
+            if max_tid.is_some() {
+                part.target = max_tid;
+            }
+            if min_ttid.is_none_or(|min| m < min) {
+                part.max_ttid = None;
+                if part.target.is_none() && current != Some(offset) && part.next_tid > Tid(0) {
+                    done.push((offset, Tid(part.next_tid.0 - 1)));
                 }
+            }
+        }
+        if let Some(master) = self.master_conn() {
+            for (offset, tid) in done {
+                log::info!("partition {offset} replicated (awaited transactions aborted)");
+                out.notify(master, NotifyReplicationDone { offset, tid });
             }
         }
         self.next_partition(out);

@@ -1,6 +1,7 @@
 //! End-to-end replication with real processes: a storage SIGKILLed while
 //! the cluster commits, restarted on its database, catches up (its cells
-//! become UP_TO_DATE) and then serves everything alone.
+//! become UP_TO_DATE) and then serves everything alone; a storage added
+//! with `neoctl add` + `tweak` replicates the partitions it gets.
 
 mod cluster_common;
 
@@ -82,4 +83,81 @@ fn restarted_storage_catches_up() {
         a.close().await;
     }));
     assert_eq!(c.state(), "RUNNING");
+}
+
+/// Waits until `neoctl print pt` satisfies `ok`; returns it.
+fn wait_pt_until(c: &Cluster, ok: impl Fn(&str) -> bool, timeout: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let (_, pt, _) = c.neoctl(&["print", "pt"]);
+        if ok(&pt) {
+            return pt;
+        }
+        assert!(start.elapsed() < timeout, "partition table still:\n{pt}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn added_storage_replicates_its_partitions() {
+    let mut c = Cluster::new("tweak", 3);
+    c.replicas = 1;
+    c.start_master();
+    c.start_storage(0);
+    c.start_storage(1);
+    c.start_admin();
+    c.bootstrap();
+    wait_pt(&c, "S1 R UUUU\nS2 R UUUU\n", OP);
+    let rt = runtime();
+    let a = rt
+        .block_on(within(OP, "connect", Client::connect(c.client_config())))
+        .expect("client");
+    let mut expected = Vec::new();
+    rt.block_on(within(OP, "writes", async {
+        for i in 0..20u64 {
+            let data = format!("object {i}").into_bytes();
+            let t = commit(&a, "w", &[(Oid(i), ZERO_TID, &data)])
+                .await
+                .expect("commit");
+            expected.push((t, data));
+        }
+    }));
+    c.start_storage(2);
+    let start = Instant::now();
+    loop {
+        let (code, _, _) = c.neoctl(&["add", "S3"]);
+        if code == 0 {
+            break;
+        }
+        assert!(start.elapsed() < OP, "neoctl add S3 keeps failing");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, out, err) = c.neoctl(&["tweak"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // Replicated: S3 has UP_TO_DATE cells, nothing is OUT_OF_DATE or
+    // FEEDING any more.
+    let pt = wait_pt_until(
+        &c,
+        |pt| {
+            pt.lines()
+                .any(|l| l.starts_with("S3 R ") && l.contains('U'))
+                && !pt
+                    .lines()
+                    .skip(1)
+                    .any(|l| l.contains('O') || l.contains('F'))
+        },
+        Duration::from_secs(30),
+    );
+    // S1 dies: S3 serves the partitions it shared with S1.
+    if let Some(s) = c.storages[0].as_mut() {
+        s.kill();
+    }
+    wait_pt_until(&c, |pt| pt.contains("S1 D "), OP);
+    rt.block_on(within(OP, "reads without S1", async {
+        for (i, (t, data)) in expected.iter().enumerate() {
+            let r = a.load(Oid(i as u64)).await.expect("load");
+            assert_eq!((&r.serial, &r.data), (t, data), "oid {i}; pt was:\n{pt}");
+        }
+        a.close().await;
+    }));
 }

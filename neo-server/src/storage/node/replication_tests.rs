@@ -75,6 +75,11 @@ fn storage(n: u16, db: SqliteBackend) -> Sql {
 impl Cluster {
     /// A master with `np` partitions and one replica, storages 1..=`n`.
     fn new(dir: &Path, np: u32, n: u16) -> Cluster {
+        Cluster::with_replicas(dir, np, n, 1)
+    }
+
+    /// A master with `np` partitions and `replicas`, storages 1..=`n`.
+    fn with_replicas(dir: &Path, np: u32, n: u16, replicas: u32) -> Cluster {
         let mut sim = Sim::new();
         let m = sim.add(
             Some(master_addr()),
@@ -82,7 +87,7 @@ impl Cluster {
                 cluster: "test".into(),
                 address: Address::new("127.0.0.1", 32000),
                 partitions: np,
-                replicas: 1,
+                replicas,
                 autostart: Some(n.into()),
                 nid: None,
             })
@@ -562,4 +567,59 @@ fn awaited_transaction_aborted() {
     let c2 = c.connect(2);
     assert_eq!(c.load(c2, 0), (t2, b"a1".to_vec()));
     assert_eq!(c.load(c2, 1), (t2, b"b0".to_vec()));
+}
+
+/// The source dies between two rounds (its kept connection closes): the
+/// next round is fetched from another readable storage.
+#[test]
+fn another_source_after_the_first_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::with_replicas(dir.path(), 2, 3, 2);
+    let nid3 = c.node(3).nid().unwrap();
+    let c1 = c.connect(1);
+    let c2 = c.connect(2);
+    let c3 = c.connect(3);
+    let t1 = c.commit(&[c1, c2, c3], &[(0, ZERO_TID, b"a0")]);
+    let i3 = c.index(3);
+    c.sim.kill(i3);
+    c.sim.advance(ms(100));
+    let t2 = c.commit(&[c1, c2], &[(0, t1, b"a1")]);
+    let pending = c.store(&[c1, c2], &[(1, ZERO_TID, b"b0")]);
+    let old = open(dir.path(), 99);
+    drop(std::mem::replace(c.sim.node_mut::<Sql>(i3).db_mut(), old));
+    let s3 = c
+        .sim
+        .add(Some(storage_addr(3)), storage(3, open(dir.path(), 3)));
+    c.storages.retain(|s| s.0 != 3);
+    c.storages.push((3, s3));
+    c.sim.advance(ms(300));
+    // First round done, the connection to its source kept.
+    assert_eq!(c.node(3).replicating(), vec![0, 1]);
+    let source = c
+        .node(3)
+        .replicator
+        .idle_source()
+        .expect("a kept connection");
+    let dead = if source == c.node(1).nid().unwrap() {
+        1
+    } else {
+        2
+    };
+    let i = c.index(dead);
+    c.sim.kill(i);
+    c.sim.advance(ms(100));
+    assert!(c.node(3).replicator.idle_source().is_none());
+    let t3 = c.finish(pending, &[1]);
+    c.sim.advance(ms(300));
+    assert!(c.node(3).replicating().is_empty());
+    assert!(
+        c.cells(nid3)
+            .iter()
+            .all(|s| *s == Some(neo_proto::CellState::UpToDate)),
+        "{:?}",
+        c.cells(nid3)
+    );
+    let c3 = c.connect(3);
+    assert_eq!(c.load(c3, 0), (t2, b"a1".to_vec()));
+    assert_eq!(c.load(c3, 1), (t3, b"b0".to_vec()));
 }

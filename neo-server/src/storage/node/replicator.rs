@@ -110,6 +110,12 @@ impl Replicator {
         self.fetch_count.unwrap_or(FETCH_COUNT)
     }
 
+    /// The source of the connection kept between partitions, if any.
+    #[cfg(test)]
+    pub(super) fn idle_source(&self) -> Option<NodeId> {
+        self.idle.map(|(nid, _)| nid)
+    }
+
     /// Partitions still to replicate.
     pub(super) fn outdated(&self) -> Vec<u32> {
         self.parts.keys().copied().collect()

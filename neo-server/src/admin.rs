@@ -531,30 +531,6 @@ pub fn summary_text(
     s
 }
 
-/// Days since 1970-01-01 of a civil date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The civil date of a day number since 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 /// NEO's `str(datetimeFromTID(tid))`: `YYYY-MM-DD HH:MM:SS[.ffffff]`.
 pub fn datetime_from_tid(tid: Tid) -> String {
     let mut high = tid.0 >> 32;
@@ -578,32 +554,9 @@ pub fn datetime_from_tid(tid: Tid) -> String {
     s
 }
 
-/// NEO's `tidFromTime`: the tid of a UNIX time (UTC).
-pub fn tid_from_time(t: f64) -> Tid {
-    let secs = t.floor() as i64;
-    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
-    let sod = secs.rem_euclid(86_400);
-    let (hour, minute, second) = (sod / 3600, sod / 60 % 60, sod % 60);
-    let high = ((((y - 1900) * 12 + m - 1) * 31 + d - 1) * 24 + hour) * 60 + minute;
-    let low = ((second as f64 + (t - t.floor())) / (60.0 / 4_294_967_296.0)) as u64;
-    Tid(((high as u64) << 32) | low.min(0xffff_ffff))
-}
-
-/// The UNIX time of a tid (NEO's `timeFromTID`).
-pub fn time_from_tid(tid: Tid) -> f64 {
-    let mut high = (tid.0 >> 32) as i64;
-    let low = tid.0 & 0xffff_ffff;
-    let minute = high % 60;
-    high /= 60;
-    let hour = high % 24;
-    high /= 24;
-    let day = high % 31 + 1;
-    high /= 31;
-    let month = high % 12 + 1;
-    let year = high / 12 + 1900;
-    let days = days_from_civil(year, month, day);
-    (days * 86_400 + hour * 3600 + minute * 60) as f64 + low as f64 * (60.0 / 4_294_967_296.0)
-}
+/// NEO's `tidFromTime` and `timeFromTID` (for `neoctl`), from the master's
+/// tid module.
+pub use crate::master::{tid_from_time, time_from_tid};
 
 #[cfg(test)]
 mod tests {

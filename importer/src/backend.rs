@@ -31,7 +31,7 @@ use fsformat::{DataHeader, Oid, Tid, TxnStatus};
 use neo_server::storage::{
     make_checksum, serial_range_check, Backend, Checksum, DataId, DbError, DbResult, DropStep,
     HeldData, ObjectRecord, ObjectRef, PackOrder, PackScope, PartitionView, PtChange, PtRow,
-    SerialRangeCheck, TidRangeCheck, TransactionRecord, TxnMeta, MAX_TID, ZERO_HASH,
+    SerialRangeCheck, TidRangeCheck, TransactionRecord, TxnMeta, MAX_TID,
 };
 
 use crate::importer::{decompress, Importer};
@@ -784,18 +784,7 @@ impl<B: Backend> Backend for Importer<B> {
             return self.db.check_tid_range(partition, length, min_tid, max_tid);
         }
         let tids = self.replication_tid_list(min_tid, max_tid, length, partition)?;
-        Ok(match tids.last() {
-            None => TidRangeCheck {
-                count: 0,
-                hash: ZERO_HASH,
-                max_tid: Tid::ZERO,
-            },
-            Some(&last) => TidRangeCheck {
-                count: tids.len() as u64,
-                hash: neo_server::storage::hash_decimal_list(tids.iter().map(|t| t.0)),
-                max_tid: last,
-            },
-        })
+        Ok(TidRangeCheck::of(&tids))
     }
 
     fn check_serial_range(

@@ -1535,18 +1535,7 @@ impl Backend for SqliteBackend {
         max_tid: Tid,
     ) -> DbResult<TidRangeCheck> {
         let tids = self.replication_tid_list(min_tid, max_tid, length, partition)?;
-        Ok(match tids.last() {
-            None => TidRangeCheck {
-                count: 0,
-                hash: ZERO_HASH,
-                max_tid: Tid::ZERO,
-            },
-            Some(&last) => TidRangeCheck {
-                count: tids.len() as u64,
-                hash: hash_decimal_list(tids.iter().map(|t| t.0)),
-                max_tid: last,
-            },
-        })
+        Ok(TidRangeCheck::of(&tids))
     }
 
     fn check_serial_range(

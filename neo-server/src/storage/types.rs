@@ -252,6 +252,24 @@ pub struct TidRangeCheck {
     pub max_tid: Tid,
 }
 
+impl TidRangeCheck {
+    /// The check of these tids (in ascending order), as NEO computes it.
+    pub fn of(tids: &[Tid]) -> TidRangeCheck {
+        match tids.last() {
+            None => TidRangeCheck {
+                count: 0,
+                hash: ZERO_HASH,
+                max_tid: Tid::ZERO,
+            },
+            Some(&last) => TidRangeCheck {
+                count: tids.len() as u64,
+                hash: hash_decimal_list(tids.iter().map(|t| t.0)),
+                max_tid: last,
+            },
+        }
+    }
+}
+
 /// [`Backend::check_serial_range`](super::Backend::check_serial_range)'s answer (in NEO's order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SerialRangeCheck {

@@ -31,7 +31,7 @@ use fsformat::{DataHeader, Oid, Tid, TxnStatus};
 use neo_server::storage::{
     make_checksum, serial_range_check, Backend, Checksum, DataId, DbError, DbResult, DropStep,
     HeldData, ObjectRecord, ObjectRef, PackOrder, PackScope, PartitionView, PtChange, PtRow,
-    SerialRangeCheck, TidRangeCheck, TransactionRecord, TxnMeta, MAX_TID,
+    SerialRangeCheck, TransactionRecord, TxnMeta, MAX_TID,
 };
 
 use crate::importer::{decompress, Importer};
@@ -771,20 +771,6 @@ impl<B: Backend> Backend for Importer<B> {
             );
         }
         Ok(out)
-    }
-
-    fn check_tid_range(
-        &mut self,
-        partition: u32,
-        length: Option<u64>,
-        min_tid: Tid,
-        max_tid: Tid,
-    ) -> DbResult<TidRangeCheck> {
-        if self.finished {
-            return self.db.check_tid_range(partition, length, min_tid, max_tid);
-        }
-        let tids = self.replication_tid_list(min_tid, max_tid, length, partition)?;
-        Ok(TidRangeCheck::of(&tids))
     }
 
     fn check_serial_range(

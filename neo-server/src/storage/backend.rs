@@ -313,7 +313,10 @@ pub trait Backend {
         length: Option<u64>,
         min_tid: Tid,
         max_tid: Tid,
-    ) -> DbResult<TidRangeCheck>;
+    ) -> DbResult<TidRangeCheck> {
+        let tids = self.replication_tid_list(min_tid, max_tid, length, partition)?;
+        Ok(TidRangeCheck::of(&tids))
+    }
 
     /// Digest of the `(serial, oid)` of `obj` in a partition, as NEO
     /// computes it (`checkSerialRange`).

@@ -1998,17 +1998,6 @@ impl Backend for MysqlBackend {
         Ok(rows.into_iter().map(|(t, o)| (Tid(t), Oid(o))).collect())
     }
 
-    fn check_tid_range(
-        &mut self,
-        partition: u32,
-        length: Option<u64>,
-        min_tid: Tid,
-        max_tid: Tid,
-    ) -> DbResult<TidRangeCheck> {
-        let tids = self.replication_tid_list(min_tid, max_tid, length, partition)?;
-        Ok(TidRangeCheck::of(&tids))
-    }
-
     fn check_serial_range(
         &mut self,
         partition: u32,

@@ -1527,17 +1527,6 @@ impl Backend for SqliteBackend {
         Ok(out)
     }
 
-    fn check_tid_range(
-        &mut self,
-        partition: u32,
-        length: Option<u64>,
-        min_tid: Tid,
-        max_tid: Tid,
-    ) -> DbResult<TidRangeCheck> {
-        let tids = self.replication_tid_list(min_tid, max_tid, length, partition)?;
-        Ok(TidRangeCheck::of(&tids))
-    }
-
     fn check_serial_range(
         &mut self,
         partition: u32,

@@ -1,8 +1,9 @@
-//! End-to-end: real `neomaster`, `neostorage` (SQLite) and `neoadmin`
+//! End-to-end: real `neomaster`, `neostorage` (SQLite and MySQL) and `neoadmin`
 //! processes, `neoctl`, and the Rust client. Bootstrap with `neoctl start`,
 //! commit / load / loadBefore / conflict / iterate, stop with STOPPING and
 //! restart (the cluster starts by itself and finds everything), a wrong
-//! cluster name, and a storage SIGKILLed right after a commit.
+//! cluster name, and a storage SIGKILLed right after a commit; each on
+//! SQLite and on MySQL (`sqlite::` / `mysql::`).
 
 mod cluster_common;
 
@@ -15,9 +16,10 @@ use neo_server::client::{Client, ClientError};
 
 const OP: Duration = Duration::from_secs(10);
 
-#[test]
-fn bootstrap_commit_stop_restart() {
-    let mut c = Cluster::new("lifecycle", 1);
+fn bootstrap_commit_stop_restart(db: Db) {
+    let Some(mut c) = Cluster::on(db, "lifecycle", 1) else {
+        return;
+    };
     c.start_all();
     c.wait_state("RECOVERING", STEP);
     let (code, nodes, err) = c.neoctl(&["print", "node", "storage"]);
@@ -127,9 +129,10 @@ fn bootstrap_commit_stop_restart() {
     }));
 }
 
-#[test]
-fn wrong_cluster_name_is_refused() {
-    let mut c = Cluster::new("wrongname", 1);
+fn wrong_cluster_name_is_refused(db: Db) {
+    let Some(mut c) = Cluster::on(db, "wrongname", 1) else {
+        return;
+    };
     c.start_all();
     c.wait_state("RECOVERING", STEP);
     let rt = runtime();
@@ -175,9 +178,10 @@ fn wrong_cluster_name_is_refused() {
     assert_eq!(c.state(), "RECOVERING");
 }
 
-#[test]
-fn storage_killed_right_after_commit_keeps_it() {
-    let mut c = Cluster::new("sigkill", 1);
+fn storage_killed_right_after_commit_keeps_it(db: Db) {
+    let Some(mut c) = Cluster::on(db, "sigkill", 1) else {
+        return;
+    };
     c.start_all();
     c.bootstrap();
     let rt = runtime();
@@ -229,3 +233,9 @@ fn storage_killed_right_after_commit_keeps_it() {
         survivor.close().await;
     }));
 }
+
+backend_tests!(
+    bootstrap_commit_stop_restart,
+    wrong_cluster_name_is_refused,
+    storage_killed_right_after_commit_keeps_it
+);

@@ -1,6 +1,7 @@
 //! End-to-end: `neoctl`'s commands and their output (NEO's formats, which
 //! users' scripts parse) against real daemons, and the Rust client's
 //! invalidations and undo through a real master and storage.
+//! Every scenario runs on SQLite and on MySQL (`sqlite::` / `mysql::`).
 
 mod cluster_common;
 
@@ -16,9 +17,10 @@ fn ok(c: &Cluster, args: &[&str]) -> String {
     out
 }
 
-#[test]
-fn neoctl_commands_and_outputs() {
-    let mut c = Cluster::new("neoctl", 2);
+fn neoctl_commands_and_outputs(db: Db) {
+    let Some(mut c) = Cluster::on(db, "neoctl", 2) else {
+        return;
+    };
     c.start_master();
     c.start_storage(0);
     c.start_admin();
@@ -163,3 +165,5 @@ fn neoctl_commands_and_outputs() {
         "ERROR: not connected\n"
     );
 }
+
+backend_tests!(neoctl_commands_and_outputs);

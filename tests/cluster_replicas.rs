@@ -2,6 +2,7 @@
 //! to one storage, metadata on another: AskStoreTransaction there,
 //! AskVoteTransaction here), and with one replica (every write goes to
 //! both; reads fail over when one storage is SIGKILLed).
+//! Every scenario runs on SQLite and on MySQL (`sqlite::` / `mysql::`).
 
 mod cluster_common;
 
@@ -35,9 +36,10 @@ async fn write_and_check(a: &Client, n: u64) -> Vec<Tid> {
     tids
 }
 
-#[test]
-fn two_storages_split_partitions() {
-    let mut c = Cluster::new("split", 2);
+fn two_storages_split_partitions(db: Db) {
+    let Some(mut c) = Cluster::on(db, "split", 2) else {
+        return;
+    };
     c.start_all();
     c.bootstrap();
     let (_, pt, _) = c.neoctl(&["print", "pt"]);
@@ -52,9 +54,10 @@ fn two_storages_split_partitions() {
     }));
 }
 
-#[test]
-fn one_replica_survives_a_storage_kill() {
-    let mut c = Cluster::new("replica", 2);
+fn one_replica_survives_a_storage_kill(db: Db) {
+    let Some(mut c) = Cluster::on(db, "replica", 2) else {
+        return;
+    };
     c.replicas = 1;
     c.start_all();
     c.bootstrap();
@@ -83,3 +86,8 @@ fn one_replica_survives_a_storage_kill() {
     }));
     assert_eq!(c.state(), "RUNNING");
 }
+
+backend_tests!(
+    two_storages_split_partitions,
+    one_replica_survives_a_storage_kill
+);

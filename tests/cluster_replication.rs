@@ -2,6 +2,7 @@
 //! the cluster commits, restarted on its database, catches up (its cells
 //! become UP_TO_DATE) and then serves everything alone; a storage added
 //! with `neoctl add` + `tweak` replicates the partitions it gets.
+//! Every scenario runs on SQLite and on MySQL (`sqlite::` / `mysql::`).
 
 mod cluster_common;
 
@@ -29,9 +30,10 @@ fn wait_pt(c: &Cluster, want: &str, timeout: Duration) {
     }
 }
 
-#[test]
-fn restarted_storage_catches_up() {
-    let mut c = Cluster::new("replication", 2);
+fn restarted_storage_catches_up(db: Db) {
+    let Some(mut c) = Cluster::on(db, "replication", 2) else {
+        return;
+    };
     c.replicas = 1;
     c.start_all();
     c.bootstrap();
@@ -98,9 +100,10 @@ fn wait_pt_until(c: &Cluster, ok: impl Fn(&str) -> bool, timeout: Duration) -> S
     }
 }
 
-#[test]
-fn added_storage_replicates_its_partitions() {
-    let mut c = Cluster::new("tweak", 3);
+fn added_storage_replicates_its_partitions(db: Db) {
+    let Some(mut c) = Cluster::on(db, "tweak", 3) else {
+        return;
+    };
     c.replicas = 1;
     c.start_master();
     c.start_storage(0);
@@ -161,3 +164,8 @@ fn added_storage_replicates_its_partitions() {
         a.close().await;
     }));
 }
+
+backend_tests!(
+    restarted_storage_catches_up,
+    added_storage_replicates_its_partitions
+);

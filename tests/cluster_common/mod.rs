@@ -1,8 +1,9 @@
 //! A NEO cluster of real processes for the `tests/cluster_*.rs` tests: one
-//! `neomaster`, SQLite `neostorage`s and one `neoadmin` on free 127.0.0.1
-//! ports, their databases and logs in a [`TestDir`], `neoctl` to drive
-//! them and the Rust client to use them. Every wait has a timeout and the
-//! daemons are killed when the cluster is dropped.
+//! `neomaster`, `neostorage`s on SQLite or MySQL ([`Db`]) and one
+//! `neoadmin` on free 127.0.0.1 ports, their databases and logs in a
+//! [`TestDir`], `neoctl` to drive them and the Rust client to use them.
+//! Every wait has a timeout and the daemons are killed when the cluster is
+//! dropped. [`backend_tests!`] runs a scenario on both databases.
 
 #![allow(dead_code)] // each test file uses a different subset
 
@@ -51,6 +52,36 @@ pub struct Cluster {
     pub mysql: Option<MysqlDbs>,
     /// Last so that the daemons die before their directory goes.
     pub dir: TestDir,
+}
+
+/// The storage nodes' database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Db {
+    /// The embedded default: one SQLite file per storage in the test dir.
+    Sqlite,
+    /// One fresh database per storage on the private MariaDB server of
+    /// `scripts/mysql-test-server.sh`.
+    Mysql,
+}
+
+/// Declares `sqlite::NAME` and `mysql::NAME` tests for each scenario
+/// `fn NAME(db: Db)` of the test file.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() {
+                super::$name($crate::cluster_common::Db::Sqlite)
+            })*
+        }
+        mod mysql {
+            $(#[test]
+            fn $name() {
+                super::$name($crate::cluster_common::Db::Mysql)
+            })*
+        }
+    };
 }
 
 /// Fresh MySQL databases, one per storage, on the private test server of
@@ -125,6 +156,17 @@ impl Cluster {
             mysql: None,
             dir: TestDir::new(test),
         }
+    }
+
+    /// [`Cluster::new`] with its storages on `db`; `None` (the test is
+    /// skipped, with a notice) when MySQL is asked for and no test server
+    /// is configured outside CI.
+    pub fn on(db: Db, test: &str, storages: usize) -> Option<Cluster> {
+        let mut c = Cluster::new(test, storages);
+        if db == Db::Mysql {
+            c.mysql = Some(MysqlDbs::create(test, storages)?);
+        }
+        Some(c)
     }
 
     pub fn master_addr(&self) -> SocketAddr {

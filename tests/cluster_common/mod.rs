@@ -50,6 +50,8 @@ pub struct Cluster {
     pub replicas: u32,
     /// Storages on MySQL instead of SQLite (see [`MysqlDbs::create`]).
     pub mysql: Option<MysqlDbs>,
+    /// TLS between every node, neoctl and the client (see [`Pki::write`]).
+    pub tls: Option<Pki>,
     /// Last so that the daemons die before their directory goes.
     pub dir: TestDir,
 }
@@ -154,6 +156,7 @@ impl Cluster {
             admin: None,
             replicas: 0,
             mysql: None,
+            tls: None,
             dir: TestDir::new(test),
         }
     }
@@ -192,6 +195,7 @@ impl Cluster {
             "-r".into(),
             self.replicas.to_string(),
         ];
+        let args = self.with_tls(args);
         self.master = Some(Daemon::spawn(
             "master",
             self.dir.path(),
@@ -224,7 +228,7 @@ impl Cluster {
             ]),
             None => args.extend(["-d".into(), self.storage_db(i).display().to_string()]),
         }
-        args
+        self.with_tls(args)
     }
 
     pub fn start_storage(&mut self, i: usize) {
@@ -240,14 +244,22 @@ impl Cluster {
     }
 
     pub fn admin_args(&self, cluster: &str) -> Vec<String> {
-        vec![
+        self.with_tls(vec![
             "-c".into(),
             cluster.into(),
             "-m".into(),
             self.masters_arg(),
             "-b".into(),
             self.admin_addr().to_string(),
-        ]
+        ])
+    }
+
+    /// `args` followed by NEO's `--ca/--cert/--key` when the cluster uses TLS.
+    pub fn with_tls(&self, mut args: Vec<String>) -> Vec<String> {
+        if let Some(pki) = &self.tls {
+            args.extend(pki.args());
+        }
+        args
     }
 
     pub fn start_admin(&mut self) {
@@ -282,6 +294,7 @@ impl Cluster {
         let out = Command::new(&self.bins.neoctl)
             .arg("-a")
             .arg(self.admin_addr().to_string())
+            .args(self.with_tls(Vec::new()))
             .args(args)
             .output()
             .expect("run neoctl");
@@ -361,7 +374,64 @@ impl Cluster {
         let mut cfg = ClientConfig::new(vec![self.master_addr()], &self.name);
         cfg.connect_timeout = STEP;
         cfg.request_timeout = Some(STEP);
+        cfg.tls = self.tls.as_ref().map(Pki::config);
         cfg
+    }
+}
+
+/// A certificate authority and one node certificate signed by it, as PEM
+/// files in a test directory (every node, neoctl and the client use the
+/// same certificate, which NEO allows: peers are checked against the CA).
+pub struct Pki {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Pki {
+    /// Generates the CA and the node certificate into `dir`.
+    pub fn write(dir: &std::path::Path) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let key = KeyPair::generate().expect("node key");
+        let cert = CertificateParams::new(vec!["node.neo".to_owned()])
+            .expect("node params")
+            .signed_by(&key, &ca, &ca_key)
+            .expect("node certificate");
+        let pki = Pki {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        };
+        std::fs::write(&pki.ca, ca.pem()).expect("write ca.pem");
+        std::fs::write(&pki.cert, cert.pem()).expect("write cert.pem");
+        std::fs::write(&pki.key, key.serialize_pem()).expect("write key.pem");
+        pki
+    }
+
+    pub fn args(&self) -> Vec<String> {
+        let p = |p: &PathBuf| p.display().to_string();
+        vec![
+            "--ca".into(),
+            p(&self.ca),
+            "--cert".into(),
+            p(&self.cert),
+            "--key".into(),
+            p(&self.key),
+        ]
+    }
+
+    pub fn config(&self) -> neo_proto::tls::TlsConfig {
+        neo_proto::tls::TlsConfig::from_pem_files(&self.ca, &self.cert, &self.key)
+            .expect("TLS configuration from the test PEM files")
     }
 }
 

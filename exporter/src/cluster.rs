@@ -6,10 +6,10 @@
 //! The transactions of a batch are read concurrently (one task each on a
 //! tokio runtime), so requests to different storage nodes overlap.
 //!
-//! Known difference with the offline sources: the client reports a record
-//! with no data as "creation undone" without its `value_tid`, so an undo
-//! pointing at a deletion is written as backpointer 0 (same loads, but
-//! ZODB's iterator shows no `data_txn` for it).
+//! Records are read with [`Client::load_record`]: the data as stored
+//! (decompressed later by the export's own thread) and `data_serial`, also
+//! for a record without data, so an undo pointing at a deletion keeps its
+//! backpointer exactly as the offline sources give it.
 
 use fsformat::Tid;
 use neo_proto::ErrorCode;
@@ -77,9 +77,9 @@ async fn read_txn(client: Client, tid: Tid) -> Result<Option<SourceTxn>, SourceE
     };
     let mut records = Vec::with_capacity(info.oids.len());
     for &oid in &info.oids {
-        let (data, value_tid) = match client.load_serial(oid, tid).await {
-            Ok(r) => (Some((0u8, r.data)), r.data_serial),
-            Err(ClientError::CreationUndone { .. }) => (None, None),
+        // Compressed as stored: the export's own thread decompresses.
+        let (data, value_tid) = match client.load_record(oid, tid).await {
+            Ok(r) => (r.data, r.data_serial),
             // Listed but not written: only checked (checkCurrentSerial).
             Err(ClientError::NotFound { .. }) => continue,
             Err(e) => {

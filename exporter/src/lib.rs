@@ -1,5 +1,5 @@
 //! `neo-export`: a NEO cluster or a storage node's database back to a
-//! valid `Data.fs` (issue 6).
+//! valid `Data.fs`, and `neomigrate` both ways (issue 6).
 //!
 //! - [`source`]: the [`Source`] trait (committed transactions in tid
 //!   order) and [`BackendSource`] over the storage layer's `Backend`
@@ -10,6 +10,8 @@
 //!   client (`neo-export --masters/--cluster`);
 //! - [`export`](mod@export): the engine, resumable and incremental, on top
 //!   of fsformat's writer;
+//! - [`migrate`]: [`import_fs`], a `Data.fs` committed into a cluster
+//!   through the client with its tids (the other half of `neomigrate`);
 //! - [`progress`]: progress bar and log lines;
 //! - [`error`](mod@error): the [`ExportError`] type.
 
@@ -18,6 +20,7 @@
 pub mod cluster;
 pub mod error;
 pub mod export;
+pub mod migrate;
 pub mod progress;
 pub mod source;
 pub mod sqlite;
@@ -25,5 +28,6 @@ pub mod sqlite;
 pub use cluster::ClusterSource;
 pub use error::ExportError;
 pub use export::{export, ExportOptions, NoProgress, Progress, Summary, MAX_TID};
+pub use migrate::{import_fs, MigrateError};
 pub use source::{BackendSource, Source, SourceError, SourceRecord, SourceTxn};
 pub use sqlite::SqliteSource;

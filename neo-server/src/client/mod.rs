@@ -29,6 +29,7 @@
 //! [`ClientError::Conflict`]), a cache.
 
 mod error;
+mod import;
 mod txn;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -52,6 +53,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use error::ClientError;
+pub use import::{ImportData, ImportRecord, Preindex, RawRecord};
 pub use txn::{Transaction, TxnMeta};
 
 /// The result of client operations.

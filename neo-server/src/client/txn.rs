@@ -61,13 +61,16 @@ impl Transaction {
 impl Client {
     /// Starts a transaction (`AskBeginTransaction`).
     pub async fn tpc_begin(&self, meta: TxnMeta) -> Result<Transaction> {
+        self.begin_with(meta, None).await
+    }
+
+    /// `AskBeginTransaction` with the tid asked by the caller, if any (NEO's
+    /// `tpc_begin(..., tid)`; see `Client::tpc_begin_at` in `import.rs`).
+    pub(super) async fn begin_with(&self, meta: TxnMeta, tid: Option<Tid>) -> Result<Transaction> {
         if self.inner.cfg.read_only {
             return Err(ClientError::ReadOnly);
         }
-        match self
-            .ask_master_again(AskBeginTransaction { tid: None })
-            .await?
-        {
+        match self.ask_master_again(AskBeginTransaction { tid }).await? {
             Body::AnswerBeginTransaction(a) => Ok(Transaction {
                 ttid: a.ttid,
                 meta,

@@ -141,6 +141,9 @@ pub struct Master {
     /// Set by `neoctl truncate` until the storages truncated.
     truncate_tid: Option<Tid>,
     packs: BTreeMap<Tid, PackEntry>,
+    /// WaitForPack requests answered once their pack is completed:
+    /// (conn, id) by pack id (NEO's `Pack.waitForPack`).
+    pack_waiters: BTreeMap<Tid, Vec<(ConnId, u32)>>,
     /// AskBeginTransaction delayed until storages are ready: (conn, id, tid).
     delayed_begins: VecDeque<(ConnId, u32, Option<Tid>)>,
     stopping: bool,
@@ -193,6 +196,7 @@ impl Master {
             max_completed: None,
             truncate_tid: None,
             packs: BTreeMap::new(),
+            pack_waiters: BTreeMap::new(),
             delayed_begins: VecDeque::new(),
             stopping: false,
         })
@@ -940,6 +944,9 @@ impl Master {
 
     fn conn_closed(&mut self, out: &mut Outbox, conn: ConnId) {
         self.pending_asks.remove(&conn);
+        for w in self.pack_waiters.values_mut() {
+            w.retain(|&(c, _)| c != conn);
+        }
         if self.accepted.remove(&conn) {
             return;
         }
@@ -1046,6 +1053,7 @@ impl Master {
                 let done = self.tm.storage_lost(nid);
                 self.committed(out, done);
                 self.update_completed_pack();
+                self.answer_pack_waiters(out);
                 if !self.operational(&BTreeSet::new()) {
                     self.stopped_operation(out);
                     return;
@@ -1247,6 +1255,7 @@ impl Master {
                 self.completed_pack.insert(nid, n.pack_id);
                 if self.state == ClusterState::Running {
                     self.update_completed_pack();
+                    self.answer_pack_waiters(out);
                 }
             }
             Body::AskPackOrders(a) => {
@@ -1258,6 +1267,12 @@ impl Master {
                     self.storage_readiness += 1;
                     self.storage_ready.insert(nid, self.storage_readiness);
                     log::info!("storage {nid} ready");
+                    // NEO's setStorageReady: the signed pack orders, to
+                    // process those left.
+                    let (approved, rejected) = self.approved_rejected(ZERO_TID);
+                    if !approved.is_empty() || !rejected.is_empty() {
+                        self.send(out, nid, p::NotifyPackSigned { approved, rejected });
+                    }
                     self.executed_queued(out);
                 }
             }
@@ -1422,6 +1437,34 @@ impl Master {
         }
     }
 
+    /// Answers the WaitForPack of the packs that are not pending anymore
+    /// (NEO's `Pack.completed`).
+    fn answer_pack_waiters(&mut self, out: &mut Outbox) {
+        let done: Vec<Tid> = self
+            .pack_waiters
+            .keys()
+            .filter(|t| !self.packs.contains_key(t))
+            .copied()
+            .collect();
+        for t in done {
+            for (conn, id) in self.pack_waiters.remove(&t).unwrap_or_default() {
+                out.answer(conn, id, p::WaitedForPack {});
+            }
+        }
+    }
+
+    /// NEO's `getApprovedRejected(min_tid)`: the last completed pack and
+    /// the approved orders from `min`, and the rejected ones.
+    fn approved_rejected(&self, min: Tid) -> (Vec<Tid>, Vec<Tid>) {
+        let rejected = self
+            .packs
+            .range(min..)
+            .filter(|(_, e)| e.1 == Some(false))
+            .map(|(t, _)| *t)
+            .collect();
+        (self.approved_packs(min), rejected)
+    }
+
     /// NEO's `getApprovedRejected(min_tid)[0]`: approved packs from `min`.
     fn approved_packs(&self, min: Tid) -> Vec<Tid> {
         let mut approved: Vec<Tid> = self
@@ -1513,7 +1556,13 @@ impl Master {
                 let pack_list = self.dump_packs(a.pack_id, false);
                 out.answer(conn, id, p::AnswerPackOrders { pack_list });
             }
-            Body::WaitForPack(_) => out.answer(conn, id, p::WaitedForPack {}),
+            Body::WaitForPack(a) => {
+                if self.packs.contains_key(&a.tid) {
+                    self.pack_waiters.entry(a.tid).or_default().push((conn, id));
+                } else {
+                    out.answer(conn, id, p::WaitedForPack {});
+                }
+            }
             other => return Some(other),
         }
         None

@@ -24,9 +24,11 @@
 //!
 //! Served to other storage nodes: replication sources and checks
 //! (`serve.rs`). Our own replication of out-of-date cells: `replicator.rs`.
-//! Not here yet: backup, pack.
+//! Pack orders are executed in the background (`pack.rs`).
+//! Not here yet: backup.
 
 mod client;
+mod pack;
 mod replicator;
 mod serve;
 pub mod txn;
@@ -55,6 +57,7 @@ use neo_proto::{
 use crate::runtime::{ConnId, Event, Node, Outbox};
 use crate::storage::{Backend, CellState, DbError};
 
+use self::pack::Packer;
 use self::replicator::Replicator;
 use self::txn::{StoreData, TxnError, TxnManager};
 
@@ -309,6 +312,8 @@ pub struct StorageNode<B: Backend> {
     id_timestamp: Option<f64>,
     /// Replication of our out-of-date cells.
     replicator: Replicator,
+    /// Execution of pack orders.
+    packer: Packer,
 }
 
 impl<B: Backend> fmt::Debug for StorageNode<B> {
@@ -402,6 +407,7 @@ impl<B: Backend> StorageNode<B> {
             exit: ExitReport::default(),
             id_timestamp: None,
             replicator: Replicator::default(),
+            packer: Packer::default(),
         })
     }
 
@@ -539,6 +545,7 @@ impl<B: Backend> StorageNode<B> {
         self.read_queue.clear();
         self.ident_queue.clear();
         self.tm = TxnManager::new();
+        self.pack_reset();
     }
 
     /// Closes everything and stops the node (clean exit).
@@ -719,6 +726,9 @@ impl<B: Backend> StorageNode<B> {
             Event::Timer {
                 token: replicator::TIMER_REPLICATE,
             } => self.replication_timer(out),
+            Event::Timer {
+                token: pack::TIMER_PACK,
+            } => self.pack_timer(out),
             Event::Timer { .. } => {}
         }
     }
@@ -863,11 +873,13 @@ impl<B: Backend> StorageNode<B> {
                     .iter()
                     .map(|&(p, nid, s)| (p, nid.0, db_state(s)))
                     .collect();
+                let were_outdated = self.outdated_partitions()?;
                 self.apply_pt(n.ptid, n.num_replicas, &cells, false)?;
                 if self.operational {
                     // Discarded partitions may have released locks.
                     self.execute_queued(out);
                     self.replication_update(out)?;
+                    self.pack_cells_changed(&were_outdated, out)?;
                 }
                 Ok(())
             }
@@ -900,15 +912,9 @@ impl<B: Backend> StorageNode<B> {
                 out.answer(conn, id, AnswerPackOrders { pack_list: list });
                 Ok(())
             }
-            Body::NotifyPackSigned(n) => {
-                if !self.cfg.disable_pack {
-                    self.db.sign_pack_orders(&n.approved, &n.rejected)?;
-                    self.db.commit()?;
-                }
-                if let Some(&max) = n.approved.iter().max() {
-                    self.last_pack_id = self.last_pack_id.max(max);
-                }
-                Ok(())
+            Body::NotifyPackSigned(n) => Ok(self.pack_signed(&n.approved, &n.rejected, out)?),
+            Body::AnswerPackOrders(a) if self.packer.asked(id) => {
+                Ok(self.pack_orders_answered(a.pack_list, out)?)
             }
             Body::NotifyRepair(n) => {
                 let orphans = self.db.orphan_data()?;
@@ -1055,6 +1061,7 @@ impl<B: Backend> StorageNode<B> {
                 log::info!("operational: serving clients");
                 self.arm_background(Duration::ZERO, out);
                 self.replication_update(out)?;
+                self.maybe_pack(None, None, out)?;
                 Ok(())
             }
             body => Err(Fail::Protocol(format!(

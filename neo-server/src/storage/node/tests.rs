@@ -52,6 +52,10 @@ impl Node for Peer {
 
 type Mem = StorageNode<MemoryBackend>;
 
+// Pack scenarios use the helpers above.
+#[path = "pack_tests.rs"]
+mod pack_tests;
+
 pub(super) fn config() -> StorageConfig {
     StorageConfig {
         cluster: "test".into(),

@@ -16,8 +16,6 @@
 //! `trans.oids` without a record was only checked, not written; a record
 //! whose oid is not listed is an inconsistency).
 
-use std::collections::HashMap;
-
 use fsformat::{Oid, Tid};
 use neo_server::storage::{from_sql, split_oids, to_sql, DbError, SqliteBackend};
 use rusqlite::params;
@@ -128,13 +126,9 @@ impl SqliteSource {
         Ok(out)
     }
 
-    fn obj_rows(
-        &self,
-        min: i64,
-        max: i64,
-    ) -> Result<HashMap<(u64, u64), SourceRecord>, SourceError> {
+    fn obj_rows(&self, min: i64, max: i64) -> Result<Vec<(u64, SourceRecord)>, SourceError> {
         let conn = self.db.connection();
-        let mut out = HashMap::new();
+        let mut out = Vec::new();
         for p in 0..self.np {
             let ctx = || format!("reading objects of partition {p}");
             let mut stmt = conn
@@ -191,14 +185,14 @@ impl SqliteSource {
                     .map(|v| from_sql(v, "value_tid").map(Tid))
                     .transpose()
                     .map_err(db(ctx))?;
-                out.insert(
-                    (tid, oid),
+                out.push((
+                    tid,
                     SourceRecord {
                         oid: Oid(oid),
                         data,
                         value_tid,
                     },
-                );
+                ));
             }
         }
         Ok(out)
@@ -233,13 +227,39 @@ impl Source for SqliteSource {
         };
         let hi = to_sql(last.tid, "tid").map_err(db(ctx))?;
         let mut objs = self.obj_rows(smin, hi)?;
+        // Sorted by (tid, oid): each partition's scan already is (the
+        // index order), so this only merges partitions.
+        objs.sort_unstable_by_key(|(t, r)| (*t, r.oid));
+        let orphan = |tid: u64, oid: Oid| SourceError::Inconsistent {
+            what: format!(
+                "object {oid} has a record in {} that the transaction does not list \
+                 (or that transaction is missing)",
+                Tid(tid)
+            ),
+        };
+        let mut rows = objs.into_iter().peekable();
         let mut out = Vec::with_capacity(trans.len());
+        let mut run: Vec<(Oid, Option<SourceRecord>)> = Vec::new();
         for t in trans {
+            // The records of t, sorted by oid.
+            run.clear();
+            while let Some((tid, r)) = rows.next_if(|(tid, _)| *tid <= t.tid) {
+                if tid < t.tid {
+                    return Err(orphan(tid, r.oid));
+                }
+                run.push((r.oid, Some(r)));
+            }
             let oids = split_oids(t.tid, &t.oids).map_err(db(ctx))?;
-            let records = oids
-                .iter()
-                .filter_map(|o| objs.remove(&(t.tid, o.0)))
-                .collect();
+            let mut records = Vec::with_capacity(run.len());
+            for o in &oids {
+                let found = run.binary_search_by_key(o, |(oid, _)| *oid);
+                if let Some(r) = found.ok().and_then(|i| run[i].1.take()) {
+                    records.push(r);
+                }
+            }
+            if let Some(r) = run.iter().find_map(|(_, r)| r.as_ref()) {
+                return Err(orphan(t.tid, r.oid));
+            }
             out.push(SourceTxn {
                 tid: Tid(t.tid),
                 user: t.user,
@@ -249,15 +269,8 @@ impl Source for SqliteSource {
                 records,
             });
         }
-        if let Some(&(tid, oid)) = objs.keys().min() {
-            return Err(SourceError::Inconsistent {
-                what: format!(
-                    "object {} has a record in {} that the transaction does not list \
-                     (or that transaction is missing)",
-                    Oid(oid),
-                    Tid(tid)
-                ),
-            });
+        if let Some((tid, r)) = rows.next() {
+            return Err(orphan(tid, r.oid));
         }
         Ok(out)
     }

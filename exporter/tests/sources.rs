@@ -76,3 +76,40 @@ fn missing_partitions_are_refused() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn records_their_transaction_does_not_list_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = dir.path().join("src.fs");
+    synthetic(&fs, 20);
+    let mut db = new_db(&dir.path().join("db.sqlite"), 2);
+    assert_eq!(load(&fs, &mut db, LoadOptions::default()), 20);
+    let mut src = SqliteSource::new(db).unwrap();
+    let all = src.tids(Tid(0), Tid(u64::MAX >> 1), 100).unwrap();
+    assert_eq!(src.transactions(all[0], all[19], 100).unwrap().len(), 20);
+    let db = src.into_inner();
+    // The first oid of a transaction's list dropped: its record is unlisted.
+    let (t5, t9) = (all[5].0 as i64, all[9].0 as i64);
+    db.connection()
+        .execute("UPDATE trans SET oids = substr(oids, 9) WHERE tid = ?", [t5])
+        .unwrap();
+    let mut src = SqliteSource::new(db).unwrap();
+    let e = src.transactions(all[0], all[19], 100).unwrap_err();
+    assert!(
+        matches!(&e, SourceError::Inconsistent { what } if what.contains(&all[5].to_string())),
+        "{e}"
+    );
+    // A transaction gone, its records left (read after the one above).
+    let db = src.into_inner();
+    db.connection()
+        .execute("DELETE FROM trans WHERE tid = ?", [t9])
+        .unwrap();
+    let mut src = SqliteSource::new(db).unwrap();
+    let e = src.transactions(all[6], all[19], 100).unwrap_err();
+    assert!(
+        matches!(&e, SourceError::Inconsistent { what } if what.contains(&all[9].to_string())),
+        "{e}"
+    );
+    // Before the hole, the batch is fine.
+    assert_eq!(src.transactions(all[6], all[8], 100).unwrap().len(), 3);
+}

@@ -1,8 +1,9 @@
-//! `neomaster`: the NEO master node (always primary: no election yet).
+//! `neomaster`: the NEO master node; with other masters (`-m`), the primary
+//! is elected among them and the others wait as secondaries to take over.
 //!
 //! Options as NEO's (`neo/master/app.py`): `-c` cluster, `-b` bind
-//! (default `127.0.0.1:10000`), `-m` other masters (only this one is
-//! supported), `-A` autostart, `-r` replicas, `-p` partitions, `-i` node id,
+//! (default `127.0.0.1:10000`), `-m` the masters of the cluster (ours may
+//! be listed), `-A` autostart, `-r` replicas, `-p` partitions, `-i` node id,
 //! `-f`/`-s` configuration file and section (default section `master`),
 //! `-l` log file, `--ca/--cert/--key` TLS. The backup options (`-C`, `-M`,
 //! `-B`) are accepted and refused when set.
@@ -128,9 +129,6 @@ fn run(m: &ArgMatches) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let others =
         parse_master_list(get("masters").unwrap_or_default()).map_err(|e| e.to_string())?;
-    if others.iter().any(|a| *a != bind) {
-        log::warn!("other masters are ignored: this master is always the primary one");
-    }
     let nid = get("nid")
         .map(|s| parse_nid(s, NodeType::Master))
         .transpose()?;
@@ -150,7 +148,9 @@ fn run(m: &ArgMatches) -> Result<(), String> {
         autostart: m.get_one::<usize>("autostart").copied(),
         nid,
     };
-    let node = Master::new(cfg).map_err(|e| e.to_string())?;
+    let node = Master::new(cfg)
+        .map_err(|e| e.to_string())?
+        .with_masters(others);
     info!("listening on {local}");
     let handle = runtime::spawn(node, Some(listener), tls).map_err(|e| e.to_string())?;
     handle.join();

@@ -9,18 +9,24 @@
 //!
 //! It follows NEO's master (neo/master/*.py) and the recorded conversations
 //! in `shared/neo-protocol/conversations` (01 bootstrap, 02 clients, 03
-//! shutdown, 06 storage down, 07 admin) for the order and arguments of the
-//! packets. There is no election: this master is always the primary one.
+//! shutdown, 06 storage down, 07 admin, 08 two masters) for the order and
+//! arguments of the packets. With other masters ([`Master::with_masters`])
+//! the primary is elected and the others play the secondary role
+//! ([`election`]).
 
+mod election;
 mod tid;
 mod txn;
 
+#[cfg(test)]
+mod election_tests;
 #[cfg(test)]
 mod replay;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use fsformat::Tid;
@@ -33,6 +39,7 @@ use crate::nodes::{Node as NodeEntry, NodeTable};
 use crate::pt::{CellChange, PartitionTable, PtError};
 use crate::runtime::{ConnId, Event, Node, Outbox};
 
+pub use election::ELECTION_RETRY;
 pub use tid::{add_tid, tid_from_time, time_from_tid};
 pub use txn::{TransactionManager, Txn, TxnError};
 
@@ -147,6 +154,15 @@ pub struct Master {
     /// AskBeginTransaction delayed until storages are ready: (conn, id, tid).
     delayed_begins: VecDeque<(ConnId, u32, Option<Tid>)>,
     stopping: bool,
+    /// The other masters (`--masters` but us, then those learnt).
+    others: Vec<SocketAddr>,
+    role: election::Role,
+    /// When we took the primary role (NEO's `app.primary`): our election
+    /// key while RECOVERING.
+    election_key: Option<f64>,
+    /// Our connections to other masters (election, or to the primary).
+    master_out: HashMap<ConnId, SocketAddr>,
+    election_timer: bool,
 }
 
 /// What an admin request was refused with.
@@ -199,7 +215,24 @@ impl Master {
             pack_waiters: BTreeMap::new(),
             delayed_begins: VecDeque::new(),
             stopping: false,
+            others: Vec::new(),
+            role: election::Role::Primary,
+            election_key: None,
+            master_out: HashMap::new(),
+            election_timer: false,
         })
+    }
+
+    /// The masters of the cluster (`--masters`; our own address is
+    /// skipped): the primary is elected among them.
+    pub fn with_masters(mut self, masters: Vec<SocketAddr>) -> Master {
+        let me = election::to_socket(&self.cfg.address);
+        for a in masters {
+            if Some(a) != me && !self.others.contains(&a) {
+                self.others.push(a);
+            }
+        }
+        self
     }
 
     /// Our node id.
@@ -410,7 +443,14 @@ impl Master {
             return;
         }
         log::info!("cluster state: {} -> {}", self.state, state);
+        let electing = self.state == ClusterState::Recovering;
         self.state = state;
+        if electing && state != ClusterState::Recovering {
+            // The election is over: we are the primary.
+            for (c, _) in std::mem::take(&mut self.master_out) {
+                out.close(c);
+            }
+        }
         for (nid, t, _) in self.identified() {
             self.send(out, nid, p::NotifyClusterInformation { state });
             if t != NodeType::Storage {
@@ -433,7 +473,7 @@ impl Master {
     /// Called after every event during recovery: starts the cluster when
     /// NEO's conditions hold.
     fn recovery_check(&mut self, out: &mut Outbox) {
-        if self.state != ClusterState::Recovering || self.stopping {
+        if self.state != ClusterState::Recovering || self.stopping || !self.is_primary() {
             return;
         }
         let mut node_list: Vec<NodeId>;
@@ -740,6 +780,7 @@ impl Master {
         self.pt = self.empty_pt.clone();
         log::info!("begin the recovery of the status");
         self.change_state(out, ClusterState::Recovering);
+        self.connect_masters(out);
     }
 
     // ---- identification ------------------------------------------------
@@ -765,6 +806,9 @@ impl Master {
     }
 
     fn identify(&mut self, out: &mut Outbox, conn: ConnId, id: u32, req: p::RequestIdentification) {
+        if !self.is_primary() {
+            return self.secondary_identify(out, conn, id, req);
+        }
         if req.name.as_ref() != self.cfg.cluster.as_bytes() {
             log::error!("reject an alien cluster");
             return self.refuse(
@@ -849,13 +893,19 @@ impl Master {
             }
             NodeType::Admin => NodeState::Running,
             NodeType::Master => {
-                return self.refuse(
-                    out,
-                    conn,
-                    id,
-                    ErrorCode::ProtocolError,
-                    "this master does not support other masters",
-                );
+                if req.address.is_none() {
+                    return self.refuse(
+                        out,
+                        conn,
+                        id,
+                        ErrorCode::ProtocolError,
+                        "master without address",
+                    );
+                }
+                if self.primary_meets_master(out, &req).is_err() {
+                    return; // it won: we follow it
+                }
+                NodeState::Running
             }
         };
         // NEO moves a known node to the address it comes from first.
@@ -929,6 +979,8 @@ impl Master {
                     self.start_storage(out, nid);
                 }
             }
+            // Secondary masters get no partition table.
+            (NodeType::Master, _) => {}
             _ => self.send_pt(out, nid),
         }
     }
@@ -964,7 +1016,14 @@ impl Master {
                 self.nodes.remove(nid);
             }
             NodeType::Storage => self.storage_lost(out, nid),
-            NodeType::Master => {}
+            NodeType::Master => {
+                if let Some(node) = self.nodes.by_nid_mut(nid) {
+                    node.state = NodeState::Down;
+                    let info = node.info();
+                    self.broadcast_nodes(out, &[info]);
+                }
+                self.connect_masters(out);
+            }
         }
     }
 
@@ -2014,6 +2073,9 @@ impl Master {
         for conn in self.accepted.drain() {
             out.close(conn);
         }
+        for (conn, _) in self.master_out.drain() {
+            out.close(conn);
+        }
         for n in self.nodes.iter_mut() {
             n.conn = None;
         }
@@ -2219,7 +2281,7 @@ impl Master {
 }
 
 impl Node for Master {
-    fn start(&mut self, _now: Instant, _out: &mut Outbox) {
+    fn start(&mut self, _now: Instant, out: &mut Outbox) {
         log::info!(
             "master {} of cluster {:?} on {} (partitions {}, replicas {})",
             self.uuid,
@@ -2229,6 +2291,7 @@ impl Node for Master {
             self.cfg.replicas
         );
         log::info!("begin the recovery of the status");
+        self.election_start(out);
     }
 
     fn handle(&mut self, _now: Instant, event: Event, out: &mut Outbox) {
@@ -2241,16 +2304,32 @@ impl Node for Master {
                     self.accepted.insert(conn);
                 }
             }
+            Event::Packet { conn, packet } if self.master_out.contains_key(&conn) => {
+                self.master_out_packet(out, conn, packet)
+            }
             Event::Packet { conn, packet } => self.packet(out, conn, packet),
             Event::Closed { conn, error } => {
                 if let Some(e) = error {
                     log::debug!("connection {conn} broken: {e}");
                 }
-                self.conn_closed(out, conn);
+                match self.master_out.remove(&conn) {
+                    Some(addr) => self.master_out_lost(out, conn, addr),
+                    None => self.conn_closed(out, conn),
+                }
             }
-            Event::Connected { conn, .. } | Event::ConnectFailed { conn, .. } => {
-                out.close(conn);
+            Event::Connected { conn, .. } if self.master_out.contains_key(&conn) => {
+                self.master_out_connected(out, conn)
             }
+            Event::ConnectFailed { conn, error, .. } => {
+                if let Some(addr) = self.master_out.remove(&conn) {
+                    log::debug!("cannot connect to master {addr}: {error}");
+                    self.master_out_lost(out, conn, addr);
+                }
+            }
+            Event::Connected { conn, .. } => out.close(conn),
+            Event::Timer {
+                token: election::TIMER_ELECTION,
+            } => self.election_timer_fired(out),
             Event::Timer { .. } => {}
         }
         self.recovery_check(out);

@@ -1,0 +1,446 @@
+//! Several masters in [`Sim`] with a real storage node (in memory), a real
+//! admin node and a scripted client: one primary is elected, the others
+//! send everybody to it, and when it dies a secondary takes over, recovers
+//! from the storage and the commits go on.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fsformat::{Oid, Tid};
+use neo_proto::{
+    self as p, Address, Body, Bytes, Checksum, ClusterState, Map, NodeId, NodeState, NodeType,
+    Packet, PacketKind, ZERO_TID,
+};
+
+use super::{Master, MasterConfig};
+use crate::admin::{Admin, AdminConfig};
+use crate::runtime::{ConnId, Event, Node, Outbox};
+use crate::sim::{ms, Sim};
+use crate::storage::node::{StorageConfig, StorageNode};
+use crate::storage::{make_checksum, MemoryBackend};
+
+const NP: u32 = 4;
+
+fn maddr(i: usize) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 32000 + i as u16))
+}
+fn saddr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 32100))
+}
+fn aaddr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 32200))
+}
+fn m(n: u32) -> NodeId {
+    NodeId::new(NodeType::Master, n)
+}
+
+/// One wall clock for every master (1 ms per reading): who starts first
+/// has the smaller election key, and tids grow across fail-overs.
+fn shared_clock(t: &Arc<AtomicU64>) -> super::Clock {
+    let t = t.clone();
+    Box::new(move || 1_795_542_385.0 + t.fetch_add(1, Ordering::Relaxed) as f64 * 1e-3)
+}
+
+/// A scripted client: records what it gets.
+#[derive(Default)]
+struct Peer {
+    conns: Vec<ConnId>,
+    inbox: Vec<(ConnId, Packet)>,
+    closed: Vec<ConnId>,
+}
+
+impl Node for Peer {
+    fn start(&mut self, _: Instant, _: &mut Outbox) {}
+    fn handle(&mut self, _: Instant, ev: Event, _: &mut Outbox) {
+        match ev {
+            Event::Connected { conn, .. } => self.conns.push(conn),
+            Event::Packet { conn, packet } => self.inbox.push((conn, packet)),
+            Event::Closed { conn, .. } => self.closed.push(conn),
+            _ => {}
+        }
+    }
+}
+
+struct World {
+    sim: Sim,
+    clock: Arc<AtomicU64>,
+    n: usize,
+    /// Sim index of each master (the latest one at that address).
+    masters: Vec<usize>,
+    storage: usize,
+    admin: usize,
+    client: usize,
+}
+
+type Mem = StorageNode<MemoryBackend>;
+
+impl World {
+    /// `n` masters started in order, then a storage and an admin that
+    /// know the masters in reverse order (so that they meet a secondary
+    /// first), then a client.
+    fn new(n: usize) -> World {
+        let _ = env_logger::builder().is_test(true).try_init();
+        let mut w = World {
+            sim: Sim::new(),
+            clock: Arc::new(AtomicU64::new(0)),
+            n,
+            masters: Vec::new(),
+            storage: 0,
+            admin: 0,
+            client: 0,
+        };
+        for i in 0..n {
+            let idx = w.add_master(i);
+            w.masters.push(idx);
+        }
+        w.sim.advance(ms(10));
+        let reversed: Vec<SocketAddr> = (0..n).rev().map(maddr).collect();
+        let scfg = StorageConfig {
+            cluster: "test".into(),
+            masters: reversed.clone(),
+            address: saddr(),
+            nid: None,
+            database: "memory".into(),
+            disable_pack: false,
+        };
+        let st = StorageNode::new(scfg, MemoryBackend::new(false)).expect("storage");
+        w.storage = w.sim.add(Some(saddr()), st);
+        let acfg = AdminConfig {
+            cluster: "test".into(),
+            masters: reversed,
+            address: aaddr(),
+            nid: None,
+        };
+        w.admin = w.sim.add(Some(aaddr()), Admin::new(acfg));
+        w.client = w.sim.add(None, Peer::default());
+        w.sim.advance(Duration::from_secs(3));
+        w
+    }
+
+    fn add_master(&mut self, i: usize) -> usize {
+        let cfg = MasterConfig {
+            cluster: "test".into(),
+            address: Address::new("127.0.0.1", maddr(i).port()),
+            partitions: NP,
+            replicas: 0,
+            autostart: Some(1),
+            nid: None,
+        };
+        let all = (0..self.n).map(maddr).collect();
+        let master = Master::with_clock(cfg, shared_clock(&self.clock))
+            .expect("config")
+            .with_masters(all);
+        self.sim.add(Some(maddr(i)), master)
+    }
+
+    fn master(&self, i: usize) -> &Master {
+        self.sim.node::<Master>(self.masters[i])
+    }
+
+    /// The indexes (in `0..n`) of the live masters playing the primary.
+    fn primaries(&self, alive: &[usize]) -> Vec<usize> {
+        alive
+            .iter()
+            .copied()
+            .filter(|&i| self.master(i).is_primary())
+            .collect()
+    }
+
+    fn storage(&self) -> &Mem {
+        self.sim.node::<Mem>(self.storage)
+    }
+
+    fn connect(&mut self, to: SocketAddr) -> ConnId {
+        self.sim.poke::<Peer>(self.client, |_, out| {
+            out.connect(to, 0);
+        });
+        self.sim.run();
+        *self
+            .sim
+            .node::<Peer>(self.client)
+            .conns
+            .last()
+            .expect("connected")
+    }
+
+    fn request(&mut self, conn: ConnId, body: impl Into<Body>) -> Body {
+        let body = body.into();
+        let mut id = 0;
+        self.sim
+            .poke::<Peer>(self.client, |_, out| id = out.ask(conn, body));
+        self.sim.run();
+        let inbox = &mut self.sim.node_mut::<Peer>(self.client).inbox;
+        let pos = inbox
+            .iter()
+            .position(|(c, p)| {
+                *c == conn
+                    && p.id == id
+                    && (matches!(p.body.kind(), PacketKind::Answer | PacketKind::Error)
+                        || matches!(p.body, Body::NotPrimaryMaster(_)))
+            })
+            .expect("an answer");
+        inbox.remove(pos).1.body
+    }
+
+    /// Identifies the client with the master at `to`: its node id and
+    /// id_timestamp.
+    fn identify(&mut self, to: SocketAddr) -> Result<(ConnId, NodeId, f64), Box<Body>> {
+        let conn = self.connect(to);
+        let req = p::RequestIdentification {
+            node_type: NodeType::Client,
+            uuid: None,
+            address: None,
+            name: Bytes::from_static(b"test"),
+            id_timestamp: None,
+            extra: Map::new(),
+        };
+        let a = self.request(conn, req);
+        let Body::AcceptIdentification(a) = a else {
+            return Err(Box::new(a));
+        };
+        let me = a.your_uuid.expect("a node id");
+        let ts = self
+            .sim
+            .node::<Peer>(self.client)
+            .inbox
+            .iter()
+            .filter(|(c, _)| *c == conn)
+            .find_map(|(_, p)| match &p.body {
+                Body::NotifyNodeInformation(n) => n
+                    .node_list
+                    .iter()
+                    .find(|i| i.uuid == Some(me))
+                    .and_then(|i| i.id_timestamp),
+                _ => None,
+            })
+            .expect("our id_timestamp");
+        Ok((conn, me, ts))
+    }
+
+    /// A client session: master and storage connections.
+    fn session(&mut self, to: SocketAddr) -> (ConnId, ConnId) {
+        let (mc, me, ts) = self.identify(to).expect("accepted by the primary");
+        let sc = self.connect(saddr());
+        let req = p::RequestIdentification {
+            node_type: NodeType::Client,
+            uuid: Some(me),
+            address: None,
+            name: Bytes::from_static(b"test"),
+            id_timestamp: Some(ts),
+            extra: Map::new(),
+        };
+        let a = self.request(sc, req);
+        assert!(matches!(a, Body::AcceptIdentification(_)), "{a:?}");
+        (mc, sc)
+    }
+
+    /// One commit like NEO's client: begin, store, vote, finish.
+    fn commit(&mut self, (mc, sc): (ConnId, ConnId), objs: &[(u64, Tid, &[u8])]) -> Tid {
+        let b = self.request(mc, p::AskBeginTransaction { tid: None });
+        let Body::AnswerBeginTransaction(b) = b else {
+            panic!("{b:?}")
+        };
+        let ttid = b.ttid;
+        for &(oid, serial, data) in objs {
+            let a = self.request(
+                sc,
+                p::AskStoreObject {
+                    oid: Oid(oid),
+                    serial,
+                    compression: 0,
+                    checksum: Checksum(make_checksum(data)),
+                    data: Bytes::copy_from_slice(data),
+                    data_serial: None,
+                    ttid,
+                },
+            );
+            assert_eq!(
+                a,
+                Body::AnswerStoreObject(p::AnswerStoreObject { conflict: None })
+            );
+        }
+        let oid_list: Vec<Oid> = objs.iter().map(|o| Oid(o.0)).collect();
+        let a = self.request(
+            sc,
+            p::AskStoreTransaction {
+                ttid,
+                user: Bytes::from_static(b"/ alice"),
+                description: Bytes::from_static(b"election"),
+                extension: Bytes::new(),
+                oid_list: oid_list.clone(),
+                pack: None,
+            },
+        );
+        assert!(matches!(a, Body::AnswerStoreTransaction(_)), "{a:?}");
+        let a = self.request(
+            mc,
+            p::AskFinishTransaction {
+                ttid,
+                oid_list,
+                deleted: vec![],
+                checked: vec![],
+                pack: None,
+            },
+        );
+        let Body::AnswerTransactionFinished(f) = a else {
+            panic!("{a:?}")
+        };
+        f.tid
+    }
+
+    fn load(&mut self, sc: ConnId, oid: u64) -> (Tid, Vec<u8>) {
+        let a = self.request(
+            sc,
+            p::AskObject {
+                oid: Oid(oid),
+                at: None,
+                before: None,
+            },
+        );
+        let Body::AnswerObject(o) = a else {
+            panic!("{a:?}")
+        };
+        (o.serial, o.data.to_vec())
+    }
+
+    fn close_session(&mut self, (mc, sc): (ConnId, ConnId)) {
+        self.sim.poke::<Peer>(self.client, |_, out| {
+            out.close(mc);
+            out.close(sc);
+        });
+        self.sim.run();
+    }
+}
+
+/// What a secondary answers to an identification: the primary's address.
+fn redirect(body: &Body) -> Option<SocketAddr> {
+    let Body::NotPrimaryMaster(n) = body else {
+        return None;
+    };
+    let i = n.primary? as usize;
+    super::election::to_socket(n.known_master_list.get(i)?)
+}
+
+#[test]
+fn two_masters_elect_one_primary_and_send_everybody_to_it() {
+    let mut w = World::new(2);
+    assert_eq!(w.primaries(&[0, 1]), vec![0], "the first started wins");
+    assert_eq!(w.master(1).primary_address(), Some(maddr(0)));
+    // NEO's ids: the primary keeps M1, the secondary gets M2.
+    assert_eq!((w.master(0).uuid(), w.master(1).uuid()), (m(1), m(2)));
+    // The storage and the admin asked the secondary first.
+    assert_eq!(w.master(0).cluster_state(), ClusterState::Running);
+    assert!(w.storage().is_operational());
+    assert!(w.sim.node::<Admin>(w.admin).is_connected());
+    // The primary knows both masters; the secondary learnt them.
+    for i in 0..2 {
+        let masters: Vec<_> = w
+            .master(i)
+            .nodes()
+            .iter()
+            .filter(|n| n.node_type == NodeType::Master)
+            .map(|n| (n.nid, n.state))
+            .collect();
+        assert_eq!(masters.len(), 2, "{masters:?}");
+        assert!(masters.iter().all(|(_, s)| *s == NodeState::Running));
+    }
+    // A client at the secondary is sent to the primary, then closed.
+    let a = w.identify(maddr(1)).expect_err("refused by the secondary");
+    assert_eq!(redirect(&a), Some(maddr(0)), "{a:?}");
+    let last = *w.sim.node::<Peer>(w.client).conns.last().expect("conn");
+    assert!(w.sim.node::<Peer>(w.client).closed.contains(&last));
+    let s = w.session(maddr(0));
+    let tid = w.commit(s, &[(0, ZERO_TID, b"root")]);
+    assert_eq!(w.load(s.1, 0), (tid, b"root".to_vec()));
+    // Stable: no new election while both live.
+    w.sim.advance(Duration::from_secs(10));
+    assert_eq!(w.primaries(&[0, 1]), vec![0]);
+    assert_eq!(w.master(0).cluster_state(), ClusterState::Running);
+}
+
+/// Kills the primary `dead`; checks that exactly one of `alive` takes
+/// over and that the cluster runs again. Returns the new primary.
+fn fail_over(w: &mut World, dead: usize, alive: &[usize]) -> usize {
+    w.sim.kill(w.masters[dead]);
+    w.sim.advance(Duration::from_secs(5));
+    let p = w.primaries(alive);
+    assert_eq!(p.len(), 1, "one primary among {alive:?}: {p:?}");
+    let p = p[0];
+    assert_eq!(w.master(p).cluster_state(), ClusterState::Running);
+    for &i in alive.iter().filter(|&&i| i != p) {
+        assert_eq!(w.master(i).primary_address(), Some(maddr(p)), "master {i}");
+    }
+    assert!(w.storage().is_operational());
+    // The dead one is DOWN in the new primary's table.
+    let dead_entry = w
+        .master(p)
+        .nodes()
+        .iter()
+        .find(|n| n.address == Some(Address::new("127.0.0.1", maddr(dead).port())))
+        .map(|n| n.state);
+    assert_eq!(dead_entry, Some(NodeState::Down));
+    assert!(w.sim.node::<Admin>(w.admin).is_connected());
+    p
+}
+
+#[test]
+fn primary_killed_a_secondary_takes_over_and_a_restarted_master_follows() {
+    let mut w = World::new(2);
+    let s = w.session(maddr(0));
+    let t1 = w.commit(s, &[(0, ZERO_TID, b"root"), (1, ZERO_TID, b"a1")]);
+    let t2 = w.commit(s, &[(1, t1, b"a2")]);
+    w.close_session(s);
+    let p = fail_over(&mut w, 0, &[1]);
+    assert_eq!(p, 1);
+    // Nothing acknowledged is lost, and commits go on with greater tids.
+    let s = w.session(maddr(1));
+    let last = w.request(s.0, p::AskLastTransaction {});
+    assert_eq!(
+        last,
+        Body::AnswerLastTransaction(p::AnswerLastTransaction { tid: t2 })
+    );
+    assert_eq!(w.load(s.1, 0), (t1, b"root".to_vec()));
+    assert_eq!(w.load(s.1, 1), (t2, b"a2".to_vec()));
+    let t3 = w.commit(s, &[(1, t2, b"a3"), (2, ZERO_TID, b"b1")]);
+    assert!(t3 > t2);
+    assert_eq!(w.load(s.1, 1), (t3, b"a3".to_vec()));
+    // The old primary restarts: it joins as a secondary.
+    let again = w.add_master(0);
+    w.masters[0] = again;
+    w.sim.advance(Duration::from_secs(3));
+    assert_eq!(w.primaries(&[0, 1]), vec![1]);
+    assert_eq!(w.master(0).primary_address(), Some(maddr(1)));
+    assert_eq!(w.master(1).cluster_state(), ClusterState::Running);
+    let a = w.identify(maddr(0)).expect_err("refused by the secondary");
+    assert_eq!(redirect(&a), Some(maddr(1)), "{a:?}");
+    let t4 = w.commit(s, &[(2, t3, b"b2")]);
+    assert_eq!(w.load(s.1, 2), (t4, b"b2".to_vec()));
+}
+
+#[test]
+fn three_masters_survive_two_fail_overs() {
+    let mut w = World::new(3);
+    assert_eq!(w.primaries(&[0, 1, 2]), vec![0]);
+    assert_eq!(w.master(2).primary_address(), Some(maddr(0)));
+    let mut uuids: Vec<NodeId> = (0..3).map(|i| w.master(i).uuid()).collect();
+    uuids.sort();
+    uuids.dedup();
+    assert_eq!(uuids.len(), 3, "distinct node ids");
+    let mut s = w.session(maddr(0));
+    let mut serial = w.commit(s, &[(0, ZERO_TID, b"v0")]);
+    w.close_session(s);
+    let p = fail_over(&mut w, 0, &[1, 2]);
+    s = w.session(maddr(p));
+    assert_eq!(w.load(s.1, 0), (serial, b"v0".to_vec()));
+    serial = w.commit(s, &[(0, serial, b"v1")]);
+    w.close_session(s);
+    let other = if p == 1 { 2 } else { 1 };
+    let q = fail_over(&mut w, p, &[other]);
+    assert_eq!(q, other);
+    s = w.session(maddr(q));
+    assert_eq!(w.load(s.1, 0), (serial, b"v1".to_vec()));
+    let t = w.commit(s, &[(0, serial, b"v2")]);
+    assert!(t > serial);
+}

@@ -10,6 +10,10 @@
 //! Lists of nodes in NotifyNodeInformation are compared as sets (NEO
 //! iterates a Python set there).
 //!
+//! 08-two-masters is replayed both ways: our master as the elected one
+//! (every frame master2 sent), and as the secondary (its identification
+//! with master2 and the NotPrimaryMaster it sends to everybody else).
+//!
 //! The fixtures are found at `<repo>/../shared/neo-protocol` or
 //! `$NEO_PROTOCOL_FIXTURES`; without them the test fails.
 
@@ -20,7 +24,6 @@ use std::time::Instant;
 
 use neo_proto::{codec, Bytes, Packet, Value};
 
-use super::tests::master_addr;
 use super::{Master, MasterConfig};
 use crate::runtime::{ConnId, Event, Node, Outbox};
 use crate::sim::Sim;
@@ -41,7 +44,7 @@ fn conversations_dir() -> PathBuf {
 
 /// One line of a conversation that concerns the master.
 #[derive(Debug, Clone)]
-enum Step {
+pub(super) enum Step {
     /// `peer` opens its connection to the master.
     Connect { peer: String },
     /// `peer` sends this frame to the master.
@@ -63,7 +66,7 @@ enum Step {
     Clock(f64),
 }
 
-fn hex(s: &str) -> Vec<u8> {
+pub(super) fn hex(s: &str) -> Vec<u8> {
     (0..s.len() / 2)
         .filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
         .collect()
@@ -91,9 +94,10 @@ fn shift_ports(frame: Vec<u8>, ports: &[(u16, u16)]) -> Vec<u8> {
 
 /// A recording and how to adapt it: ports to change, 8-byte values
 /// (tids) to change.
-type Recording<'a> = (&'a str, &'a [(u16, u16)], &'a [(u64, u64)]);
+pub(super) type Recording<'a> = (&'a str, &'a [(u16, u16)], &'a [(u64, u64)]);
 
-fn load((name, ports, tids): Recording<'_>) -> Vec<Step> {
+/// The steps of a recording that concern the master named `master`.
+pub(super) fn load((name, ports, tids): Recording<'_>, master: &str) -> Vec<Step> {
     let tids: TidMap = tids
         .iter()
         .map(|(a, b)| (a.to_be_bytes().to_vec(), b.to_be_bytes().to_vec()))
@@ -110,11 +114,11 @@ fn load((name, ports, tids): Recording<'_>) -> Vec<Step> {
     // master sent (its first argument is its clock).
     let base = lines
         .iter()
-        .find(|e| e["node"] == "master" && e["name"] == "NotifyNodeInformation")
+        .find(|e| e["node"] == master && e["name"] == "NotifyNodeInformation")
         .and_then(|e| Some(e["args"][0].as_f64()? - e["t"].as_f64()?));
     for e in lines {
         if let (Some(base), Some(t)) = (base, e["t"].as_f64()) {
-            if e["node"] != "master" {
+            if e["node"] != master {
                 steps.push(Step::Clock(base + t));
             }
         }
@@ -122,15 +126,15 @@ fn load((name, ports, tids): Recording<'_>) -> Vec<Step> {
         let (node, peer, event) = (s("node"), s("peer"), s("event"));
         let i = e.get("i").and_then(|v| v.as_u64()).unwrap_or(0);
         match event.as_str() {
-            "connect" if peer == "master" => steps.push(Step::Connect { peer: node }),
-            "close" if peer == "master" => steps.push(Step::Close { peer: node }),
+            "connect" if peer == master => steps.push(Step::Connect { peer: node }),
+            "close" if peer == master => steps.push(Step::Close { peer: node }),
             "packet" if s("dir") == "send" => {
-                if peer == "master" {
+                if peer == master {
                     steps.push(Step::Send {
                         peer: node,
                         frame: adapt(hex(&s("hex"))),
                     });
-                } else if node == "master" {
+                } else if node == master {
                     steps.push(Step::Expect {
                         peer,
                         frame: adapt(hex(&s("hex"))),
@@ -144,20 +148,36 @@ fn load((name, ports, tids): Recording<'_>) -> Vec<Step> {
     steps
 }
 
-/// A peer that sends given frames and records the master's.
-struct Replayer {
-    conn: Option<ConnId>,
-    got: Vec<Packet>,
-    closed: bool,
+/// A peer that sends given frames and records the master's: it connects
+/// to `to` if given, else it waits for the master to connect.
+pub(super) struct Replayer {
+    pub(super) to: Option<std::net::SocketAddr>,
+    pub(super) conn: Option<ConnId>,
+    pub(super) got: Vec<Packet>,
+    pub(super) closed: bool,
+}
+
+impl Replayer {
+    pub(super) fn new(to: Option<std::net::SocketAddr>) -> Replayer {
+        Replayer {
+            to,
+            conn: None,
+            got: Vec::new(),
+            closed: false,
+        }
+    }
 }
 
 impl Node for Replayer {
     fn start(&mut self, _now: Instant, out: &mut Outbox) {
-        self.conn = Some(out.connect(master_addr(), 0));
+        if let Some(to) = self.to {
+            self.conn = Some(out.connect(to, 0));
+        }
     }
 
     fn handle(&mut self, _now: Instant, event: Event, _out: &mut Outbox) {
         match event {
+            Event::Accepted { conn, .. } => self.conn = Some(conn),
             Event::Packet { packet, .. } => self.got.push(packet),
             Event::Closed { .. } | Event::ConnectFailed { .. } => self.closed = true,
             _ => {}
@@ -166,9 +186,9 @@ impl Node for Replayer {
 }
 
 /// Recorded tid (8-byte bin) -> ours.
-type TidMap = HashMap<Vec<u8>, Vec<u8>>;
+pub(super) type TidMap = HashMap<Vec<u8>, Vec<u8>>;
 
-fn rewrite(frame: &[u8], map: &TidMap) -> Vec<u8> {
+pub(super) fn rewrite(frame: &[u8], map: &TidMap) -> Vec<u8> {
     let mut out = frame.to_vec();
     let mut i = 0;
     while i + 10 <= out.len() {
@@ -184,13 +204,13 @@ fn rewrite(frame: &[u8], map: &TidMap) -> Vec<u8> {
     out
 }
 
-fn as_value(frame: &[u8]) -> Value {
+pub(super) fn as_value(frame: &[u8]) -> Value {
     codec::from_bytes::<Value>(&Bytes::copy_from_slice(frame)).expect("frame")
 }
 
 /// Sorts NotifyNodeInformation's node list by node id (NEO iterates a set;
 /// the Sim tests check that a new node's own entry comes first).
-fn normalize(v: &mut Value) {
+pub(super) fn normalize(v: &mut Value) {
     let Value::Array(frame) = v else { return };
     if !matches!(frame.get(1), Some(Value::UInt(6))) {
         return;
@@ -209,7 +229,12 @@ fn normalize(v: &mut Value) {
 }
 
 /// Compares the real master's value with ours; learns tids.
-fn same(recorded: &Value, ours: &Value, map: &mut TidMap, path: &str) -> Result<(), String> {
+pub(super) fn same(
+    recorded: &Value,
+    ours: &Value,
+    map: &mut TidMap,
+    path: &str,
+) -> Result<(), String> {
     match (recorded, ours) {
         (Value::Float(_), Value::Float(_)) => Ok(()),
         (Value::Bin(a), Value::Bin(b)) if a.len() == 8 && b.len() == 8 => {
@@ -252,8 +277,19 @@ fn same(recorded: &Value, ours: &Value, map: &mut TidMap, path: &str) -> Result<
 
 /// Replays `files` in order; returns how many master frames matched.
 fn replay(files: &[Recording<'_>], port: u16) -> (Sim, HashMap<String, usize>, usize) {
+    replay_as(files, "master", port, &[])
+}
+
+/// Replays `files` against our master playing the node named `name` of
+/// the recordings, at `port`, with these other masters (`--masters`).
+pub(super) fn replay_as(
+    files: &[Recording<'_>],
+    name: &str,
+    port: u16,
+    masters: &[u16],
+) -> (Sim, HashMap<String, usize>, usize) {
     let _ = env_logger::builder().is_test(true).try_init();
-    let steps: Vec<Step> = files.iter().flat_map(|r| load(*r)).collect();
+    let steps: Vec<Step> = files.iter().flat_map(|r| load(*r, name)).collect();
     let mut sim = Sim::new();
     let cfg = MasterConfig {
         cluster: "test".into(),
@@ -266,9 +302,21 @@ fn replay(files: &[Recording<'_>], port: u16) -> (Sim, HashMap<String, usize>, u
     let clock = Arc::new(Mutex::new(0.0f64));
     let reading = clock.clone();
     let master_clock: super::Clock = Box::new(move || *reading.lock().expect("clock"));
+    // Our master started before the first recorded event (its election
+    // key is older than those of masters that start during the recording).
+    if let Some(Step::Clock(t)) = steps.iter().find(|s| matches!(s, Step::Clock(_))) {
+        *clock.lock().expect("clock") = *t - 0.5;
+    }
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let others = masters
+        .iter()
+        .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], *p)))
+        .collect();
     sim.add(
-        Some(master_addr()),
-        Master::with_clock(cfg, master_clock).expect("config"),
+        Some(addr),
+        Master::with_clock(cfg, master_clock)
+            .expect("config")
+            .with_masters(others),
     );
     let mut peers: HashMap<String, usize> = HashMap::new();
     let mut expected: HashMap<String, Vec<(Vec<u8>, u64)>> = HashMap::new();
@@ -295,14 +343,7 @@ fn replay(files: &[Recording<'_>], port: u16) -> (Sim, HashMap<String, usize>, u
                     checked.remove(&peer);
                     offsets.remove(&peer);
                 }
-                let i = sim.add(
-                    None,
-                    Replayer {
-                        conn: None,
-                        got: Vec::new(),
-                        closed: false,
-                    },
-                );
+                let i = sim.add(None, Replayer::new(Some(addr)));
                 peers.insert(peer, i);
             }
             Step::Send { peer, frame } => {
@@ -396,4 +437,116 @@ fn replay_01_then_04_to_07_against_our_master() {
         31010,
     );
     assert_eq!(compared, 342);
+}
+
+#[test]
+fn replay_08_as_the_primary_master() {
+    // Our master is master2 (31021), elected: master1 (31020) identifies
+    // with it, then the admin, the storage and the client, sent to us by
+    // master1, do what they did; STOPPING reaches master1 too.
+    let (sim, peers, compared) = replay_as(
+        &[("08-two-masters.jsonl", &[], &[])],
+        "master2",
+        31021,
+        &[31020, 31021],
+    );
+    let m = sim.node::<Master>(0);
+    assert!(m.is_primary());
+    assert!(sim.node::<Replayer>(peers["master1"]).closed);
+    assert!(sim.node::<Replayer>(peers["storage1"]).closed);
+    // Every frame master2 sent in 08.
+    assert_eq!(compared, 58);
+}
+
+/// The frame of line `i` of a conversation.
+fn line_frames(name: &str) -> HashMap<u64, (String, String, String, Vec<u8>)> {
+    let path = conversations_dir().join(name);
+    let text = std::fs::read_to_string(&path).expect("conversation");
+    let mut out = HashMap::new();
+    for l in text.lines() {
+        let e: serde_json::Value = serde_json::from_str(l).expect("json line");
+        let s = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+        if s("event") == "packet" {
+            let i = e["i"].as_u64().expect("line number");
+            out.insert(i, (s("node"), s("peer"), s("dir"), hex(&s("hex"))));
+        }
+    }
+    out
+}
+
+/// Compares our frame with the recorded one (floats free).
+fn check_frame(recorded: &[u8], ours: &Packet, line: u64) {
+    let ours = ours.encode().expect("encodable");
+    let (mut a, mut b) = (as_value(recorded), as_value(&ours));
+    normalize(&mut a);
+    normalize(&mut b);
+    let mut map = TidMap::new();
+    if let Err(e) = same(&a, &b, &mut map, "") {
+        panic!("recorded line {line}: {a:?}\n ours: {b:?}\n {e}");
+    }
+}
+
+#[test]
+fn replay_08_as_the_secondary_master() {
+    // Our master is master1 (31020): it asks master2 (31021), elected
+    // before it, to identify it, becomes secondary, sends the admin, the
+    // storage and the client (twice) to master2, and exits on STOPPING.
+    let _ = env_logger::builder().is_test(true).try_init();
+    let lines = line_frames("08-two-masters.jsonl");
+    let frame = |i: u64| lines.get(&i).map(|l| l.3.clone()).expect("recorded line");
+    let mut sim = Sim::new();
+    let primary = std::net::SocketAddr::from(([127, 0, 0, 1], 31021));
+    let ours = std::net::SocketAddr::from(([127, 0, 0, 1], 31020));
+    let m2 = sim.add(Some(primary), Replayer::new(None));
+    let cfg = MasterConfig {
+        cluster: "test".into(),
+        address: neo_proto::Address::new("127.0.0.1", 31020),
+        partitions: 4,
+        replicas: 0,
+        autostart: None,
+        nid: None,
+    };
+    // master1's election key as recorded in its RequestIdentification.
+    let clock: super::Clock = Box::new(|| 1_795_542_409.879_881);
+    let m1 = sim.add(
+        Some(ours),
+        Master::with_clock(cfg, clock)
+            .expect("config")
+            .with_masters(vec![primary, ours]),
+    );
+    sim.run();
+    let got = &sim.node::<Replayer>(m2).got;
+    assert_eq!(got.len(), 1, "{got:?}");
+    check_frame(&frame(7), &got[0], 7);
+    // master2 accepts it (lines 14, 15).
+    let send = |sim: &mut Sim, i: usize, line: u64| {
+        let packet = Packet::decode(&Bytes::from(frame(line))).expect("recorded frame");
+        sim.poke::<Replayer>(i, |r, out| {
+            out.send_with_id(r.conn.expect("connected"), packet.id, packet.body)
+        });
+        sim.run();
+    };
+    send(&mut sim, m2, 14);
+    send(&mut sim, m2, 15);
+    let m = sim.node::<Master>(m1);
+    assert!(!m.is_primary());
+    assert_eq!(m.primary_address(), Some(primary));
+    assert_eq!(m.uuid(), neo_proto::NodeId(-268_435_454));
+    // Every node that identifies with us is sent to master2.
+    for (ident, answer) in [(20, 26), (50, 55), (162, 167), (174, 180)] {
+        let peer = sim.add(None, Replayer::new(Some(ours)));
+        sim.run();
+        send(&mut sim, peer, ident);
+        let r = sim.node::<Replayer>(peer);
+        assert_eq!(r.got.len(), 1, "line {answer}: {:?}", r.got);
+        check_frame(&frame(answer), &r.got[0], answer);
+        assert!(r.closed, "line {answer}: closed after NotPrimaryMaster");
+    }
+    // The cluster states master2 told master1, then STOPPING: it exits.
+    for line in [99, 124] {
+        send(&mut sim, m2, line);
+        assert!(!sim.node::<Replayer>(m2).closed);
+    }
+    send(&mut sim, m2, 363);
+    assert!(sim.node::<Replayer>(m2).closed, "master1 left on STOPPING");
 }

@@ -282,6 +282,11 @@ impl<B: Backend> Backend for Importer<B> {
         Ok(!p.finished)
     }
 
+    /// The import's progress, for `neoctl print summary`.
+    fn background_status(&mut self) -> Option<String> {
+        Some(self.status_line())
+    }
+
     fn config(&mut self, key: &str) -> DbResult<Option<String>> {
         self.db.config(key)
     }

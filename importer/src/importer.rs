@@ -25,7 +25,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,7 @@ use neo_server::storage::{
     MAX_TID,
 };
 
+use crate::compress::compress_data;
 use crate::config::{Adapter, Compress, ImporterConfig};
 use crate::error::ImportError;
 use crate::source::Source;
@@ -64,7 +65,8 @@ pub struct Progress {
     pub records_done: u64,
     /// Time spent importing in this process.
     pub elapsed: Duration,
-    /// Bytes per second over `elapsed`.
+    /// Bytes per second since this process began importing (wall clock:
+    /// the time serving requests or throttled counts too, so `eta` holds).
     pub rate: f64,
     /// Estimated time left at that rate.
     pub eta: Option<Duration>,
@@ -130,6 +132,10 @@ pub struct Importer<B: Backend> {
     elapsed: Duration,
     log_every: Duration,
     last_log: Option<Instant>,
+    /// `(bytes per second, start of the throttled run)`.
+    max_rate: Option<(f64, Option<Instant>)>,
+    /// When this process began importing, and finished.
+    run: Option<(Instant, Option<Instant>)>,
     /// Where [`Importer::import_for`] publishes its progress for another
     /// thread (e.g. `neo-import`'s progress bar).
     watch: Option<ProgressWatch>,
@@ -273,6 +279,8 @@ impl<B: Backend> Importer<B> {
             elapsed: Duration::ZERO,
             log_every: Duration::from_secs(10),
             last_log: None,
+            max_rate: None,
+            run: None,
             watch: None,
         };
         log::info!(
@@ -329,7 +337,11 @@ impl<B: Backend> Importer<B> {
 
     /// The progress so far.
     pub fn progress(&self) -> Progress {
-        let secs = self.elapsed.as_secs_f64();
+        let secs = match self.run {
+            Some((start, end)) => end.unwrap_or_else(Instant::now).duration_since(start),
+            None => Duration::ZERO,
+        }
+        .as_secs_f64();
         let rate = if secs > 0.0 {
             self.bytes_this_run as f64 / secs
         } else {
@@ -358,6 +370,9 @@ impl<B: Backend> Importer<B> {
 
     fn finish(&mut self) {
         self.finished = true;
+        if let Some((_, end)) = &mut self.run {
+            end.get_or_insert_with(Instant::now);
+        }
         if self.writeback.is_none() {
             self.src = None;
         }
@@ -386,6 +401,28 @@ impl<B: Backend> Importer<B> {
         Ok(p)
     }
 
+    /// Limits the import to about `bytes_per_sec` of the source (`None`:
+    /// as fast as it goes), e.g. to leave the disk to clients.
+    pub fn set_max_rate(&mut self, bytes_per_sec: Option<f64>) {
+        self.max_rate = bytes_per_sec.filter(|r| *r > 0.0).map(|r| (r, None));
+    }
+
+    /// With a rate limit: how many transactions the next chunk may import
+    /// (0: ahead of the limit; the step then sleeps a little).
+    fn throttle(&mut self, chunk: usize) -> usize {
+        let Some((rate, start)) = &mut self.max_rate else {
+            return chunk;
+        };
+        let start = *start.get_or_insert_with(Instant::now);
+        let allowed = *rate * start.elapsed().as_secs_f64();
+        let ahead = self.bytes_this_run as f64 - allowed;
+        if ahead <= 0.0 {
+            return 1;
+        }
+        std::thread::sleep(Duration::from_secs_f64((ahead / *rate).min(0.01)));
+        0
+    }
+
     /// The storage node's background step: imports transactions for about
     /// `budget` (by chunks of 64), then commits once. Returns the progress;
     /// call again (e.g. from a zero-delay timer between requests) until
@@ -393,7 +430,8 @@ impl<B: Backend> Importer<B> {
     pub fn import_for(&mut self, budget: Duration) -> Result<Progress, ImportError> {
         let start = Instant::now();
         loop {
-            let p = self.import_uncommitted(64)?;
+            let chunk = self.throttle(64);
+            let p = self.import_uncommitted(chunk)?;
             if p.txns_done >= p.txns_total || start.elapsed() >= budget {
                 break;
             }
@@ -403,6 +441,18 @@ impl<B: Backend> Importer<B> {
             *w.lock().unwrap_or_else(|e| e.into_inner()) = p.clone();
         }
         Ok(p)
+    }
+
+    /// The line the storage node gives admin nodes for `neoctl print
+    /// summary`: `import of PATH: imported 12/30 transactions, ... MB/s,
+    /// ETA 8 s`, then `..., done` once everything is imported.
+    pub fn status_line(&self) -> String {
+        let p = self.progress();
+        format!(
+            "import of {}: {p}{}",
+            self.source_path.display(),
+            if p.finished { ", done" } else { "" }
+        )
     }
 
     /// A handle on the progress, updated by each [`import_for`](Self::import_for).
@@ -424,6 +474,7 @@ impl<B: Backend> Importer<B> {
             return Err(ImportError::Db(DbError::NoPartitionTable));
         }
         let started = Instant::now();
+        self.run.get_or_insert((started, None));
         let (start, end) = {
             let src = self.source()?;
             let start = src.first_after(self.zodb_tid);
@@ -651,22 +702,6 @@ struct ReadyTxn<'a> {
     oids: Vec<Oid>,
     records: Vec<Ready<'a>>,
     nrec: usize,
-}
-
-/// Compresses like NEO: zlib output (`compression` 1) only when it is
-/// smaller than the data, else the data as is (0).
-pub fn compress_data(compress: Compress, data: &[u8]) -> (u8, Cow<'_, [u8]>) {
-    let Compress::Zlib(level) = compress else {
-        return (0, Cow::Borrowed(data));
-    };
-    let mut enc = flate2::write::ZlibEncoder::new(
-        Vec::with_capacity(data.len() / 2 + 64),
-        flate2::Compression::new(level),
-    );
-    match enc.write_all(data).and_then(|()| enc.finish()) {
-        Ok(out) if out.len() < data.len() => (1, Cow::Owned(out)),
-        _ => (0, Cow::Borrowed(data)),
-    }
 }
 
 /// Reads transaction `txns()[i]` and makes its records ready: the last

@@ -10,6 +10,7 @@
 //!   node calls; reads see the whole history, imported or not;
 //! - [`import_merged`]: imports sources merged at mountpoints in one go
 //!   (the live [`Importer`] still takes a single source);
+//! - [`compress`]: NEO's zlib rule, made cheap (probe, reused streams);
 //! - [`mount`]: where the oids of several sources merged at mountpoints
 //!   land, and their pickles rewritten accordingly;
 //! - [`repickle`]: finds and rewrites the persistent references of
@@ -40,6 +41,7 @@
 //! includes it.
 
 mod backend;
+pub mod compress;
 pub mod config;
 mod error;
 mod importer;
@@ -48,13 +50,15 @@ pub mod mount;
 pub mod repickle;
 mod source;
 
+pub use compress::compress_data;
 pub use config::{
     Adapter, Compress, FileStorageSpec, ImporterConfig, ImporterConfigError, SourceConfig,
+    DEFAULT_ZLIB_LEVEL,
 };
 pub use error::ImportError;
 pub use importer::{
-    compress_data, decompress, import_sqlite_options, Importer, Progress, ProgressWatch,
-    ALL_IMPORTED, IMPORT_CACHE_SIZE, KEY_LOID, KEY_LTID, KEY_TID,
+    decompress, import_sqlite_options, Importer, Progress, ProgressWatch, ALL_IMPORTED,
+    IMPORT_CACHE_SIZE, KEY_LOID, KEY_LTID, KEY_TID,
 };
 pub use merge::{import_merged, MergeStats};
 pub use source::{Source, TxnPos};

@@ -13,9 +13,9 @@ use std::collections::HashMap;
 use fsformat::{Oid, Payload, Tid, TxnStatus};
 use neo_server::storage::{make_checksum, Backend, DbError, ObjectRef, TxnMeta};
 
+use crate::compress::compress_data;
 use crate::config::{Compress, ImporterConfig};
 use crate::error::ImportError;
-use crate::importer::compress_data;
 use crate::mount::MountLayout;
 use crate::source::Source;
 

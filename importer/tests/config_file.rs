@@ -4,14 +4,14 @@
 mod common;
 
 use common::*;
-use neo_importer::{Adapter, Compress, Importer, ImporterConfig};
+use neo_importer::{Adapter, Compress, Importer, ImporterConfig, DEFAULT_ZLIB_LEVEL};
 use neo_server::storage::SqliteOptions;
 
 #[test]
 fn example_imports_basic_fs() {
     let cfg = ImporterConfig::read(&repo().join("importer.conf.example")).expect("example");
     assert_eq!(cfg.adapter, Adapter::Sqlite);
-    assert_eq!(cfg.compress, Compress::Zlib(6));
+    assert_eq!(cfg.compress, Compress::Zlib(DEFAULT_ZLIB_LEVEL));
     assert!(!cfg.writeback);
     assert_eq!(cfg.sources.len(), 1);
     let src = &cfg.sources[0].storage.path;

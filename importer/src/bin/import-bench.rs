@@ -3,13 +3,16 @@
 //! new SQLite database, with random loads between import steps (client
 //! latency during the import), and a bare bulk insert of the same rows into
 //! SQLite (the limit: no reading, no checksum, no compression timed).
+//! With `IMPORT_BENCH_COMPRESS_ONLY=1`: compression alone, NEO's exact rule
+//! vs the probe, levels 1 and 6 (or `IMPORT_BENCH_LEVELS=1,2,...`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fsformat::{FileStorage, Oid, Payload, Tid};
 use neo_importer::{
-    compress_data, import_sqlite_options, Compress, Importer, ImporterConfig, IMPORT_CACHE_SIZE,
+    compress::compress_data_exact, compress_data, import_sqlite_options, Compress, Importer,
+    ImporterConfig, IMPORT_CACHE_SIZE,
 };
 use neo_server::storage::{make_checksum, Backend, CellState, SqliteBackend, SqliteOptions};
 use rusqlite::params;
@@ -167,22 +170,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let size = std::fs::metadata(&args.source)?.len();
     if std::env::var_os("IMPORT_BENCH_COMPRESS_ONLY").is_some() {
         let fs = FileStorage::open(&args.source)?;
-        for level in [1, 6] {
-            let (mut raw, mut out, start) = (0u64, 0u64, Instant::now());
-            for t in fs.iter() {
-                for r in t?.records() {
-                    if let Some(d) = r?.data() {
-                        raw += d.len() as u64;
-                        out += compress_data(Compress::Zlib(level), d).1.len() as u64;
+        type CompressFn = fn(Compress, &[u8]) -> (u8, std::borrow::Cow<'_, [u8]>);
+        let modes: [(&str, CompressFn); 2] =
+            [("exact", compress_data_exact), ("probe", compress_data)];
+        let levels: Vec<u32> = std::env::var("IMPORT_BENCH_LEVELS")
+            .unwrap_or_else(|_| "1,6".into())
+            .split(',')
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        for level in levels {
+            for (mode, f) in modes {
+                let (mut raw, mut out, mut zlib, start) = (0u64, 0u64, 0u64, Instant::now());
+                for t in fs.iter() {
+                    for r in t?.records() {
+                        if let Some(d) = r?.data() {
+                            raw += d.len() as u64;
+                            let (c, b) = f(Compress::Zlib(level), d);
+                            out += b.len() as u64;
+                            zlib += u64::from(c);
+                        }
                     }
                 }
+                let s = start.elapsed().as_secs_f64();
+                println!(
+                    "zlib level {level} {mode}: {:.1} MB/s (one thread), stored/raw {:.4}, {zlib} records zlib",
+                    raw as f64 / 1e6 / s,
+                    out as f64 / raw as f64
+                );
             }
-            let s = start.elapsed().as_secs_f64();
-            println!(
-                "zlib level {level}: {:.1} MB/s, stored/raw {:.3}",
-                raw as f64 / 1e6 / s,
-                out as f64 / raw as f64
-            );
         }
         return Ok(());
     }

@@ -51,6 +51,9 @@ struct Args {
     /// Start the import from scratch (drop the destination's tables first).
     #[arg(long)]
     reset: bool,
+    /// Import at most this many MB (10^6 bytes) of the source per second.
+    #[arg(long, value_name = "MB/S")]
+    max_rate: Option<f64>,
     /// Stop the cluster once everything is imported.
     #[arg(long)]
     exit_when_done: bool,
@@ -129,6 +132,7 @@ fn run(args: &Args) -> Result<(), String> {
                 ..SqliteOptions::default()
             };
             let mut db = Importer::open_sqlite(&cfg, &opts).map_err(|e| e.to_string())?;
+            db.set_max_rate(args.max_rate.map(|r| r * 1e6));
             (db.watch(), storage(st_cfg, db, storage_l)?)
         }
         Adapter::Mysql => {
@@ -139,6 +143,7 @@ fn run(args: &Args) -> Result<(), String> {
             let dest =
                 MysqlBackend::open_database(&cfg.database, &opts).map_err(|e| e.to_string())?;
             let mut db = Importer::open(&cfg, dest).map_err(|e| e.to_string())?;
+            db.set_max_rate(args.max_rate.map(|r| r * 1e6));
             (db.watch(), storage(st_cfg, db, storage_l)?)
         }
     };

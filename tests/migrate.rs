@@ -4,22 +4,25 @@
 //! result and ZODB lists it exactly as the fixture (tids, metadata,
 //! records, data hashes, backpointers and their `data_txn`, positions),
 //! except the packed status `'p'`, which the client cannot carry (as
-//! with NEO). With two storages and one replica, each storage's database,
-//! exported offline, holds the whole history.
+//! with NEO). Over TLS too. With two storages and one replica, each
+//! storage's database, exported offline, holds the whole history.
 
 mod cluster_common;
 
 use std::path::Path;
 use std::process::Command;
 
-use cluster_common::Cluster;
+use cluster_common::{Cluster, Pki};
 use neo_e2e::{binary, repo_root, run_oracle, testdata};
 use serde_json::Value;
 
-/// Runs `neomigrate -c CLUSTER -q SOURCE DESTINATION`: (success, output).
+/// Runs `neomigrate -c CLUSTER -q [--ca --cert --key] SOURCE DESTINATION`:
+/// (success, output).
 fn neomigrate(c: &Cluster, source: &str, destination: &str) -> (bool, String) {
+    let args = c.with_tls(vec!["-c".into(), c.name.clone(), "-q".into()]);
     let out = Command::new(binary("neo-exporter", "neomigrate"))
-        .args(["-c", &c.name, "-q", source, destination])
+        .args(args)
+        .args([source, destination])
         .output()
         .expect("run neomigrate");
     let text = format!(
@@ -41,10 +44,14 @@ fn fixture_json(name: &str) -> Value {
     serde_json::from_str(&text).expect("fixture json parses")
 }
 
-/// A running cluster of `storages` storage nodes with `replicas`.
-fn cluster(test: &str, storages: usize, replicas: u32) -> Cluster {
+/// A running cluster of `storages` storage nodes with `replicas`, over
+/// TLS if `tls`.
+fn cluster(test: &str, storages: usize, replicas: u32, tls: bool) -> Cluster {
     let mut c = Cluster::new(test, storages);
     c.replicas = replicas;
+    if tls {
+        c.tls = Some(Pki::write(c.dir.path()));
+    }
     c.start_all();
     c.bootstrap();
     c
@@ -83,7 +90,7 @@ fn same_as_fixture(name: &str, out: &Path) {
 
 #[test]
 fn basic_both_ways() {
-    let c = cluster("migrate-basic", 1, 0);
+    let c = cluster("migrate-basic", 1, 0, false);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("basic.fs");
     round_trip(&c, "basic", &out);
@@ -99,7 +106,7 @@ fn undo_both_ways_then_resume_and_refusal() {
     // Undo records (chains, undo of undo) stay backpointers; an undone
     // creation stays a backpointer 0 and an undo pointing at it keeps its
     // data_txn (the client reads value_tid of records without data).
-    let c = cluster("migrate-undo", 1, 0);
+    let c = cluster("migrate-undo", 1, 0, false);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("undo.fs");
     round_trip(&c, "undo", &out);
@@ -129,15 +136,16 @@ fn undo_both_ways_then_resume_and_refusal() {
 
 #[test]
 fn packed_both_ways() {
-    let c = cluster("migrate-packed", 1, 0);
+    let c = cluster("migrate-packed", 1, 0, false);
     let dir = tempfile::tempdir().unwrap();
     round_trip(&c, "packed", &dir.path().join("packed.fs"));
 }
 
 #[test]
-fn large_and_empty_txn_both_ways() {
+fn large_and_empty_txn_both_ways_over_tls() {
+    // NEO's --ca/--cert/--key, as the daemons.
     for name in ["large", "empty_txn"] {
-        let c = cluster(&format!("migrate-{name}"), 1, 0);
+        let c = cluster(&format!("migrate-{name}"), 1, 0, true);
         let dir = tempfile::tempdir().unwrap();
         round_trip(&c, name, &dir.path().join(format!("{name}.fs")));
     }
@@ -145,7 +153,7 @@ fn large_and_empty_txn_both_ways() {
 
 #[test]
 fn two_storages_one_replica_both_hold_everything() {
-    let mut c = cluster("migrate-replica", 2, 1);
+    let mut c = cluster("migrate-replica", 2, 1, false);
     let dir = tempfile::tempdir().unwrap();
     round_trip(&c, "undo", &dir.path().join("undo.fs"));
     c.stop();

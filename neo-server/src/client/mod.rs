@@ -30,6 +30,7 @@
 
 mod error;
 mod import;
+mod pack;
 mod txn;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};

@@ -1,5 +1,6 @@
 //! Replays the recorded conversations 01-bootstrap, 02-client-zodb and
-//! 03-shutdown (one run of the same cluster) against our storage node in
+//! 03-shutdown (one run of the same cluster), 04-06 in part, and the pack
+//! of 07-pack-admin-truncate against our storage node in
 //! [`Sim`]: every frame the real master and clients sent to the real
 //! storage is sent again, byte for byte (ids included), in the recorded
 //! order; every frame our storage sends must match, in order and per
@@ -148,7 +149,12 @@ fn comparable(ours: &Packet, recorded: &Packet) -> Packet {
 
 /// Plays `steps` against the storage, whose master is the replayer
 /// `peers["master"]`; returns how many frames of the storage matched.
-fn play(sim: &mut Sim, peers: &mut HashMap<String, usize>, steps: Vec<Step>) -> usize {
+/// With `mid` (a replay that starts in the middle of a recording), what
+/// the storage sends the master by itself keeps its recorded id (the ids
+/// count what the recorded node sent since it started) and the answers to
+/// it get ours; zero-delay timers (background work) fire after each step.
+fn play(sim: &mut Sim, peers: &mut HashMap<String, usize>, steps: Vec<Step>, mid: bool) -> usize {
+    let mut remap: HashMap<u32, u32> = HashMap::new();
     let mut expected: HashMap<String, Vec<(Vec<u8>, u64)>> = HashMap::new();
     let mut checked: HashMap<String, usize> = HashMap::new();
     let mut compared = 0;
@@ -171,7 +177,12 @@ fn play(sim: &mut Sim, peers: &mut HashMap<String, usize>, steps: Vec<Step>) -> 
             }
             Step::Send { peer, frame } => {
                 let i = peers[&peer];
-                let packet = Packet::decode(&Bytes::from(frame)).expect("recorded frame");
+                let mut packet = Packet::decode(&Bytes::from(frame)).expect("recorded frame");
+                if peer == "master" && packet.body.kind() != neo_proto::PacketKind::Request {
+                    if let Some(&ours) = remap.get(&packet.id) {
+                        packet.id = ours;
+                    }
+                }
                 sim.poke::<Replayer>(i, |r, out| {
                     out.send_with_id(r.conn.expect("connected"), packet.id, packet.body)
                 });
@@ -184,7 +195,11 @@ fn play(sim: &mut Sim, peers: &mut HashMap<String, usize>, steps: Vec<Step>) -> 
                 sim.poke::<Replayer>(i, |r, out| out.close(r.conn.expect("connected")));
             }
         }
-        sim.run();
+        if mid {
+            sim.advance(std::time::Duration::ZERO);
+        } else {
+            sim.run();
+        }
         for (peer, &i) in peers.iter() {
             let got = &sim.node::<Replayer>(i).got;
             let exp = expected.get(peer).map_or(&[][..], Vec::as_slice);
@@ -192,7 +207,11 @@ fn play(sim: &mut Sim, peers: &mut HashMap<String, usize>, steps: Vec<Step>) -> 
             while *done < got.len().min(exp.len()) {
                 let (frame, line) = &exp[*done];
                 let recorded = Packet::decode(&Bytes::from(frame.clone())).expect("frame");
-                let ours = comparable(&got[*done], &recorded);
+                let mut ours = comparable(&got[*done], &recorded);
+                if mid && peer == "master" && ours.body.kind() != neo_proto::PacketKind::Answer {
+                    remap.insert(recorded.id, ours.id);
+                    ours.id = recorded.id;
+                }
                 let bytes = ours.encode().expect("encodable");
                 assert!(
                     bytes == *frame,
@@ -230,7 +249,7 @@ fn replay_01_02_03_against_our_storage() {
         StorageNode::new(config(), MemoryBackend::new(false)).expect("node"),
     );
     sim.run();
-    let compared = play(&mut sim, &mut peers, steps);
+    let compared = play(&mut sim, &mut peers, steps, false);
     assert!(compared >= 100, "only {compared} frames compared");
     assert!(sim.node::<StorageNode<MemoryBackend>>(storage).is_stopped());
 }
@@ -386,5 +405,139 @@ fn replay_from_04(files: &[&str]) -> usize {
         .is_operational());
     sim.node_mut::<Replayer>(master).got.clear();
     let mut peers = HashMap::from([("master".to_owned(), master)]);
-    play(&mut sim, &mut peers, steps)
+    play(&mut sim, &mut peers, steps, false)
+}
+
+/// The pack of conversation 07 (a running cluster of two storages with a
+/// replica; we are storage1): two commits, then a commit with a pack
+/// order; on NotifyPackSigned we ask the master for the order
+/// (AskPackOrders), pack, and send NotifyPackCompleted, as the real
+/// storage did. The database starts as the recording shows it: the
+/// partition table the master sent the client, the root object our first
+/// load answers. Replayed until the client leaves.
+#[test]
+fn replay_07_pack() {
+    use crate::storage::{Backend, ObjectRef, TxnMeta};
+    use neo_proto::{AcceptIdentification, NodeId, NodeType, StartOperation};
+    let file = "07-pack-admin-truncate.jsonl";
+    let mut steps = load(file);
+    let end = steps
+        .iter()
+        .position(|s| matches!(s, Step::Close { peer } if peer == "client1"))
+        .expect("the client leaves");
+    steps.truncate(end + 1);
+    assert!(steps.iter().any(|s| matches!(s, Step::Expect { frame, .. }
+        if matches!(Packet::decode(&Bytes::from(frame.clone())).map(|p| p.body),
+                    Ok(Body::NotifyPackCompleted(_))))));
+    // The partition table, as the master sent it to the client.
+    let text = std::fs::read_to_string(conversations_dir().join(file)).expect("conversation");
+    let pt = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "packet" && e["dir"] == "send" && e["node"] == "master")
+        .filter_map(|e| Packet::decode(&Bytes::from(hex(e["hex"].as_str()?))).ok())
+        .find_map(|p| match p.body {
+            Body::SendPartitionTable(s) => Some(s),
+            _ => None,
+        })
+        .expect("a partition table");
+    let mut db = MemoryBackend::new(false);
+    db.set_name("test").unwrap();
+    db.set_nid(1).unwrap();
+    let cells: Vec<_> = pt
+        .row_list
+        .iter()
+        .enumerate()
+        .flat_map(|(p, row)| {
+            row.iter()
+                .map(move |c| (p as u32, c.uuid.0, super::db_state(c.state)))
+        })
+        .collect();
+    db.change_partition_table(
+        pt.ptid.expect("ptid"),
+        pt.num_replicas,
+        &cells,
+        true,
+        fsformat::Tid::ZERO,
+    )
+    .unwrap();
+    // What our loads answer from before the recording's first commit.
+    let first_ttid = steps
+        .iter()
+        .find_map(|s| match s {
+            Step::Send { frame, .. } => {
+                match Packet::decode(&Bytes::from(frame.clone())).ok()?.body {
+                    Body::AskStoreObject(o) => Some(o.ttid),
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+        .expect("a store");
+    for s in &steps {
+        let Step::Expect { frame, .. } = s else {
+            continue;
+        };
+        let Ok(Body::AnswerObject(o)) = Packet::decode(&Bytes::from(frame.clone())).map(|p| p.body)
+        else {
+            continue;
+        };
+        if o.serial >= first_ttid {
+            continue;
+        }
+        let checksum = (o.checksum != neo_proto::ZERO_HASH).then_some(o.checksum.0);
+        let id = db
+            .store_data(checksum.as_ref(), o.oid, &o.data, o.compression, None)
+            .unwrap();
+        let object = ObjectRef {
+            oid: o.oid,
+            data_id: id,
+            value_tid: o.data_serial,
+        };
+        db.store_transaction(o.serial, &[object], None, false)
+            .unwrap();
+        let meta = TxnMeta {
+            oids: vec![o.oid],
+            ttid: o.serial,
+            ..TxnMeta::default()
+        };
+        db.store_transaction(o.serial, &[], Some(&meta), false)
+            .unwrap();
+    }
+    db.commit().unwrap();
+
+    let mut sim = Sim::new();
+    let master = sim.add(Some(super::tests::master_addr()), Replayer::default());
+    let storage = sim.add(
+        Some(super::tests::storage_addr()),
+        StorageNode::new(config(), db).expect("node"),
+    );
+    sim.run();
+    let accept = AcceptIdentification {
+        node_type: NodeType::Master,
+        uuid: Some(NodeId::new(NodeType::Master, 1)),
+        your_uuid: Some(NodeId(1)),
+    };
+    sim.poke::<Replayer>(master, |r, out| {
+        let conn = r.conn.expect("connected");
+        out.answer(conn, 0, accept);
+        out.send_with_id(conn, 71, StartOperation { backup: false });
+    });
+    sim.run();
+    assert!(sim
+        .node::<StorageNode<MemoryBackend>>(storage)
+        .is_operational());
+    sim.node_mut::<Replayer>(master).got.clear();
+    let mut peers = HashMap::from([("master".to_owned(), master)]);
+    let compared = play(&mut sim, &mut peers, steps, true);
+    // Every frame the real storage sent, up to NotifyPackCompleted.
+    assert_eq!(compared, 13);
+    let node = sim.node_mut::<StorageNode<MemoryBackend>>(storage);
+    assert!(node.packing().is_empty());
+    // The old revision of the root is gone, the one current at the pack
+    // tid is there.
+    let db = node.db_mut();
+    let root = fsformat::Oid(0);
+    let hist = db.object_history(root, 0, 10).unwrap().expect("root");
+    assert_eq!(hist.len(), 1, "{hist:?}");
 }

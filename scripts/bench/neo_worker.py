@@ -7,8 +7,10 @@ usage: neo_worker.py --masters ADDR --cluster NAME --oids N --duration SECS
 
 Run with an interpreter where `neo` (Python NEO) and ZODB are importable
 (e.g. /tmp/neovenv/bin/python); neo-bench starts several at once.  Opens
-neo.client.Storage with a zero-size cache (every load of a random oid in
-0..N goes to the storage: the cache keeps nothing), connects, loads one
+neo.client.Storage and empties its cache before every load (untimed), so
+that every load of a random oid in 0..N goes to the storage; the cache
+keeps its 1 MiB size because NEO's client also uses it to bound the data
+of stores in flight (with cache_size=0, store() waits forever).  Connects, loads one
 object, waits until START-AT, then for DURATION seconds mixes loads with
 commits of K new objects of 100 B - 1 KiB (tpc_begin, store, tpc_vote,
 tpc_finish), timing each with time.perf_counter().  Prints one JSON line:
@@ -59,7 +61,8 @@ def main():
     a = p.parse_args()
 
     rng = random.Random(a.seed)
-    st = Storage(master_nodes=a.masters, name=a.cluster, cache_size=0)
+    st = Storage(master_nodes=a.masters, name=a.cluster, cache_size=1 << 20)
+    cache = st.app._cache
     st.load(p64(rng.randrange(a.oids)))
     wait = a.start_at / 1000.0 - time.time()
     if wait > 0:
@@ -90,6 +93,8 @@ def main():
                 record(commits, after - now)
                 ncommits += 1
             else:
+                cache.clear()
+                now = clock()
                 st.load(p64(rng.randrange(a.oids)))
                 after = clock()
                 record(loads, after - now)

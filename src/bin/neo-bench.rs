@@ -14,7 +14,8 @@
 //! time over the same window, and prints a table.
 //!
 //! A missing database is filled first through our client (`--fill N`
-//! objects of 100 B - 1 KiB, oids `0..N`).
+//! objects of 100 B - 1 KiB, oids `0..N`, N noted in `DB.oids`); for
+//! another database, N is the first oid the master hands out.
 //!
 //! ```text
 //!   neo-bench ──spawn──▶ neomaster, neostorage (rust | python) on --db
@@ -612,8 +613,19 @@ fn fill(o: &Opts) -> Result<(), String> {
         Ok::<_, String>(())
     })?;
     eprintln!("filled in {:.1} s", t0.elapsed().as_secs_f64());
+    let side = oids_file(&o.db);
+    std::fs::write(&side, o.fill.to_string()).map_err(|e| format!("{}: {e}", side.display()))?;
     drop(cluster);
     Ok(())
+}
+
+/// `DB.oids`: the number of objects `--fill` wrote (oids `0..N`); later
+/// commits leave gaps above (oids taken and not stored), so loads stay
+/// below N.
+fn oids_file(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push(".oids");
+    PathBuf::from(s)
 }
 
 /// The number of oids in use: the next oid the master gives (the master
@@ -820,7 +832,11 @@ fn coordinator(o: &Opts) -> Result<(), String> {
         if !o.db.exists() {
             fill(o)?;
         }
-        let mut oids = o.oids;
+        let mut oids = o.oids.or_else(|| {
+            std::fs::read_to_string(oids_file(&o.db))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+        });
         for storage in &o.storages {
             let mut cluster = start_cluster(o, storage, storage)?;
             wait_operational(cluster.master_addr, CLUSTER)?;

@@ -1,7 +1,8 @@
 //! End-to-end pack (NEO 1.12+): the client commits a pack order and waits
 //! for it (`WaitForPack`), the storages execute it in the background.
 //! After a pack at T, revisions older than the one current at T are gone
-//! (loadSerial/loadBefore fail, undo across the pack fails), current data
+//! (loadSerial/loadBefore fail, an undo store pointing to them gets
+//! UNDO_PACK_ERROR), current data
 //! is intact, an object deleted (undo of its creation) before T vanishes.
 //! Scenarios: two storages with one replica (both pack: checked again
 //! through the survivor after a SIGKILL), a restart after the pack, and
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use cluster_common::*;
 use neo_e2e::{local, Daemon};
-use neo_proto::{Oid, Tid, ZERO_TID};
+use neo_proto::{ErrorCode, Oid, Tid, ZERO_TID};
 use neo_server::client::{Client, ClientError};
 
 const OP: Duration = Duration::from_secs(20);
@@ -135,11 +136,28 @@ fn two_storages_with_a_replica_both_pack(db: Db) {
     rt.block_on(within(OP, "after the pack", async {
         check_packed(&a, &h, "after the pack").await;
         check_deleted_gone(&a, &h, "after the pack").await;
-        // Undo of v2 (back to v1, packed away): UNDO_PACK_ERROR.
+        // An undo store back to v1 (a back-pointer to a packed revision,
+        // as an undo computed before the pack sends it): UNDO_PACK_ERROR.
         let mut txn = a.tpc_begin(meta("undo across")).await.expect("begin");
-        let r = a.undo(&mut txn, h.t2).await;
+        let data = b"v1 0";
+        let stored = a
+            .store_raw(&mut txn, Oid(0), h.t3, Some(data), Some(h.t1[0]))
+            .await;
+        let r = match stored {
+            Ok(()) => a.tpc_vote(&mut txn).await,
+            e => e,
+        };
         a.tpc_abort(txn).await;
-        assert!(r.is_err(), "undo across the pack: {r:?}");
+        assert!(
+            matches!(
+                r,
+                Err(ClientError::Remote {
+                    code: ErrorCode::UndoPackError,
+                    ..
+                })
+            ),
+            "undo across the pack: {r:?}"
+        );
     }));
     // Both storages packed: the survivor of a SIGKILL answers the same.
     if let Some(s) = c.storages[0].as_mut() {

@@ -8,7 +8,22 @@
 //! neoctl ──SetClusterState, AddPendingNodes, Truncate, ... (id n)──▶ admin ──(own id m)──▶ master
 //! neoctl ◀──answer or Error (id n)── admin ◀──answer or Error (id m)── master
 //! neoctl ──AskMonitorInformation──▶ admin ──AskLastTransaction──▶ master (when operational)
+//!                                      admin ──RequestIdentification(ADMIN, anonymous),
+//!                                              AskMonitorInformation──▶ each running storage
 //! ```
+//!
+//! Import progress (and any other background work of a storage's
+//! backend) reaches `neoctl print summary` without a new packet: for each
+//! summary request the admin asks every RUNNING storage node the question
+//! neoctl asks it, `AskMonitorInformation`, identifying as NEO's admins do
+//! upstream (ADMIN, no node id, no address). Our storage nodes answer with
+//! their backend's status line as summary (empty: nothing to say); each
+//! non-empty one becomes a line `S1: ...` under NEO's summary line. A
+//! Python NEO storage refuses that identification: it is not asked again.
+//! Storages that do not answer within [`MONITOR_TIMEOUT`] are left out.
+//! The packets and their fields are NEO's: a Python neoctl prints the
+//! extra lines, our neoctl works with a Python admin (no lines then), and
+//! nothing changes between the master and the other nodes.
 //!
 //! When the master connection is lost the admin reconnects every second,
 //! unless the cluster was STOPPING: then it stops, like NEO's. Also here:
@@ -23,8 +38,9 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 use neo_proto::{
     Address, AnswerClusterState, AnswerMonitorInformation, AnswerNodeList, AnswerPartitionList,
-    AnswerPrimary, AskClusterState, AskLastTransaction, Body, Bytes, CellState, ClusterState,
-    ErrorCode, FlushLog, Map, NodeId, NodeType, Packet, Pong, RequestIdentification, Tid, Value,
+    AnswerPrimary, AskClusterState, AskLastTransaction, AskMonitorInformation, Body, Bytes,
+    CellState, ClusterState, ErrorCode, FlushLog, Map, NodeId, NodeType, Packet, Pong,
+    RequestIdentification, Tid, Value,
 };
 
 use crate::nodes::NodeTable;
@@ -35,7 +51,12 @@ use crate::runtime::{ConnId, Event, Node, Outbox};
 pub const NOT_CONNECTED_MESSAGE: &str = "Not connected to a primary master.";
 
 const TOKEN_MASTER: u64 = 1;
+const TOKEN_STORAGE: u64 = 2;
 const TIMER_RECONNECT: u64 = 1;
+/// Timer tokens from here on end the monitor round of the same number.
+const TIMER_MONITOR_BASE: u64 = 1 << 32;
+/// How long a summary waits for the storage nodes' status lines.
+pub const MONITOR_TIMEOUT: Duration = Duration::from_secs(2);
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 /// What the admin needs to know.
@@ -78,6 +99,13 @@ pub struct Admin {
     /// neoctl requests waiting for AskLastTransaction (summary).
     monitor_waiting: Vec<(ConnId, u32)>,
     monitor_asking: bool,
+    /// Connections to storage nodes asked for their status, this round.
+    storage_asks: HashMap<ConnId, NodeId>,
+    /// Their status lines, this round.
+    storage_status: BTreeMap<NodeId, String>,
+    /// Storage nodes that refused to be asked (Python NEO's).
+    no_monitor: HashSet<NodeId>,
+    monitor_round: u64,
     clients: HashSet<ConnId>,
     failure: Arc<Mutex<Option<String>>>,
 }
@@ -100,6 +128,10 @@ impl Admin {
             forwards: HashMap::new(),
             monitor_waiting: Vec::new(),
             monitor_asking: false,
+            storage_asks: HashMap::new(),
+            storage_status: BTreeMap::new(),
+            no_monitor: HashSet::new(),
+            monitor_round: 0,
             clients: HashSet::new(),
             failure: Arc::new(Mutex::new(None)),
         }
@@ -226,6 +258,31 @@ impl Admin {
             }
             Body::NotifyClusterInformation(c) => self.set_cluster_state(c.state, out),
             Body::Ping(_) => out.answer(conn, p.id, Pong {}),
+            Body::NotPrimaryMaster(n) if !self.identified => {
+                // A secondary master: go to the primary it names at once.
+                let primary = n
+                    .primary
+                    .and_then(|i| n.known_master_list.get(i as usize))
+                    .and_then(|a| {
+                        let host = String::from_utf8_lossy(&a.host).into_owned();
+                        crate::config::parse_address(&host, Some(a.port)).ok()
+                    });
+                let Some(addr) = primary else {
+                    info!("not the primary master, which it does not know");
+                    return; // it closes: the next master after a delay
+                };
+                info!("not the primary master; the primary is {addr}");
+                self.next_master = match self.cfg.masters.iter().position(|m| *m == addr) {
+                    Some(i) => i,
+                    None => {
+                        self.cfg.masters.push(addr);
+                        self.cfg.masters.len() - 1
+                    }
+                };
+                out.close(conn);
+                self.own.clear();
+                self.connect_master(out);
+            }
             other => info!("master sent {} (ignored)", other.name()),
         }
     }
@@ -280,8 +337,77 @@ impl Admin {
         }
     }
 
+    /// Asks every running storage node for its status line (a new round,
+    /// unless one is going on).
+    fn ask_storages(&mut self, out: &mut Outbox) {
+        if !self.storage_asks.is_empty() {
+            return;
+        }
+        self.storage_status.clear();
+        let targets: Vec<(NodeId, SocketAddr)> = self
+            .nodes
+            .of_type(NodeType::Storage)
+            .filter(|n| n.is_running())
+            .filter_map(|n| {
+                let nid = n.nid.filter(|u| !self.no_monitor.contains(u))?;
+                let a = n.address.as_ref()?;
+                let host = String::from_utf8_lossy(&a.host);
+                let ip = host.trim_matches(|c| c == '[' || c == ']').parse().ok()?;
+                Some((nid, SocketAddr::new(ip, a.port)))
+            })
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        self.monitor_round += 1;
+        for (nid, addr) in targets {
+            let conn = out.connect(addr, TOKEN_STORAGE);
+            self.storage_asks.insert(conn, nid);
+        }
+        out.timer(MONITOR_TIMEOUT, TIMER_MONITOR_BASE + self.monitor_round);
+    }
+
+    /// A storage asked for its status is done with (answered, refused,
+    /// closed): forget it, and answer neoctl once all are.
+    fn storage_done(&mut self, conn: ConnId, out: &mut Outbox) {
+        if self.storage_asks.remove(&conn).is_some() {
+            out.close(conn);
+            self.answer_monitor(out);
+        }
+    }
+
+    fn storage_packet(&mut self, conn: ConnId, p: Packet, out: &mut Outbox) {
+        let Some(&nid) = self.storage_asks.get(&conn) else {
+            return;
+        };
+        match p.body {
+            Body::AcceptIdentification(_) => {
+                out.ask(conn, AskMonitorInformation {});
+            }
+            Body::AnswerMonitorInformation(a) => {
+                let text = String::from_utf8_lossy(&a.summary).trim().to_owned();
+                if !text.is_empty() {
+                    self.storage_status.insert(nid, text);
+                }
+                self.storage_done(conn, out);
+            }
+            Body::Error(e) => {
+                if e.code == ErrorCode::ProtocolError {
+                    info!(
+                        "storage {nid} does not give its status: {}",
+                        String::from_utf8_lossy(&e.message)
+                    );
+                    self.no_monitor.insert(nid);
+                }
+                self.storage_done(conn, out);
+            }
+            Body::Ping(_) => out.answer(conn, p.id, Pong {}),
+            _ => self.storage_done(conn, out),
+        }
+    }
+
     fn answer_monitor(&mut self, out: &mut Outbox) {
-        if self.monitor_waiting.is_empty() {
+        if self.monitor_waiting.is_empty() || self.monitor_asking || !self.storage_asks.is_empty() {
             return;
         }
         let (warning, problem, summary) = self.monitor_information();
@@ -316,12 +442,15 @@ impl Admin {
                 }
             }
         }
-        let text = summary_text(
+        let mut text = summary_text(
             self.cluster_state,
             &counts,
             down.len(),
             self.ltid.filter(|_| self.operational()),
         );
+        for (nid, status) in &self.storage_status {
+            text.push_str(&format!("\n{nid}: {status}"));
+        }
         let severity = if !down.is_empty() || !self.operational() {
             2
         } else if counts.keys().ne([CellState::UpToDate].iter()) {
@@ -417,6 +546,7 @@ impl Admin {
                 self.monitor_waiting.push((conn, id));
                 if self.operational() {
                     self.ask_last_transaction(out);
+                    self.ask_storages(out);
                 } else {
                     self.answer_monitor(out);
                 }
@@ -484,11 +614,27 @@ impl Node for Admin {
             Event::ConnectFailed { conn, error, .. } if Some(conn) == self.master => {
                 self.master_lost(out, &error);
             }
+            Event::Connected { conn, .. } if self.storage_asks.contains_key(&conn) => {
+                let id = RequestIdentification {
+                    node_type: NodeType::Admin,
+                    uuid: None,
+                    address: None,
+                    name: Bytes::from(self.cfg.cluster.clone().into_bytes()),
+                    id_timestamp: None,
+                    extra: Map::new(),
+                };
+                out.ask(conn, id);
+            }
+            Event::ConnectFailed { conn, .. } if self.storage_asks.contains_key(&conn) => {
+                self.storage_done(conn, out);
+            }
             Event::Packet { conn, packet } => {
                 if Some(conn) == self.master {
                     self.master_packet(conn, packet, out);
                 } else if self.clients.contains(&conn) {
                     self.client_packet(conn, packet, out);
+                } else if self.storage_asks.contains_key(&conn) {
+                    self.storage_packet(conn, packet, out);
                 }
             }
             Event::Closed { conn, error } => {
@@ -498,7 +644,16 @@ impl Node for Admin {
                 } else if self.clients.remove(&conn) {
                     self.monitor_waiting.retain(|(c, _)| *c != conn);
                     self.forwards.retain(|_, (c, _)| *c != conn);
+                } else {
+                    self.storage_done(conn, out);
                 }
+            }
+            Event::Timer { token } if token == TIMER_MONITOR_BASE + self.monitor_round => {
+                for (conn, nid) in self.storage_asks.drain() {
+                    warn!("storage {nid} did not give its status in time");
+                    out.close(conn);
+                }
+                self.answer_monitor(out);
             }
             Event::Timer {
                 token: TIMER_RECONNECT,

@@ -3,12 +3,17 @@
 //! prints what NEO's neoctl prints, since scripts parse it:
 //!
 //! ```text
-//! print cluster | node [TYPE] | pt [min [max [node]]] | ids | summary | primary
+//! print cluster | node [TYPE] | pt [min [max [node]]] | ids | summary | primary | import
 //! set cluster STATE | set replicas N | set node NID STATE
 //! start | add NID...|all | tweak [-n] [NID...] | drop NID | kill NID
 //! truncate TID | flush_log | check [partition]:[reference]... [min_tid [max_tid]]
 //! prune_orphan 0|1 NID...|all
 //! ```
+//!
+//! `print import` is ours: the storage nodes' status lines of the summary
+//! (`S1: import of PATH: imported 12/30 transactions, ..., ETA 8 s`, see
+//! `neo_server::admin`), or `no import` when no storage has one (always
+//! so with a Python NEO admin, which has none).
 //!
 //! Exit status 1 with `ERROR: ...` when the admin is not ready or not
 //! reachable, with the admin's message when it answers DENIED.
@@ -37,6 +42,7 @@ print
   cluster
   primary
   summary
+  import
 set
   cluster STATE
   replicas NR
@@ -181,6 +187,7 @@ impl Ctl {
                     ("print ", "cluster") => "print cluster",
                     ("print ", "primary") => "print primary",
                     ("print ", "summary") => "print summary",
+                    ("print ", "import") => "print import",
                     ("set ", "cluster") => "set cluster",
                     ("set ", "replicas") => "set replicas",
                     ("set ", "node") => "set node",
@@ -258,6 +265,18 @@ impl Ctl {
             },
             "print primary" => match self.ask(AskPrimary {}).await? {
                 Body::AnswerPrimary(a) => Ok(Some(a.primary_uuid.to_string())),
+                other => Err(unexpected(other)),
+            },
+            "print import" => match self.ask(AskMonitorInformation {}).await? {
+                Body::AnswerMonitorInformation(a) => {
+                    let text = msg(&a.summary);
+                    let lines: Vec<&str> = text.lines().skip(1).collect();
+                    if lines.is_empty() {
+                        Ok(Some("no import".to_owned()))
+                    } else {
+                        Ok(Some(lines.join("\n")))
+                    }
+                }
                 other => Err(unexpected(other)),
             },
             "print summary" => match self.ask(AskMonitorInformation {}).await? {

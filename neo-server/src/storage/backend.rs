@@ -381,6 +381,14 @@ pub trait Backend {
         Ok(false)
     }
 
+    /// One line on the progress of [`background_step`](Self::background_step)
+    /// (the Importer's import), shown by `neoctl print summary` through the
+    /// admin; `None` when the backend has no background work. None by
+    /// default.
+    fn background_status(&mut self) -> Option<String> {
+        None
+    }
+
     // ===== provided: NEO's base-class logic =====
 
     /// `config.version`.

@@ -23,11 +23,13 @@
 //! retried in order whenever a transaction releases its locks.
 //!
 //! Served to other storage nodes: replication sources and checks
-//! (`serve.rs`). Our own replication of out-of-date cells: `replicator.rs`.
+//! (`serve.rs`); to admin nodes, the backend's background progress
+//! (`monitor.rs`). Our own replication of out-of-date cells: `replicator.rs`.
 //! Pack orders are executed in the background (`pack.rs`).
 //! Not here yet: backup.
 
 mod client;
+mod monitor;
 mod pack;
 mod replicator;
 mod serve;
@@ -183,6 +185,8 @@ enum Peer {
     Client(NodeId),
     /// Another storage node (replication), anonymous or not.
     Storage(Option<NodeId>),
+    /// An admin node asking for monitor information (`monitor.rs`).
+    Monitor,
 }
 
 /// A node the master told us about.
@@ -771,6 +775,7 @@ impl<B: Backend> StorageNode<B> {
             },
             Peer::Client(nid) => self.client_packet(conn, nid, packet, out),
             Peer::Storage(_) => self.storage_packet(conn, packet, out),
+            Peer::Monitor => self.monitor_packet(conn, packet, out),
         };
         if let Err(f) = r {
             self.fail(conn, id, f, out);
@@ -1227,12 +1232,11 @@ impl<B: Backend> StorageNode<B> {
             return Err(Fail::NotReady("Retry Later".into()));
         }
         let peer = match r.uuid {
-            None => {
-                if r.node_type != NodeType::Storage {
-                    return Err(Fail::Protocol("reject anonymous non-storage node".into()));
-                }
-                Peer::Storage(None)
-            }
+            None => match r.node_type {
+                NodeType::Storage => Peer::Storage(None),
+                NodeType::Admin => Peer::Monitor,
+                _ => return Err(Fail::Protocol("reject anonymous non-storage node".into())),
+            },
             Some(uuid) => {
                 if Some(uuid) == self.nid {
                     return Err(Fail::Protocol(

@@ -23,9 +23,11 @@
 //! operational), the client reconnects in the background with its node id;
 //! calls needing the master wait for that up to
 //! [`ClientConfig::connect_timeout`]. Invalidations missed meanwhile are not
-//! replayed to the callbacks (the last tid is refreshed).
+//! replayed to the callbacks (the last tid is refreshed). The masters are
+//! tried in turn; a secondary master's `NotPrimaryMaster` sends the client
+//! straight to the primary it names (also after a fail-over).
 //!
-//! Not done yet: several masters (election), conflict resolution (a conflict is returned as
+//! Not done yet: conflict resolution (a conflict is returned as
 //! [`ClientError::Conflict`]), a cache.
 
 mod error;
@@ -936,13 +938,37 @@ async fn master_events(inner: Weak<Inner>, conn: Connection, mut events: Events)
 }
 
 /// Connects and identifies to the master at `addr` as a CLIENT (with our
-/// previous node id when reconnecting).
+/// previous node id when reconnecting). A secondary master answers
+/// `NotPrimaryMaster`: the primary it names is asked instead.
 async fn identify(
     cfg: &ClientConfig,
     conn_cfg: &ConnConfig,
     addr: SocketAddr,
     uuid: Option<NodeId>,
 ) -> Result<(Connection, Events, NodeId)> {
+    let mut addr = addr;
+    // A redirect or two (the primary may change meanwhile), not a loop.
+    for _ in 0..3 {
+        match identify_once(cfg, conn_cfg, addr, uuid).await? {
+            Ok(x) => return Ok(x),
+            Err(primary) => {
+                debug!("{addr} is not the primary master; the primary is {primary}");
+                addr = primary;
+            }
+        }
+    }
+    Err(ClientError::NoMaster {
+        last: format!("sent from master to master, last {addr}"),
+    })
+}
+
+/// One identification: accepted, or the primary a secondary names.
+async fn identify_once(
+    cfg: &ClientConfig,
+    conn_cfg: &ConnConfig,
+    addr: SocketAddr,
+    uuid: Option<NodeId>,
+) -> Result<std::result::Result<(Connection, Events, NodeId), SocketAddr>> {
     let (conn, events) = Connection::connect(addr, cfg.tls.as_ref(), conn_cfg.clone()).await?;
     let mut extra = Map::new();
     if cfg.read_only {
@@ -958,13 +984,53 @@ async fn identify(
         id_timestamp: None,
         extra,
     };
-    let answer = conn.ask(ident).await?;
+    let mut events = events;
+    // A secondary answers with the notification NotPrimaryMaster, then
+    // closes: watch the events while the answer is awaited. The answer
+    // wins a tie (biased): what follows it stays in `events`.
+    let answer = {
+        let ask = conn.ask(ident);
+        tokio::pin!(ask);
+        loop {
+            tokio::select! {
+                biased;
+                a = &mut ask => break a?,
+                ev = events.recv() => match ev {
+                    Some(Event::Packet(Packet { body: Body::NotPrimaryMaster(n), .. })) => {
+                        break Body::NotPrimaryMaster(n)
+                    }
+                    Some(Event::Packet(p)) => {
+                        warn!("{addr} sent {} before identifying us", p.body.name())
+                    }
+                    Some(_) => {}
+                    None => break ask.await?,
+                },
+            }
+        }
+    };
     match answer {
         Body::AcceptIdentification(AcceptIdentification {
             node_type: NodeType::Master,
             your_uuid: Some(nid),
             ..
-        }) => Ok((conn, events, nid)),
+        }) => Ok(Ok((conn, events, nid))),
+        Body::NotPrimaryMaster(n) => {
+            conn.close().await;
+            let primary = match n.primary.and_then(|i| n.known_master_list.get(i as usize)) {
+                Some(a) => {
+                    let host = String::from_utf8_lossy(&a.host).into_owned();
+                    let found = tokio::net::lookup_host((host, a.port)).await;
+                    found.ok().and_then(|mut it| it.next())
+                }
+                None => None,
+            };
+            match primary {
+                Some(p) if p != addr => Ok(Err(p)),
+                _ => Err(ClientError::NoMaster {
+                    last: format!("{addr} is not the primary master"),
+                }),
+            }
+        }
         Body::Error(e) if e.code == ErrorCode::NotReady => {
             conn.close().await;
             Err(ClientError::Remote {

@@ -444,3 +444,33 @@ fn three_masters_survive_two_fail_overs() {
     let t = w.commit(s, &[(0, serial, b"v2")]);
     assert!(t > serial);
 }
+
+#[test]
+fn the_admin_follows_the_redirect_at_once() {
+    let clock = Arc::new(AtomicU64::new(0));
+    let mut w = World {
+        sim: Sim::new(),
+        clock,
+        n: 2,
+        masters: Vec::new(),
+        storage: 0,
+        admin: 0,
+        client: 0,
+    };
+    for i in 0..2 {
+        let idx = w.add_master(i);
+        w.masters.push(idx);
+    }
+    w.sim.run();
+    assert_eq!(w.primaries(&[0, 1]), vec![0]);
+    let acfg = AdminConfig {
+        cluster: "test".into(),
+        masters: vec![maddr(1), maddr(0)],
+        address: aaddr(),
+        nid: None,
+    };
+    w.admin = w.sim.add(Some(aaddr()), Admin::new(acfg));
+    // No reconnection delay: the secondary's answer names the primary.
+    w.sim.advance(ms(10));
+    assert!(w.sim.node::<Admin>(w.admin).is_connected());
+}

@@ -19,6 +19,10 @@ use fsformat::{Oid, Tid};
 
 const MASTER_PORT: u16 = 31000;
 
+// Pack scenarios use the helpers of this file.
+#[path = "pack_tests.rs"]
+mod pack_tests;
+
 pub(super) fn master_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], MASTER_PORT))
 }

@@ -80,7 +80,7 @@ fn wait_for_pack_is_answered_once_the_storages_completed_it() {
         rejected: vec![],
     };
     for st in [s1, s2] {
-        assert_eq!(signed(&sim, st), [order.clone()]);
+        assert_eq!(signed(&sim, st), std::slice::from_ref(&order));
     }
     // A storage asks for the order: the master has it.
     ask(&mut sim, s1, p::AskPackOrders { pack_id: Tid(1) });

@@ -168,8 +168,7 @@ mod tests {
         // (what the bench file holds). The probe keeps them raw; NEO's rule
         // may compress them, but for a gain under 2 %.
         for reps in [1, 3] {
-            let mut rec =
-                b"cpersistent.mapping\nPersistentMapping\nq\x01.}q\x02".repeat(reps);
+            let mut rec = b"cpersistent.mapping\nPersistentMapping\nq\x01.}q\x02".repeat(reps);
             rec.extend(noise(3000, 7));
             assert_eq!(compress_data(Compress::Zlib(6), &rec).0, 0);
             let exact = compress_data_exact(Compress::Zlib(6), &rec).1.len();

@@ -7,6 +7,7 @@
 //! | `importer_ltid` | 16 hex digits: the source's last tid when the import began |
 //! | `importer_loid` | 16 hex digits: the source's highest oid then            |
 //! | `importer_tid`  | 16 hex digits: the last imported transaction            |
+//! | `importer_layout` | several sources: their merged layout and staging file ([`staging`](crate::staging)) |
 //!
 //! `importer_tid` is written in the same database transaction as the rows
 //! of the transaction it names, so after a crash the import resumes right
@@ -39,6 +40,7 @@ use crate::compress::compress_data;
 use crate::config::{Adapter, Compress, ImporterConfig};
 use crate::error::ImportError;
 use crate::source::Source;
+use crate::staging::{staging_for, KEY_LAYOUT};
 
 /// `config` key: the last imported tid.
 pub const KEY_TID: &str = "importer_tid";
@@ -198,18 +200,13 @@ impl<B: Backend> Importer<B> {
     /// checks the import bounds, finds where to resume, and writes back
     /// what a crash left unwritten.
     pub fn open(config: &ImporterConfig, mut db: B) -> Result<Self, ImportError> {
-        if config.sources.len() > 1 {
-            return Err(ImportError::Unsupported {
-                what: format!(
-                    "{}: several source databases (mountpoints): the live Importer takes \
-                     one; import them with neo_importer::import_merged into a destination \
-                     that is not in service yet",
-                    config.path.display()
-                ),
-            });
-        }
-        let spec = &config.main_source().storage;
-        let path = spec.path.clone();
+        // Several sources: merged once into a staging file (staging.rs).
+        let (path, new_layout) = if config.sources.len() > 1 {
+            let recorded = db.config(KEY_LAYOUT)?;
+            staging_for(config, recorded.as_deref())?
+        } else {
+            (config.main_source().storage.path.clone(), None)
+        };
         let writer = if config.writeback {
             let w = Writer::open(&path).map_err(|error| ImportError::Source {
                 path: path.clone(),
@@ -228,9 +225,12 @@ impl<B: Backend> Importer<B> {
         };
         let src = Source::open(&path, bounds)?;
         let (ltid, loid) = (src.ltid(), src.loid());
-        if bounds.is_none() {
+        if bounds.is_none() || new_layout.is_some() {
             db.set_config(KEY_LTID, Some(&ltid.to_string()))?;
             db.set_config(KEY_LOID, Some(&loid.to_string()))?;
+            if let Some(text) = &new_layout {
+                db.set_config(KEY_LAYOUT, Some(text))?;
+            }
             db.commit()?;
         }
         let zodb_tid = match hex_config(&mut db, KEY_TID)? {

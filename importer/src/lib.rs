@@ -8,8 +8,10 @@
 //!   crash, writes clients' new transactions back to the source;
 //! - `impl Backend for Importer` (module `backend`): what the storage
 //!   node calls; reads see the whole history, imported or not;
+//! - [`staging`]: several sources merged at mountpoints, written once as
+//!   one FileStorage that the live [`Importer`] serves and imports;
 //! - [`import_merged`]: imports sources merged at mountpoints in one go
-//!   (the live [`Importer`] still takes a single source);
+//!   into a destination not in service (no staging file);
 //! - [`compress`]: NEO's zlib rule, made cheap (probe, reused streams);
 //! - [`mount`]: where the oids of several sources merged at mountpoints
 //!   land, and their pickles rewritten accordingly;
@@ -49,6 +51,7 @@ mod merge;
 pub mod mount;
 pub mod repickle;
 mod source;
+pub mod staging;
 
 pub use compress::compress_data;
 pub use config::{

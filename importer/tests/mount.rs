@@ -1,7 +1,9 @@
 //! Two ZODB-made FileStorages merged at a mountpoint (testdata/mount_*.fs,
 //! made by testdata/make_mount_fixtures.py), imported with
 //! `import_merged`, read back through the `Backend` trait and compared
-//! with what ZODB's referencesf reads in the sources, remapped.
+//! with what ZODB's referencesf reads in the sources, remapped; and the
+//! same through the live `Importer` (staging file): served before the
+//! import, during it, after a restart mid-way, and once imported.
 
 mod common;
 
@@ -9,8 +11,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use fsformat::{Oid, Tid};
+use neo_importer::mount::MountLayout;
 use neo_importer::repickle::{persistent_refs, RefKind};
-use neo_importer::{decompress, import_merged, ImporterConfig};
+use neo_importer::staging::{default_staging_path, recorded_path, KEY_LAYOUT};
+use neo_importer::{decompress, import_merged, Importer, ImporterConfig, Source};
 use neo_server::storage::{Backend, ObjectLookup};
 use serde_json::Value;
 
@@ -205,4 +209,155 @@ fn zodb_reads_the_rewritten_pickles() {
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!(g, w, "case {}", fx["cases"][i]["name"]);
     }
+}
+
+fn mount_fixture_config(dir: &Path) -> (ImporterConfig, u64) {
+    let fx: Value = serde_json::from_str(
+        &std::fs::read_to_string(common::repo().join("testdata/mount_pickles.json")).unwrap(),
+    )
+    .unwrap();
+    let mnt = fx["mnt_oid"].as_u64().unwrap();
+    for f in ["mount_main.fs", "mount_sub.fs"] {
+        std::fs::copy(common::repo().join("testdata").join(f), dir.join(f)).unwrap();
+    }
+    let text = format!(
+        "[neo]\nadapter=SQLite\ndatabase=neo.sqlite\ncompress=true\n\
+         [main]\nstorage=\n  <filestorage>\n    path {0}/mount_main.fs\n  </filestorage>\n\
+         sub={mnt}\n\
+         [sub]\noid=1\nstorage=\n  <filestorage>\n    path {0}/mount_sub.fs\n  </filestorage>\n",
+        dir.display()
+    );
+    let cfg = ImporterConfig::parse(&text, &dir.join("importer.conf")).unwrap();
+    (cfg, mnt)
+}
+
+/// Every revision of the fixtures' ZODB listing is served at its new oid
+/// and tid with its references remapped, and every object but the
+/// placeholder is reachable from the merged root. Returns the number of
+/// revisions checked.
+fn check_merged<B: Backend>(db: &mut B, layout: &MountLayout, mnt: u64) -> usize {
+    let fx: Value = serde_json::from_str(
+        &std::fs::read_to_string(common::repo().join("testdata/mount_pickles.json")).unwrap(),
+    )
+    .unwrap();
+    let dbs = layout.dbs();
+    let mut newest: HashMap<u64, Vec<u64>> = HashMap::new();
+    let mut n = 0;
+    for (d, name) in [(0, "mount_main"), (1, "mount_sub")] {
+        for r in fx["records"][name].as_array().unwrap() {
+            let oid = r["oid"].as_u64().unwrap();
+            let tid = Tid(u64::from_str_radix(r["tid"].as_str().unwrap(), 16).unwrap());
+            let want: Vec<u64> = r["refs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| {
+                    let o = x.as_u64().unwrap();
+                    dbs[d]
+                        .mapping
+                        .get(&o)
+                        .copied()
+                        .unwrap_or(layout.new_oid(d, o))
+                })
+                .collect();
+            let new = layout.new_oid(d, oid);
+            let data = load(db, new, Some(tid));
+            assert_eq!(strong(&data), want, "{name} oid {oid} at {tid}");
+            newest.insert(new, want);
+            n += 1;
+        }
+    }
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![0u64];
+    while let Some(oid) = todo.pop() {
+        if !seen.insert(oid) {
+            continue;
+        }
+        let data = load(db, oid, None);
+        assert_eq!(Some(&strong(&data)), newest.get(&oid), "oid {oid}");
+        todo.extend(persistent_refs(&data).unwrap().iter().map(|r| r.oid));
+    }
+    let mut all: BTreeSet<u64> = newest.keys().copied().collect();
+    assert!(all.remove(&mnt));
+    assert_eq!(seen, all);
+    n
+}
+
+fn layout_of(cfg: &ImporterConfig) -> MountLayout {
+    let loids: Vec<u64> = cfg
+        .sources
+        .iter()
+        .map(|s| Source::open(&s.storage.path, None).unwrap().loid().0)
+        .collect();
+    MountLayout::new(cfg, &mut |i| loids[i] + 1).unwrap()
+}
+
+#[test]
+fn live_importer_serves_merged_sources_before_during_and_after_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, mnt) = mount_fixture_config(dir.path());
+    let layout = layout_of(&cfg);
+    let dbp = dir.path().join("neo.sqlite");
+
+    // First open: the staging file is written, the layout recorded.
+    let mut imp = Importer::open(&cfg, common::sqlite_db(&dbp)).unwrap();
+    let staging = default_staging_path(&cfg);
+    assert_eq!(imp.source_path(), staging.as_path());
+    let recorded = imp.config(KEY_LAYOUT).unwrap().expect("layout recorded");
+    assert_eq!(recorded_path(&recorded).unwrap(), staging);
+    assert!(
+        recorded.contains("db main 0 ") && recorded.contains("db sub "),
+        "{recorded}"
+    );
+    // ZODB checks the staging file.
+    let v = common::oracle_check(&staging);
+    assert_eq!(v["fstest"], "ok", "{v}");
+
+    // Served before anything is imported.
+    assert_eq!(imp.imported_tid(), Tid::ZERO);
+    let n = check_merged(&mut imp, &layout, mnt);
+    assert_eq!(imp.last_ids().unwrap().1, Some(Oid(layout.last_oid())));
+
+    // A few transactions, then a restart: resumes where it was, without
+    // writing the staging file again.
+    let p = imp.import_some(3).unwrap();
+    assert_eq!(p.txns_done, 3);
+    let at = imp.imported_tid();
+    check_merged(&mut imp, &layout, mnt);
+    drop(imp);
+    let stamp = std::fs::metadata(&staging).unwrap().modified().unwrap();
+    let mut imp = Importer::open(&cfg, common::sqlite_db(&dbp)).unwrap();
+    assert_eq!(imp.imported_tid(), at);
+    assert_eq!(
+        std::fs::metadata(&staging).unwrap().modified().unwrap(),
+        stamp
+    );
+    check_merged(&mut imp, &layout, mnt);
+
+    while !imp.is_finished() {
+        imp.import_some(2).unwrap();
+    }
+    assert_eq!(check_merged(&mut imp, &layout, mnt), n);
+    // Once imported, the destination alone gives the same answers.
+    let mut db = imp.into_db();
+    assert_eq!(check_merged(&mut db, &layout, mnt), n);
+}
+
+#[test]
+fn live_importer_rebuilds_an_unrecorded_staging_file() {
+    // A crash after the staging file was written but before the layout
+    // was committed: the next open builds it again, identical.
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, mnt) = mount_fixture_config(dir.path());
+    let staging = default_staging_path(&cfg);
+    let first = neo_importer::staging::build(&cfg, &staging).unwrap();
+    let bytes = std::fs::read(&staging).unwrap();
+    std::fs::write(&staging, b"FS30garbage").unwrap();
+    let mut imp = Importer::open(&cfg, common::sqlite_db(&dir.path().join("neo.sqlite"))).unwrap();
+    assert_eq!(std::fs::read(&staging).unwrap(), bytes);
+    assert_eq!(
+        imp.config(KEY_LAYOUT).unwrap().as_deref(),
+        Some(first.layout_text().as_str())
+    );
+    check_merged(&mut imp, &first.layout, mnt);
 }

@@ -332,11 +332,17 @@ impl Master {
                 c
             }
         };
+        // Masters that failed since the primary was lost stay failed (a
+        // secondary not aware yet may name the dead primary).
+        let failed = match &self.role {
+            Role::Secondary(s) => s.failed.clone(),
+            Role::Primary => BTreeSet::new(),
+        };
         self.role = Role::Secondary(Secondary {
             primary: addr,
             conn: Some(conn),
             identified: false,
-            failed: BTreeSet::new(),
+            failed,
         });
     }
 

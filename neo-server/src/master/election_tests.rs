@@ -49,6 +49,7 @@ struct Peer {
     conns: Vec<ConnId>,
     inbox: Vec<(ConnId, Packet)>,
     closed: Vec<ConnId>,
+    failed: usize,
 }
 
 impl Node for Peer {
@@ -58,6 +59,7 @@ impl Node for Peer {
             Event::Connected { conn, .. } => self.conns.push(conn),
             Event::Packet { conn, packet } => self.inbox.push((conn, packet)),
             Event::Closed { conn, .. } => self.closed.push(conn),
+            Event::ConnectFailed { .. } => self.failed += 1,
             _ => {}
         }
     }
@@ -473,4 +475,31 @@ fn the_admin_follows_the_redirect_at_once() {
     // No reconnection delay: the secondary's answer names the primary.
     w.sim.advance(ms(10));
     assert!(w.sim.node::<Admin>(w.admin).is_connected());
+}
+
+#[test]
+fn a_secondary_set_down_by_neoctl_exits() {
+    let mut w = World::new(2);
+    let m2 = w.master(1).uuid();
+    // neoctl talks to the admin without identifying.
+    let conn = w.connect(aaddr());
+    let a = w.request(
+        conn,
+        p::SetNodeState {
+            uuid: m2,
+            state: NodeState::Down,
+        },
+    );
+    assert!(
+        matches!(&a, Body::Error(e) if e.code == p::ErrorCode::Ack),
+        "{a:?}"
+    );
+    w.sim.advance(ms(100));
+    // It stopped: nobody listens at its address any more.
+    w.connect(maddr(1));
+    assert_eq!(w.sim.node::<Peer>(w.client).failed, 1);
+    assert_eq!(w.primaries(&[0]), vec![0]);
+    assert_eq!(w.master(0).cluster_state(), ClusterState::Running);
+    let state = w.master(0).nodes().by_nid(m2).map(|n| n.state);
+    assert_eq!(state, Some(NodeState::Down));
 }

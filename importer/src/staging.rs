@@ -217,6 +217,9 @@ pub fn build(config: &ImporterConfig, path: &Path) -> Result<Staged, ImportError
         maps[d].extend(written);
     }
     w.finish().map_err(werr)?;
+    let mut lock = tmp.clone().into_os_string();
+    lock.push(".lock");
+    let _ = std::fs::remove_file(lock);
     std::fs::rename(&tmp, path).map_err(|e| ImportError::Unsupported {
         what: format!("cannot rename {} to {}: {e}", tmp.display(), path.display()),
     })?;

@@ -1000,6 +1000,154 @@ mod tests {
         assert!(!master.iter().any(|b| matches!(b, Body::AskNodeList(_))));
     }
 
+    /// A storage node answering the admin's monitor question (ours) or
+    /// refusing its identification (Python NEO's).
+    #[derive(Default)]
+    struct FakeStorage {
+        refuse: bool,
+        silent: bool,
+        status: String,
+        identifications: usize,
+    }
+
+    impl Node for FakeStorage {
+        fn start(&mut self, _: Instant, _: &mut Outbox) {}
+        fn handle(&mut self, _: Instant, ev: Event, out: &mut Outbox) {
+            let Event::Packet { conn, packet } = ev else {
+                return;
+            };
+            match packet.body {
+                Body::RequestIdentification(r) => {
+                    assert_eq!(r.node_type, NodeType::Admin);
+                    assert_eq!(r.uuid, None);
+                    self.identifications += 1;
+                    if self.refuse {
+                        out.error(
+                            conn,
+                            packet.id,
+                            ErrorCode::ProtocolError,
+                            "reject anonymous non-storage node",
+                        );
+                        out.close(conn);
+                    } else {
+                        out.answer(
+                            conn,
+                            packet.id,
+                            AcceptIdentification {
+                                node_type: NodeType::Storage,
+                                uuid: None,
+                                your_uuid: None,
+                            },
+                        );
+                    }
+                }
+                Body::AskMonitorInformation(_) if self.silent => {}
+                Body::AskMonitorInformation(_) => out.answer(
+                    conn,
+                    packet.id,
+                    AnswerMonitorInformation {
+                        warning: Vec::new(),
+                        problem: Vec::new(),
+                        summary: Bytes::from(self.status.clone().into_bytes()),
+                    },
+                ),
+                _ => {}
+            }
+        }
+    }
+
+    fn summary(sim: &mut Sim, c: usize) -> String {
+        let (_, b) = ask(sim, c, AskMonitorInformation {});
+        let Body::AnswerMonitorInformation(mi) = b else {
+            panic!("{b:?}")
+        };
+        String::from_utf8(mi.summary.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn summary_adds_the_status_lines_of_storages() {
+        let mut sim = Sim::new();
+        sim.add(Some(addr(10000)), FakeMaster::default());
+        let s = sim.add(
+            Some(addr(20000)),
+            FakeStorage {
+                status: "import of /x/Data.fs: imported 3/9 transactions".into(),
+                ..FakeStorage::default()
+            },
+        );
+        sim.add(Some(addr(9999)), admin("test"));
+        let c = sim.add(None, Ctl::default());
+        sim.run();
+        // Not running yet: storages are not asked.
+        assert_eq!(summary(&mut sim, c), "RECOVERING");
+        assert_eq!(sim.node::<FakeStorage>(s).identifications, 0);
+        let _ = ask(
+            &mut sim,
+            c,
+            SetClusterState {
+                state: ClusterState::Verifying,
+            },
+        );
+        let text = summary(&mut sim, c);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("RUNNING; UP_TO_DATE=4"), "{text}");
+        assert_eq!(
+            lines[1..],
+            ["S1: import of /x/Data.fs: imported 3/9 transactions"]
+        );
+        // Nothing to say: no line.
+        sim.node_mut::<FakeStorage>(s).status.clear();
+        assert_eq!(summary(&mut sim, c).lines().count(), 1);
+        assert_eq!(sim.node::<FakeStorage>(s).identifications, 2);
+        // A storage that refuses (Python NEO's) is not asked again.
+        sim.node_mut::<FakeStorage>(s).refuse = true;
+        assert_eq!(summary(&mut sim, c).lines().count(), 1);
+        assert_eq!(summary(&mut sim, c).lines().count(), 1);
+        assert_eq!(sim.node::<FakeStorage>(s).identifications, 3);
+    }
+
+    #[test]
+    fn summary_does_not_wait_for_a_silent_storage() {
+        let mut sim = Sim::new();
+        sim.add(Some(addr(10000)), FakeMaster::default());
+        let s = sim.add(
+            Some(addr(20000)),
+            FakeStorage {
+                silent: true,
+                status: "never sent".into(),
+                ..FakeStorage::default()
+            },
+        );
+        sim.add(Some(addr(9999)), admin("test"));
+        let c = sim.add(None, Ctl::default());
+        sim.run();
+        let _ = ask(
+            &mut sim,
+            c,
+            SetClusterState {
+                state: ClusterState::Verifying,
+            },
+        );
+        sim.poke::<Ctl>(c, |ctl, out| {
+            out.ask(ctl.conn.expect("connected"), AskMonitorInformation {});
+        });
+        sim.run();
+        // Waiting for the storage...
+        assert!(sim.node::<Ctl>(c).answers.is_empty());
+        assert_eq!(sim.node::<FakeStorage>(s).identifications, 1);
+        // ... not longer than MONITOR_TIMEOUT.
+        sim.advance(MONITOR_TIMEOUT);
+        let (_, b) = sim.node_mut::<Ctl>(c).answers.pop().expect("an answer");
+        let Body::AnswerMonitorInformation(mi) = b else {
+            panic!("{b:?}")
+        };
+        let text = String::from_utf8(mi.summary.to_vec()).unwrap();
+        assert!(
+            text.starts_with("RUNNING;") && text.lines().count() == 1,
+            "{text}"
+        );
+    }
+
     #[test]
     fn not_connected_then_reconnects() {
         let mut sim = Sim::new();

@@ -208,10 +208,13 @@ impl<B: Backend> Importer<B> {
             (config.main_source().storage.path.clone(), None)
         };
         let writer = if config.writeback {
-            let w = Writer::open(&path).map_err(|error| ImportError::Source {
+            let mut w = Writer::open(&path).map_err(|error| ImportError::Source {
                 path: path.clone(),
                 error,
             })?;
+            // One fsync per batch of written-back transactions
+            // (flush_writeback), not one per transaction.
+            w.set_sync(fsformat::SyncMode::OnFinish);
             Some(w)
         } else {
             None
@@ -583,8 +586,11 @@ impl<B: Backend> Importer<B> {
     }
 
     /// Appends to the source, in tid order, the committed transactions of
-    /// the destination it does not have yet (above `ltid`). Run at open
-    /// (what a crash left) and after commits.
+    /// the destination it does not have yet (above `ltid`), then syncs the
+    /// source once. Run at open (what a crash left) and after commits: the
+    /// destination is durable first, so a crash in between leaves at worst
+    /// a torn or unsynced tail, which the next open repairs and writes
+    /// again.
     fn flush_writeback(&mut self) -> Result<(), ImportError> {
         let Some(wb) = &mut self.writeback else {
             return Ok(());
@@ -601,6 +607,7 @@ impl<B: Backend> Importer<B> {
             tids.extend(self.db.replication_tid_list(from, MAX_TID, None, p)?);
         }
         tids.sort();
+        let written = !tids.is_empty();
         for tid in tids {
             let Some(t) = self.db.get_transaction(tid, false)? else {
                 continue;
@@ -644,6 +651,9 @@ impl<B: Backend> Importer<B> {
             tw.commit().map_err(|e| src.err(e))?;
             src.refresh()?;
             log::debug!("wrote back transaction {tid} to {}", src.path().display());
+        }
+        if written {
+            wb.writer.sync().map_err(|e| src.err(e))?;
         }
         Ok(())
     }

@@ -11,10 +11,14 @@
 //! `neo_proto::conn` does TLS, NEO's handshake and the framing; the node
 //! itself runs on one dedicated OS thread,
 //! so that its database work (storage) never blocks the async threads.
+//! The node thread writes its packets itself ([`Connection::send_now`]:
+//! straight to the socket when nothing waits to be written, else to the
+//! connection's writer task), so an answer costs no hand-off back to the
+//! async threads.
 //!
 //! ```text
-//!   socket ─ reader task ──Event──▶ ┌────────────┐ ──frames──▶ writer task ─ socket
-//!   socket ─ reader task ──Event──▶ │ node thread│ ──frames──▶ writer task ─ socket
+//!   socket ─ reader task ──Event──▶ ┌────────────┐ ──frames──▶ socket (or its writer task)
+//!   socket ─ reader task ──Event──▶ │ node thread│ ──frames──▶ socket (or its writer task)
 //!            accept loop ──Event──▶ └────────────┘ ──connect─▶ connect task
 //! ```
 
@@ -30,7 +34,6 @@ use neo_proto::conn::{CloseReason, ConnConfig, Connection, Event as ConnEvent};
 use neo_proto::tls::TlsConfig;
 use neo_proto::{Body, ErrorCode, Packet};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc as amsc;
 
 /// Identifies one connection of a node for its whole life.
 pub type ConnId = u64;
@@ -216,11 +219,12 @@ impl NodeHandle {
 
 enum Msg {
     Event(Event),
-    /// A connection's writer is ready: frames for `conn` go there.
-    Writer(ConnId, amsc::UnboundedSender<WriterMsg>),
+    /// A connection is ready: frames for `conn` go there.
+    Writer(ConnId, Connection),
     Shutdown,
 }
 
+/// What the node sends on a connection.
 enum WriterMsg {
     Packet(Packet),
     Close,
@@ -244,7 +248,7 @@ pub fn spawn<N: Node>(
     };
     let (tx, rx) = mpsc::channel::<Msg>();
     let conn_ids = Arc::new(AtomicU64::new(1));
-    // Writer tasks still running: waited for at stop so that what the node
+    // Connections still open: waited for at stop so that what the node
     // sent last (e.g. an answer before closing) is written.
     let live = Arc::new(AtomicU64::new(0));
     let tls = tls.map(Arc::new);
@@ -281,7 +285,7 @@ pub fn spawn<N: Node>(
     let thread = thread::Builder::new()
         .name("neo-node".into())
         .spawn(move || {
-            let mut writers: HashMap<ConnId, amsc::UnboundedSender<WriterMsg>> = HashMap::new();
+            let mut writers: HashMap<ConnId, Connection> = HashMap::new();
             // Frames queued before a connection's writer exists.
             let mut pending: HashMap<ConnId, Vec<WriterMsg>> = HashMap::new();
             let mut timers: Vec<(Instant, u64)> = Vec::new();
@@ -354,7 +358,7 @@ pub fn spawn<N: Node>(
                     Msg::Shutdown => break,
                     Msg::Writer(conn, w) => {
                         for m in pending.remove(&conn).unwrap_or_default() {
-                            let _ = w.send(m);
+                            write(&w, m);
                         }
                         writers.insert(conn, w);
                     }
@@ -373,7 +377,7 @@ pub fn spawn<N: Node>(
             }
             // Flush what is queued, then drop every connection.
             for (_, w) in writers.drain() {
-                let _ = w.send(WriterMsg::Close);
+                w.close_soon();
             }
             let deadline = Instant::now() + Duration::from_secs(1);
             rt.block_on(async {
@@ -391,16 +395,27 @@ pub fn spawn<N: Node>(
 }
 
 fn deliver(
-    writers: &HashMap<ConnId, amsc::UnboundedSender<WriterMsg>>,
+    writers: &HashMap<ConnId, Connection>,
     pending: &mut HashMap<ConnId, Vec<WriterMsg>>,
     conn: ConnId,
     msg: WriterMsg,
 ) {
     match writers.get(&conn) {
-        Some(w) => {
-            let _ = w.send(msg);
-        }
+        Some(w) => write(w, msg),
         None => pending.entry(conn).or_default().push(msg),
+    }
+}
+
+/// Hands a packet or a close to the connection, from the node thread.
+fn write(c: &Connection, msg: WriterMsg) {
+    match msg {
+        WriterMsg::Packet(p) => {
+            if let Err(e) = c.send_now(&p) {
+                // Closed: its Closed event is on its way to the node.
+                log::debug!("{} not sent: {e}", p.body.name());
+            }
+        }
+        WriterMsg::Close => c.close_soon(),
     }
 }
 
@@ -442,12 +457,11 @@ async fn serve(
             }
         }
     };
-    let (wtx, mut wrx) = amsc::unbounded_channel::<WriterMsg>();
-    if tx.send(Msg::Writer(conn, wtx)).is_err() || tx.send(Msg::Event(ev)).is_err() {
+    if tx.send(Msg::Writer(conn, c.clone())).is_err() || tx.send(Msg::Event(ev)).is_err() {
         c.abort().await;
         return;
     }
-    let writer = c.clone();
+    let open = c.clone();
     live.fetch_add(1, Ordering::AcqRel);
     tokio::spawn(async move {
         // Counted down however the task ends.
@@ -458,19 +472,7 @@ async fn serve(
             }
         }
         let _live = Live(live);
-        while let Some(m) = wrx.recv().await {
-            match m {
-                WriterMsg::Packet(p) => {
-                    if writer.send(&p).await.is_err() {
-                        return;
-                    }
-                }
-                WriterMsg::Close => {
-                    writer.close().await;
-                    return;
-                }
-            }
-        }
+        open.closed().await;
     });
     while let Some(ev) = events.recv().await {
         match ev {

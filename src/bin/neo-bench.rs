@@ -455,7 +455,9 @@ impl Proc {
     fn spawn(name: &str, cmd: &mut Command, logs: &Path) -> Result<Proc, String> {
         let log = logs.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let err = out.try_clone().map_err(|e| format!("{}: {e}", log.display()))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| format!("{}: {e}", log.display()))?;
         let child = cmd
             .stdin(Stdio::null())
             .stdout(out)
@@ -787,7 +789,10 @@ fn measure(
             .map_err(|e| format!("worker: {e}"))?;
         let text = String::from_utf8_lossy(&out.stdout);
         let Some(line) = text.lines().rev().find(|l| l.starts_with('{')) else {
-            return Err(format!("a {client} worker printed no result ({})", out.status));
+            return Err(format!(
+                "a {client} worker printed no result ({})",
+                out.status
+            ));
         };
         let v: Value = serde_json::from_str(line).map_err(|e| format!("worker output: {e}"))?;
         let loads = Hist::from_json(&v["load_hist"])?;

@@ -3,11 +3,18 @@
 //! orderly and abrupt close, and a bounded send queue.
 //!
 //! ```text
-//!   Connection::ask ──► pending[id] ──► send queue (bounded) ──► writer task ──► socket
-//!                          ▲                                                      │
-//!   answers / Errors ──────┘◄── reader task ◄── FrameDecoder ◄─────────────────────┘
+//!   Connection::ask ──► pending[id] ──► encoded frame ─┬─► socket (writer idle: written at once)
+//!                          ▲                           └─► send buffer ──► writer task ──► socket
+//!   answers / Errors ──────┘◄── reader task ◄── FrameDecoder ◄──────────────────────────────┘
 //!   requests, notifications, unmatched answers, Closed ──► Events (bounded)
 //! ```
+//!
+//! Writing: a frame sent while nothing waits to be written goes to the
+//! socket at once, from the sender's thread (no task hand-off: the latency
+//! of a request/answer round trip); whatever the socket does not take at
+//! once is buffered, in order, for the writer task, which owns the socket
+//! until its buffer is empty again. [`Connection::send_now`] does this
+//! from any thread without waiting (a node's OS thread).
 //!
 //! Ids: one counter per connection, from 0, for the requests and
 //! notifications we send; [`Connection::answer`] reuses the request's id.
@@ -32,19 +39,21 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use log::{debug, warn};
 use rustls::pki_types::ServerName;
 use socket2::{SockRef, TcpKeepalive};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::frame::{FrameDecoder, FrameError, HandshakeError, HANDSHAKE};
@@ -55,7 +64,8 @@ use crate::types::RESPONSE_MASK;
 /// Tunables of a connection.
 #[derive(Debug, Clone)]
 pub struct ConnConfig {
-    /// Frames that may wait to be written before senders wait.
+    /// Frames that may wait to be written before [`Connection::send`]
+    /// waits ([`Connection::send_now`] never waits).
     pub send_queue: usize,
     /// Events that may wait for the node before reading stops.
     pub event_queue: usize,
@@ -266,9 +276,64 @@ pub trait Handler: Send {
         -> impl Future<Output = ()> + Send;
 }
 
-enum Outgoing {
-    Frame(Vec<u8>),
-    Close,
+type Writer = Pin<Box<dyn AsyncWrite + Send>>;
+
+/// The sending side, shared by the senders and the writer task.
+struct Out {
+    /// The socket's write half; `None` once the writer task ended.
+    io: Option<Writer>,
+    /// Bytes of frames the socket has not taken yet, from `pos`.
+    buf: Vec<u8>,
+    pos: usize,
+    /// Frames in `buf` (for back-pressure).
+    frames: usize,
+    /// The socket must be flushed (TLS records buffered by a direct write).
+    flush: bool,
+    /// Close asked: write `buf`, then shut the socket down.
+    close: bool,
+    /// The writer task, while it is idle (nothing to write): a sender may
+    /// then write to the socket itself.
+    idle: Option<Waker>,
+}
+
+impl Out {
+    fn pending(&self) -> bool {
+        self.pos < self.buf.len() || self.flush || self.close
+    }
+
+    /// Queues `frame`, writing what the socket takes at once if the writer
+    /// task is idle; wakes the writer task when something is left.
+    fn push(&mut self, frame: &[u8]) {
+        let mut written = 0;
+        if let (false, Some(waker), Some(io)) = (self.pending(), &self.idle, self.io.as_mut()) {
+            // The writer's waker: if the socket is full, the writer task is
+            // the one woken when it drains.
+            let mut cx = Context::from_waker(waker);
+            while written < frame.len() {
+                match io.as_mut().poll_write(&mut cx, &frame[written..]) {
+                    Poll::Ready(Ok(n)) if n > 0 => written += n,
+                    // Pending, an error or a 0-byte write: the writer task
+                    // retries and reports errors.
+                    _ => break,
+                }
+            }
+            if written == frame.len() {
+                match io.as_mut().poll_flush(&mut cx) {
+                    Poll::Ready(Ok(())) => return,
+                    _ => self.flush = true,
+                }
+            }
+            self.buf.clear();
+            self.pos = 0;
+        }
+        if written < frame.len() {
+            self.buf.extend_from_slice(&frame[written..]);
+            self.frames += 1;
+        }
+        if let Some(w) = self.idle.take() {
+            w.wake();
+        }
+    }
 }
 
 type Waiter = oneshot::Sender<Result<Body, ConnError>>;
@@ -282,7 +347,9 @@ struct Inner {
     peer: String,
     next_id: AtomicU32,
     state: Mutex<State>,
-    out: mpsc::Sender<Outgoing>,
+    out: Mutex<Out>,
+    /// Signalled when the writer task empties its buffer.
+    space: Notify,
     stop: watch::Sender<bool>,
     config: ConnConfig,
 }
@@ -291,6 +358,16 @@ impl Inner {
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock leaves plain data behind: go on.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn out(&self) -> MutexGuard<'_, Out> {
+        self.out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn closed_now(&self) -> ConnError {
+        ConnError::Closed {
+            peer: self.peer.clone(),
+        }
     }
 
     fn closed_error(&self, reason: &CloseReason) -> ConnError {
@@ -461,8 +538,7 @@ impl Connection {
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let (mut rd, wr) = tokio::io::split(stream);
-        let mut wr = BufWriter::new(wr);
+        let (mut rd, mut wr) = tokio::io::split(stream);
         // Both ends send at once, without waiting for the peer.
         let sent = async {
             wr.write_all(&HANDSHAKE).await?;
@@ -490,7 +566,6 @@ impl Connection {
         }
         debug!("{peer}: NEO handshake done");
 
-        let (out_tx, out_rx) = mpsc::channel(config.send_queue.max(1));
         let (ev_tx, ev_rx) = mpsc::channel(config.event_queue.max(1));
         let (stop_tx, stop_rx) = watch::channel(false);
         let inner = Arc::new(Inner {
@@ -500,12 +575,21 @@ impl Connection {
                 closed: None,
                 pending: HashMap::new(),
             }),
-            out: out_tx,
+            out: Mutex::new(Out {
+                io: Some(Box::pin(wr)),
+                buf: Vec::new(),
+                pos: 0,
+                frames: 0,
+                flush: false,
+                close: false,
+                idle: None,
+            }),
+            space: Notify::new(),
             stop: stop_tx,
             config,
         });
         tokio::spawn(read_task(inner.clone(), rd, dec, ev_tx, stop_rx.clone()));
-        tokio::spawn(write_task(inner.clone(), wr, out_rx, stop_rx));
+        tokio::spawn(write_task(inner.clone(), stop_rx));
         Ok((Connection { inner }, Events { rx: ev_rx }))
     }
 
@@ -549,20 +633,68 @@ impl Connection {
         }
     }
 
-    /// Queues a packet with its own id (waits while the queue is full).
-    pub async fn send(&self, packet: &Packet) -> Result<(), ConnError> {
+    fn encode(&self, packet: &Packet) -> Result<Vec<u8>, ConnError> {
         self.check_open()?;
-        let bytes = packet.encode().map_err(|error| ConnError::TooLarge {
+        packet.encode().map_err(|error| ConnError::TooLarge {
             peer: self.inner.peer.clone(),
             error,
-        })?;
-        self.inner
-            .out
-            .send(Outgoing::Frame(bytes))
-            .await
-            .map_err(|_| ConnError::Closed {
-                peer: self.inner.peer.clone(),
-            })
+        })
+    }
+
+    /// Sends a packet with its own id (waits while
+    /// [`ConnConfig::send_queue`] frames wait to be written).
+    pub async fn send(&self, packet: &Packet) -> Result<(), ConnError> {
+        let bytes = self.encode(packet)?;
+        let limit = self.inner.config.send_queue.max(1);
+        loop {
+            let space = self.inner.space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            {
+                let mut out = self.inner.out();
+                if out.io.is_none() || out.close {
+                    return Err(self.inner.closed_now());
+                }
+                if out.frames < limit {
+                    out.push(&bytes);
+                    return Ok(());
+                }
+            }
+            tokio::select! {
+                _ = space => {}
+                _ = self.closed() => return Err(self.inner.closed_now()),
+            }
+        }
+    }
+
+    /// Sends a packet with its own id without waiting, from any thread
+    /// (in or out of the runtime): written to the socket at once if
+    /// nothing else waits to be, else queued (without bound) for the
+    /// writer task.
+    pub fn send_now(&self, packet: &Packet) -> Result<(), ConnError> {
+        let bytes = self.encode(packet)?;
+        let mut out = self.inner.out();
+        if out.io.is_none() || out.close {
+            return Err(self.inner.closed_now());
+        }
+        out.push(&bytes);
+        Ok(())
+    }
+
+    /// Orderly close without waiting: what is queued is sent, then the
+    /// socket is shut down (see [`Connection::close`]).
+    pub fn close_soon(&self) {
+        let mut out = self.inner.out();
+        out.close = true;
+        if let Some(w) = out.idle.take() {
+            w.wake();
+        }
+    }
+
+    /// Waits until the connection has ended.
+    pub async fn closed(&self) {
+        let mut stop = self.inner.stop.subscribe();
+        let _ = stop.wait_for(|s| *s).await;
     }
 
     /// Sends a notification with a new id; returns the id.
@@ -654,10 +786,11 @@ impl Connection {
     /// Orderly close: what is queued is sent, then the socket is shut
     /// down. Returns once the connection has ended.
     pub async fn close(&self) {
-        let mut stop = self.inner.stop.subscribe();
-        if self.inner.out.send(Outgoing::Close).await.is_ok() {
-            let _ = stop.wait_for(|s| *s).await;
+        if self.inner.out().io.is_none() {
+            return;
         }
+        self.close_soon();
+        self.closed().await;
     }
 
     /// Drops the connection at once, without sending what is queued.
@@ -751,44 +884,52 @@ async fn read_task<R: AsyncRead + Unpin>(
     }
 }
 
-async fn write_task<W: AsyncWrite + Unpin>(
-    inner: Arc<Inner>,
-    mut wr: BufWriter<W>,
-    mut rx: mpsc::Receiver<Outgoing>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let work = async {
-        loop {
-            let item = rx.recv().await;
-            let mut next = item;
-            loop {
-                match next {
-                    Some(Outgoing::Frame(b)) => {
-                        if let Err(e) = wr.write_all(&b).await {
-                            return CloseReason::Abrupt(inner.io_error(e));
-                        }
-                    }
-                    Some(Outgoing::Close) | None => {
-                        let done = async {
-                            wr.flush().await?;
-                            wr.shutdown().await
-                        };
-                        return match done.await {
-                            Ok(()) => CloseReason::LocalClosed,
-                            Err(e) => CloseReason::Abrupt(inner.io_error(e)),
-                        };
-                    }
+/// Writes what the senders left in the buffer, until the connection ends.
+async fn write_task(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+    let work = poll_fn(|cx| {
+        let mut out = inner.out();
+        let out = &mut *out;
+        let Some(io) = out.io.as_mut() else {
+            return Poll::Ready(CloseReason::LocalClosed);
+        };
+        while out.pos < out.buf.len() {
+            match io.as_mut().poll_write(cx, &out.buf[out.pos..]) {
+                Poll::Ready(Ok(0)) => {
+                    let e = io::Error::new(io::ErrorKind::WriteZero, "socket took no bytes");
+                    return Poll::Ready(CloseReason::Abrupt(inner.io_error(e)));
                 }
-                match rx.try_recv() {
-                    Ok(o) => next = Some(o),
-                    Err(_) => break,
+                Poll::Ready(Ok(n)) => {
+                    out.pos += n;
+                    out.flush = true;
                 }
-            }
-            if let Err(e) = wr.flush().await {
-                return CloseReason::Abrupt(inner.io_error(e));
+                Poll::Ready(Err(e)) => return Poll::Ready(CloseReason::Abrupt(inner.io_error(e))),
+                Poll::Pending => return Poll::Pending,
             }
         }
-    };
+        if out.frames > 0 || !out.buf.is_empty() {
+            out.buf.clear();
+            out.pos = 0;
+            out.frames = 0;
+            inner.space.notify_waiters();
+        }
+        if out.flush {
+            match io.as_mut().poll_flush(cx) {
+                Poll::Ready(Ok(())) => out.flush = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(CloseReason::Abrupt(inner.io_error(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if out.close {
+            return match io.as_mut().poll_shutdown(cx) {
+                Poll::Ready(Ok(())) => Poll::Ready(CloseReason::LocalClosed),
+                Poll::Ready(Err(e)) => Poll::Ready(CloseReason::Abrupt(inner.io_error(e))),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+        // Idle: the next sender writes to the socket itself.
+        out.idle = Some(cx.waker().clone());
+        Poll::Pending
+    });
     let reason = tokio::select! {
         reason = work => Some(reason),
         _ = stop.wait_for(|s| *s) => None,
@@ -796,6 +937,15 @@ async fn write_task<W: AsyncWrite + Unpin>(
     if let Some(reason) = reason {
         inner.finish(reason);
     }
+    // Nobody writes any more: drop our half of the socket (it closes with
+    // the reader's), and let waiting senders see the end.
+    let io = {
+        let mut out = inner.out();
+        out.idle = None;
+        out.io.take()
+    };
+    drop(io);
+    inner.space.notify_waiters();
 }
 
 #[cfg(test)]

@@ -503,3 +503,71 @@ fn a_secondary_set_down_by_neoctl_exits() {
     let state = w.master(0).nodes().by_nid(m2).map(|n| n.state);
     assert_eq!(state, Some(NodeState::Down));
 }
+
+/// Masters whose clocks disagree (the last started has the oldest
+/// election key) and that meet in every order: they still end with one
+/// primary that every other master follows, and the cluster starts on it.
+#[test]
+fn masters_with_skewed_clocks_converge_on_one_primary() {
+    for n in [2usize, 3, 4] {
+        let _ = env_logger::builder().is_test(true).try_init();
+        let mut sim = Sim::new();
+        let counter = Arc::new(AtomicU64::new(0));
+        let mut idx = Vec::new();
+        for i in 0..n {
+            let cfg = MasterConfig {
+                cluster: "test".into(),
+                address: Address::new("127.0.0.1", maddr(i).port()),
+                partitions: NP,
+                replicas: 0,
+                autostart: Some(1),
+                nid: None,
+            };
+            let t = counter.clone();
+            // Master i is i seconds behind: later ones look older.
+            let skew = i as f64;
+            let clock: super::Clock = Box::new(move || {
+                1_795_542_385.0 - skew + t.fetch_add(1, Ordering::Relaxed) as f64 * 1e-3
+            });
+            let all = (0..n).map(maddr).collect();
+            let master = Master::with_clock(cfg, clock)
+                .expect("config")
+                .with_masters(all);
+            idx.push(sim.add(Some(maddr(i)), master));
+        }
+        sim.advance(Duration::from_secs(10));
+        let primaries: Vec<usize> = (0..n)
+            .filter(|&i| sim.node::<Master>(idx[i]).is_primary())
+            .collect();
+        assert_eq!(primaries.len(), 1, "{n} masters: primaries {primaries:?}");
+        let p = primaries[0];
+        for i in (0..n).filter(|&i| i != p) {
+            assert_eq!(
+                sim.node::<Master>(idx[i]).primary_address(),
+                Some(maddr(p)),
+                "{n} masters: master {i}"
+            );
+        }
+        let mut uuids: Vec<NodeId> = (0..n).map(|i| sim.node::<Master>(idx[i]).uuid()).collect();
+        uuids.sort();
+        uuids.dedup();
+        assert_eq!(uuids.len(), n, "distinct node ids");
+        // A storage that knows only the last master reaches the primary.
+        let scfg = StorageConfig {
+            cluster: "test".into(),
+            masters: vec![maddr(n - 1)],
+            address: saddr(),
+            nid: None,
+            database: "memory".into(),
+            disable_pack: false,
+        };
+        let st = StorageNode::new(scfg, MemoryBackend::new(false)).expect("storage");
+        let s = sim.add(Some(saddr()), st);
+        sim.advance(Duration::from_secs(3));
+        assert!(sim.node::<Mem>(s).is_operational(), "{n} masters");
+        assert_eq!(
+            sim.node::<Master>(idx[p]).cluster_state(),
+            ClusterState::Running
+        );
+    }
+}

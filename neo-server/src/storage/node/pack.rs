@@ -67,6 +67,8 @@ pub(super) struct Packer {
     done: usize,
     /// Data rows the deleted records referred to, in this run.
     deleted: usize,
+    /// The longest step of this run.
+    longest: Duration,
     /// Our AskPackOrders in flight: its id.
     asked: Option<u32>,
     /// Whether a step is scheduled.
@@ -86,6 +88,7 @@ impl Default for Packer {
             cursor: None,
             done: 0,
             deleted: 0,
+            longest: Duration::ZERO,
             asked: None,
             armed: false,
             batch: MIN_BATCH,
@@ -103,6 +106,12 @@ impl Packer {
     /// Partitions left to pack.
     pub(super) fn pending(&self) -> &BTreeSet<u32> {
         &self.parts
+    }
+
+    /// The longest step of the last run.
+    #[cfg(test)]
+    pub(super) fn longest_step(&self) -> Duration {
+        self.longest
     }
 }
 
@@ -264,6 +273,7 @@ impl<B: Backend> StorageNode<B> {
         self.packer.cursor = None;
         self.packer.done = 0;
         self.packer.deleted = 0;
+        self.packer.longest = Duration::ZERO;
         self.arm_pack(out);
         Ok(())
     }
@@ -356,8 +366,8 @@ impl<B: Backend> StorageNode<B> {
             }
         };
         self.packer.deleted += deleted;
+        let spent = start.elapsed();
         if self.packer.fixed_batch.is_none() {
-            let spent = start.elapsed();
             self.packer.batch = if spent < PACK_BUDGET / 2 {
                 (batch * 2).min(MAX_BATCH)
             } else if spent > PACK_BUDGET {
@@ -389,6 +399,7 @@ impl<B: Backend> StorageNode<B> {
                 self.db.commit()?;
             }
         }
+        self.packer.longest = self.packer.longest.max(start.elapsed());
         Ok(true)
     }
 
@@ -396,10 +407,12 @@ impl<B: Backend> StorageNode<B> {
     fn pack_finished(&mut self, info: &PackInfo, out: &mut Outbox) -> Result<(), DbError> {
         if self.packer.done > 0 {
             log::info!(
-                "{} partition(s) processed for pack {:016x} ({} data row(s) deleted)",
+                "{} partition(s) processed for pack {:016x} ({} data row(s) deleted, \
+                 longest step {:?})",
                 self.packer.done,
                 info.id.0,
-                self.packer.deleted
+                self.packer.deleted,
+                self.packer.longest
             );
             self.packer.done = 0;
             self.packer.deleted = 0;

@@ -345,3 +345,110 @@ fn a_crash_at_any_point_of_the_pack_resumes_after_restart() {
     }
     assert!(crashes > 20, "only {crashes} crash points");
 }
+
+/// Bench (ignored; `cargo test --release -p neo-server --lib pack_bench --
+/// --ignored --nocapture`): a SQLite database of `PACK_BENCH_OIDS` oids
+/// (default 100000) with three revisions each, packed at the second one
+/// by the node; prints the time and the longest step (the longest a
+/// client request may wait behind the pack).
+#[test]
+#[ignore]
+fn pack_bench_sqlite() {
+    use crate::storage::ObjectRef;
+    let n: u64 = std::env::var("PACK_BENCH_OIDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let dir = tempfile::tempdir().unwrap();
+    let db =
+        SqliteBackend::open(&dir.path().join("bench.sqlite"), &SqliteOptions::default()).unwrap();
+    let (sim, m, s, mconn) = identified(db);
+    let mut c = Cluster {
+        sim,
+        m,
+        s,
+        mconn,
+        ts: 1000.0,
+    };
+    // As `start`, for another backend.
+    c.send(m, mconn, full_pt(1));
+    let Body::AnswerLastIDs(_) = c.request(m, mconn, AskLastIDs {}) else {
+        panic!()
+    };
+    c.send(m, mconn, StartOperation { backup: false });
+    let _ = c.notifications(m);
+    let fill = Instant::now();
+    {
+        let node = c.sim.node_mut::<StorageNode<SqliteBackend>>(s);
+        let db = node.db_mut();
+        for (r, tid) in [T1, T2, T3].into_iter().enumerate() {
+            let mut objects = Vec::with_capacity(n as usize);
+            for oid in 0..n {
+                let data = format!("object {oid} revision {r} {}", "x".repeat(100));
+                let id = db
+                    .store_data(
+                        Some(&make_checksum(data.as_bytes())),
+                        Oid(oid),
+                        data.as_bytes(),
+                        0,
+                        None,
+                    )
+                    .unwrap()
+                    .expect("a data id");
+                objects.push(ObjectRef {
+                    oid: Oid(oid),
+                    data_id: Some(id),
+                    value_tid: None,
+                });
+            }
+            db.store_transaction(tid, &objects, None, false).unwrap();
+            db.commit().unwrap();
+        }
+    }
+    eprintln!("filled {n} oids x 3 revisions in {:?}", fill.elapsed());
+    let t = Instant::now();
+    c.send(
+        m,
+        mconn,
+        NotifyPackSigned {
+            approved: vec![P],
+            rejected: vec![],
+        },
+    );
+    let asked = master_requests(&mut c);
+    let [(id, Body::AskPackOrders(_))] = &asked[..] else {
+        panic!("{asked:?}")
+    };
+    let id = *id;
+    c.sim.poke::<Peer>(m, |_, out| {
+        out.answer(
+            mconn,
+            id,
+            AnswerPackOrders {
+                pack_list: vec![whole_order()],
+            },
+        )
+    });
+    c.sim.run();
+    c.sim.advance(ms(1));
+    let elapsed = t.elapsed();
+    assert_eq!(
+        c.notifications(m),
+        [Body::NotifyPackCompleted(NotifyPackCompleted {
+            pack_id: P
+        })]
+    );
+    let node = c.sim.node_mut::<StorageNode<SqliteBackend>>(s);
+    eprintln!(
+        "packed {n} oids ({} records deleted) in {elapsed:?}: {:.0} oids/s, longest step {:?}",
+        n,
+        n as f64 / elapsed.as_secs_f64(),
+        node.packer.longest_step()
+    );
+    let db = node.db_mut();
+    let hist = db
+        .object_history(Oid(n / 2), 0, 10)
+        .unwrap()
+        .expect("history");
+    assert_eq!(hist.len(), 2);
+}

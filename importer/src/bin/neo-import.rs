@@ -7,6 +7,9 @@
 //! connect, and shows the migration's progress (a bar on a terminal,
 //! periodic lines otherwise). With `--exit-when-done` it stops once every
 //! transaction is imported; otherwise it keeps serving until interrupted.
+//! Several sources merged at mountpoints are served and imported too (see
+//! `neo_importer::staging`). `neoctl -a ADMIN print summary` or `print
+//! import` shows the progress; `--max-rate` limits the import's bandwidth.
 //! To feed an existing cluster instead, run its storage node with
 //! `neostorage -a Importer -d importer.conf -m MASTERS -c CLUSTER`.
 

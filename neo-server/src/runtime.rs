@@ -8,9 +8,11 @@
 //! memory ([`crate::sim`]) and the same code runs in the daemons.
 //!
 //! [`spawn`] runs a node for real: tokio tasks accept and connect, and
-//! `neo_proto::conn` does TLS, NEO's handshake and the framing; the node
-//! itself runs on one dedicated OS thread,
-//! so that its database work (storage) never blocks the async threads.
+//! `neo_proto::conn` does TLS, NEO's handshake and the framing, all on one
+//! I/O thread (a current-thread runtime: no wake-ups of idle workers
+//! looking for work, the cost that dominated a request's round trip);
+//! the node itself runs on another dedicated OS thread,
+//! so that its database work (storage) never blocks the I/O.
 //! The node thread writes its packets itself ([`Connection::send_now`]:
 //! straight to the socket when nothing waits to be written, else to the
 //! connection's writer task), so an answer costs no hand-off back to the
@@ -238,10 +240,20 @@ pub fn spawn<N: Node>(
     listener: Option<std::net::TcpListener>,
     tls: Option<TlsConfig>,
 ) -> io::Result<NodeHandle> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let rt = runtime.handle().clone();
+    // The I/O thread drives every socket until the node thread ends.
+    let (io_done, io_stop) = tokio::sync::oneshot::channel::<()>();
+    let io_thread = thread::Builder::new()
+        .name("neo-io".into())
+        .spawn(move || {
+            runtime.block_on(async {
+                let _ = io_stop.await;
+            });
+            runtime.shutdown_timeout(Duration::from_millis(200));
+        })?;
     let local_addr = match &listener {
         Some(l) => Some(l.local_addr()?),
         None => None,
@@ -380,12 +392,11 @@ pub fn spawn<N: Node>(
                 w.close_soon();
             }
             let deadline = Instant::now() + Duration::from_secs(1);
-            rt.block_on(async {
-                while live.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            });
-            rt.shutdown_timeout(Duration::from_millis(200));
+            while live.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(5));
+            }
+            let _ = io_done.send(());
+            let _ = io_thread.join();
         })?;
     Ok(NodeHandle {
         local_addr,

@@ -331,6 +331,25 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / clock_ticks())
 }
 
+/// Context switches (voluntary + involuntary) of every thread of `pid`:
+/// the hand-offs a request costs, a figure that a busy machine blurs less
+/// than latencies.
+fn context_switches(pid: u32) -> Option<u64> {
+    let mut n = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let status = std::fs::read_to_string(t.ok()?.path().join("status")).ok()?;
+        for l in status.lines() {
+            if let Some(v) = l
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                n += v.trim().parse::<u64>().ok()?;
+            }
+        }
+    }
+    Some(n)
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -674,6 +693,7 @@ struct Row {
     errors: u64,
     first_error: Option<String>,
     storage_cpu: Option<f64>,
+    storage_switches: Option<u64>,
     client_cpu: f64,
 }
 
@@ -692,8 +712,12 @@ impl Row {
             .storage_cpu
             .filter(|_| ops > 0.0)
             .map(|c| c / ops * 1e6);
+        let switches = self
+            .storage_switches
+            .filter(|_| ops > 0.0)
+            .map(|c| c as f64 / ops);
         format!(
-            "| {:6} | {:6} | {:3} | {:>9.0} | {:>9} | {:>9} | {:>9} | {:>7.1} | {:>9} | {:>9} | {:>9} | {:>6} | {:>7} | {:>3} |",
+            "| {:6} | {:6} | {:3} | {:>9.0} | {:>9} | {:>9} | {:>9} | {:>7.1} | {:>9} | {:>9} | {:>9} | {:>6} | {:>7} | {:>6} | {:>3} |",
             self.storage,
             self.client,
             self.workers,
@@ -708,14 +732,15 @@ impl Row {
             self.storage_cpu
                 .map_or_else(|| "-".into(), |c| format!("{c:.2}")),
             per_op.map_or_else(|| "-".into(), |c| format!("{c:.1}")),
+            switches.map_or_else(|| "-".into(), |c| format!("{c:.2}")),
             self.errors,
         )
     }
 }
 
 const HEADER: &str = "\
-| storage | client | N | loads/s | load p50 | load p99 | load p999 | commits/s | commit p50 | commit p99 | commit p999 | stor CPU s | CPU µs/op | err |
-|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+| storage | client | N | loads/s | load p50 | load p99 | load p999 | commits/s | commit p50 | commit p99 | commit p999 | stor CPU s | CPU µs/op | cs/op | err |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 fn measure(
     o: &Opts,
@@ -773,14 +798,17 @@ fn measure(
     }
     sleep_until_unix_ms(start_at);
     let cpu0 = storage_pid.and_then(cpu_seconds);
+    let cs0 = storage_pid.and_then(context_switches);
     std::thread::sleep(Duration::from_secs_f64(o.duration));
     let cpu1 = storage_pid.and_then(cpu_seconds);
+    let cs1 = storage_pid.and_then(context_switches);
     let mut row = Row {
         storage: storage.to_owned(),
         client: client.to_owned(),
         workers,
         duration: o.duration,
         storage_cpu: cpu0.zip(cpu1).map(|(a, b)| b - a),
+        storage_switches: cs0.zip(cs1).map(|(a, b)| b.saturating_sub(a)),
         ..Row::default()
     };
     for child in children {

@@ -1267,45 +1267,57 @@ impl Backend for SqliteBackend {
     ) -> DbResult<Option<ObjectRecord>> {
         let p = self.view()?.readable_partition(oid.0)?;
         let soid = to_sql(oid.0, "oid")?;
-        const SELECT: &str = "SELECT tid, compression, data.hash, value, value_tid \
-             FROM obj LEFT JOIN data ON obj.data_id = data.id WHERE partition=? AND oid=?";
+        // One statement per load (the next revision's tid in a subquery):
+        // each statement outside a write transaction takes and releases
+        // SQLite's file lock, which cost as much as the lookups.
+        macro_rules! select {
+            ($cond:literal) => {
+                concat!(
+                    "SELECT tid, compression, data.hash, value, value_tid, \
+                     (SELECT n.tid FROM obj AS n WHERE n.partition=obj.partition \
+                     AND n.oid=obj.oid AND n.tid>obj.tid ORDER BY n.tid LIMIT 1) \
+                     FROM obj LEFT JOIN data ON obj.data_id = data.id \
+                     WHERE partition=? AND oid=?",
+                    $cond
+                )
+            };
+        }
         type Raw = (
             i64,
             Option<i64>,
             Option<Vec<u8>>,
             Option<Vec<u8>>,
             Option<i64>,
+            Option<i64>,
         );
         let get = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Raw> {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
         };
         let raw = if let Some(at) = at {
             self.row(
-                &format!("{SELECT} AND tid=?"),
+                select!(" AND tid=?"),
                 params![p, soid, to_sql(at.0, "tid")?],
                 get,
             )?
         } else if let Some(before) = before {
             self.row(
-                &format!("{SELECT} AND tid<? ORDER BY tid DESC LIMIT 1"),
+                select!(" AND tid<? ORDER BY tid DESC LIMIT 1"),
                 params![p, soid, to_sql(before.0, "tid")?],
                 get,
             )?
         } else {
-            self.row(
-                &format!("{SELECT} ORDER BY tid DESC LIMIT 1"),
-                params![p, soid],
-                get,
-            )?
+            self.row(select!(" ORDER BY tid DESC LIMIT 1"), params![p, soid], get)?
         };
-        let Some((serial, comp, hash, data, value_tid)) = raw else {
+        let Some((serial, comp, hash, data, value_tid, next)) = raw else {
             return Ok(None);
         };
-        let next = self.row(
-            "SELECT tid FROM obj WHERE partition=? AND oid=? AND tid>? ORDER BY tid LIMIT 1",
-            params![p, soid, serial],
-            |r| r.get::<_, i64>(0),
-        )?;
         Ok(Some(ObjectRecord {
             serial: Tid(from_sql(serial, "tid")?),
             next_serial: opt_u64(next, "tid")?.map(Tid),

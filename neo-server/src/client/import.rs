@@ -228,3 +228,41 @@ impl Client {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::super::{compress, decompress};
+
+    /// The client's compressor, reused across calls, gives what a fresh
+    /// zlib encoder gives, and keeps data that does not shrink raw.
+    #[test]
+    fn reused_compressor_equals_a_fresh_one() {
+        let fresh = |d: &[u8]| {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(d).unwrap();
+            e.finish().unwrap()
+        };
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let noise: Vec<u8> = (0..5000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let text = b"persistent mapping ".repeat(300);
+        for _ in 0..3 {
+            let (c, z) = compress(&text);
+            assert_eq!((c, &z), (1, &fresh(&text)));
+            assert_eq!(decompress(1, &z).unwrap(), text);
+            assert_eq!(compress(&noise), (0, noise.clone()));
+            assert_eq!(compress(b""), (0, Vec::new()));
+            let big = [&text[..], &noise[..]].concat().repeat(40);
+            let (c, z) = compress(&big);
+            assert_eq!((c, &z), (1, &fresh(&big)));
+        }
+    }
+}

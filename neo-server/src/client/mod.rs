@@ -924,18 +924,35 @@ fn decompress(compression: u8, data: &[u8]) -> std::result::Result<Vec<u8>, Stri
     }
 }
 
-/// Compresses like NEO's client: zlib, kept only if smaller.
+/// Compresses like NEO's client: zlib, kept only if smaller. One
+/// compressor per thread, reset for each call (a new one per call costs
+/// a large allocation, page faults included, per stored object).
 fn compress(data: &[u8]) -> (u8, Vec<u8>) {
-    use std::io::Write;
-    let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-    if enc.write_all(data).is_ok() {
-        if let Ok(z) = enc.finish() {
-            if z.len() < data.len() {
-                return (1, z);
+    use flate2::{Compress, Compression, FlushCompress, Status};
+    thread_local! {
+        static ZLIB: std::cell::RefCell<Compress> =
+            std::cell::RefCell::new(Compress::new(Compression::default(), true));
+    }
+    let raw = || (0, data.to_vec());
+    ZLIB.with(|z| {
+        let mut z = z.borrow_mut();
+        z.reset();
+        // Only an output smaller than the data is kept: stop when full.
+        let mut out = Vec::with_capacity(data.len());
+        loop {
+            let (before_in, before_out) = (z.total_in(), z.total_out());
+            let consumed = usize::try_from(before_in).unwrap_or(usize::MAX);
+            let input = data.get(consumed..).unwrap_or(&[]);
+            match z.compress_vec(input, &mut out, FlushCompress::Finish) {
+                Ok(Status::StreamEnd) if out.len() < data.len() => return (1, out),
+                Ok(Status::StreamEnd) | Err(_) => return raw(),
+                Ok(_) if out.len() == out.capacity() => return raw(),
+                // No progress with room left: give up compressing.
+                Ok(_) if (z.total_in(), z.total_out()) == (before_in, before_out) => return raw(),
+                Ok(_) => {}
             }
         }
-    }
-    (0, data.to_vec())
+    })
 }
 
 async fn master_events(inner: Weak<Inner>, conn: Connection, mut events: Events) {

@@ -809,6 +809,27 @@ fn pack_partition_rules<H: Harness>(h: &mut H) {
         .unwrap();
     assert_eq!((last, n), (None, 1));
     assert_eq!(hist(&mut db, 0), Some(vec![30]));
+    // An empty list, and oids without records: nothing.
+    let (last, n) = db.pack_partition(0, PackScope::Oids(&[]), Tid(30)).unwrap();
+    assert_eq!((last, n), (None, 0));
+    let (last, n) = db
+        .pack_partition(0, PackScope::Oids(&[Oid(8), Oid(12)]), Tid(30))
+        .unwrap();
+    assert_eq!((last, n), (None, 0));
+    // Idempotent: packing again at the same tid deletes nothing.
+    let (_, n) = db
+        .pack_partition(
+            0,
+            PackScope::From {
+                min_oid: Oid(0),
+                limit: 100,
+            },
+            Tid(30),
+        )
+        .unwrap();
+    assert_eq!(n, 0);
+    assert_eq!(hist(&mut db, 0), Some(vec![30]));
+    assert_eq!(hist(&mut db, 4), Some(vec![30]));
 }
 
 fn pack_orders_flow<H: Harness>(h: &mut H) {

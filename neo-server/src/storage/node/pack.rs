@@ -350,9 +350,13 @@ impl<B: Backend> StorageNode<B> {
                     .take(usize::try_from(batch).unwrap_or(usize::MAX))
                     .copied()
                     .collect();
-                let (_, deleted) =
+                let deleted = if oids.is_empty() {
+                    0
+                } else {
                     self.db
-                        .pack_partition(offset, PackScope::Oids(&oids), info.tid)?;
+                        .pack_partition(offset, PackScope::Oids(&oids), info.tid)?
+                        .1
+                };
                 let n = oids.len() as u64;
                 ((n == batch).then_some(pos + n), deleted)
             }

@@ -5,8 +5,9 @@
 //! UNDO_PACK_ERROR), current data
 //! is intact, an object deleted (undo of its creation) before T vanishes.
 //! Scenarios: two storages with one replica (both pack: checked again
-//! through the survivor after a SIGKILL), a restart after the pack, and
-//! `--disable-pack`. Every scenario runs on SQLite and on MySQL.
+//! through the survivor after a SIGKILL), a storage added after a pack
+//! (replicates packed data, then takes part in the next pack), a restart
+//! after the pack, and `--disable-pack`. Every scenario runs on SQLite and on MySQL.
 
 mod cluster_common;
 
@@ -232,8 +233,76 @@ fn disable_pack_keeps_everything(db: Db) {
     }));
 }
 
+/// `neoctl print pt` until `ok` holds.
+fn wait_pt_until(c: &Cluster, ok: impl Fn(&str) -> bool, timeout: Duration) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let (_, pt, _) = c.neoctl(&["print", "pt"]);
+        if ok(&pt) {
+            return pt;
+        }
+        assert!(start.elapsed() < timeout, "partition table still:\n{pt}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn storage_added_after_a_pack_gets_packed_data_and_packs_next(db: Db) {
+    let Some(mut c) = Cluster::on(db, "pack_added", 2) else {
+        return;
+    };
+    c.replicas = 1;
+    c.start_master();
+    c.start_storage(0);
+    c.start_admin();
+    c.bootstrap();
+    let rt = runtime();
+    let a = rt
+        .block_on(within(OP, "connect", Client::connect(c.client_config())))
+        .expect("client");
+    let h = rt.block_on(within(OP, "history", history(&a)));
+    rt.block_on(within(OP, "pack 1", a.pack(Tid(h.t3.0 - 1), None, true)))
+        .expect("pack 1");
+    // A second storage replicates from the packed one.
+    c.start_storage(1);
+    let start = std::time::Instant::now();
+    while c.neoctl(&["add", "S2"]).0 != 0 {
+        assert!(start.elapsed() < OP, "neoctl add S2 keeps failing");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, out, err) = c.neoctl(&["tweak"]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_pt_until(
+        &c,
+        |pt| pt.contains("S2 R UUUU") && pt.contains("S1 R UUUU"),
+        Duration::from_secs(30),
+    );
+    // A second pack at t3 (v2 goes): both storages must complete it.
+    rt.block_on(within(OP, "pack 2", a.pack(h.t3, None, true)))
+        .expect("pack 2");
+    if let Some(s) = c.storages[0].as_mut() {
+        s.kill();
+    }
+    wait_pt_until(&c, |pt| pt.contains("S1 D "), OP);
+    rt.block_on(within(OP, "S2 alone", async {
+        check_deleted_gone(&a, &h, "S2 alone").await;
+        for i in 0..N {
+            let oid = Oid(i);
+            for serial in [h.t1[i as usize], h.t2] {
+                match a.load_serial(oid, serial).await {
+                    Err(ClientError::NotFound { .. }) => {}
+                    other => panic!("S2 alone: loadSerial {serial} of {oid}: {other:?}"),
+                }
+            }
+            let r = a.load(oid).await.expect("load");
+            assert_eq!((r.data, r.serial), (format!("v3 {i}").into_bytes(), h.t3));
+        }
+        a.close().await;
+    }));
+}
+
 backend_tests!(
     two_storages_with_a_replica_both_pack,
+    storage_added_after_a_pack_gets_packed_data_and_packs_next,
     pack_survives_a_restart_and_packs_again,
     disable_pack_keeps_everything
 );

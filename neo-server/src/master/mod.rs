@@ -12,8 +12,10 @@
 //! shutdown, 06 storage down, 07 admin, 08 two masters) for the order and
 //! arguments of the packets. With other masters ([`Master::with_masters`])
 //! the primary is elected and the others play the secondary role
-//! ([`election`]).
+//! ([`election`]). Backup mode (following an upstream cluster) is in
+//! [`backup`].
 
+mod backup;
 mod election;
 mod tid;
 mod txn;
@@ -39,6 +41,7 @@ use crate::nodes::{Node as NodeEntry, NodeTable};
 use crate::pt::{CellChange, PartitionTable, PtError};
 use crate::runtime::{ConnId, Event, Node, Outbox};
 
+pub use backup::UPSTREAM_RETRY;
 pub use election::ELECTION_RETRY;
 pub use tid::{add_tid, tid_from_time, time_from_tid};
 pub use txn::{TransactionManager, Txn, TxnError};
@@ -163,6 +166,13 @@ pub struct Master {
     /// Our connections to other masters (election, or to the primary).
     master_out: HashMap<ConnId, SocketAddr>,
     election_timer: bool,
+    /// The cluster to back up, if configured.
+    upstream: Option<backup::Upstream>,
+    /// The backup in progress (STARTING_BACKUP, BACKINGUP).
+    backup: Option<backup::Backup>,
+    /// Clients that are backup masters of other clusters: they get
+    /// InvalidatePartitions.
+    backup_clients: HashSet<NodeId>,
 }
 
 /// What an admin request was refused with.
@@ -220,6 +230,9 @@ impl Master {
             election_key: None,
             master_out: HashMap::new(),
             election_timer: false,
+            upstream: None,
+            backup: None,
+            backup_clients: HashSet::new(),
         })
     }
 
@@ -466,7 +479,8 @@ impl Master {
     }
 
     fn start_storage(&mut self, out: &mut Outbox, nid: NodeId) {
-        self.send(out, nid, p::StartOperation { backup: false });
+        let backup = self.backing_up();
+        self.send(out, nid, p::StartOperation { backup });
         self.storage_starting.insert(nid);
     }
 
@@ -936,10 +950,17 @@ impl Master {
                 .extra
                 .iter()
                 .any(|(k, v)| k.as_ref() == b"read_only" && matches!(v, Value::Bool(true)));
-            if ro {
+            // A backup master is a read-only client (NEO's default).
+            let backup = req.extra.iter().any(|(k, _)| k.as_ref() == b"backup");
+            if ro || backup {
                 self.read_only.insert(nid);
             } else {
                 self.read_only.remove(&nid);
+            }
+            if backup {
+                self.backup_clients.insert(nid);
+            } else {
+                self.backup_clients.remove(&nid);
             }
         }
         self.broadcast_nodes(out, std::slice::from_ref(&info));
@@ -1035,6 +1056,7 @@ impl Master {
         self.delayed_begins
             .retain(|(c, _, _)| self.nodes.by_conn(*c).is_some_and(|n| n.nid != Some(nid)));
         self.read_only.remove(&nid);
+        self.backup_clients.remove(&nid);
         if let Some(mut node) = self.nodes.remove(nid) {
             node.state = NodeState::Unknown;
             let info = node.info();
@@ -1197,7 +1219,7 @@ impl Master {
                 id,
                 p::AnswerRecovery {
                     ptid: self.pt.ptid(),
-                    backup_tid: None,
+                    backup_tid: self.backup_tid(),
                     truncate_tid: self.truncate_tid,
                 },
             ),
@@ -1355,6 +1377,9 @@ impl Master {
                     },
                 );
             }
+            Body::NotifyReplicationDone(n)
+                if self.pt.cell(n.offset, nid) != Some(p::CellState::OutOfDate)
+                    && self.backup_replication_done(out, nid, n.offset, n.tid) => {}
             Body::NotifyReplicationDone(n) => self.replication_done(out, conn, id, nid, n.offset),
             Body::NotifyPartitionCorrupted(n) => {
                 log::error!("partition {} corrupted in: {:?}", n.partition, n.cell_list)
@@ -1774,6 +1799,21 @@ impl Master {
                             },
                         );
                     }
+                } else if self.backup_clients.contains(&client) {
+                    let np = u64::from(self.pt.np().max(1));
+                    let partitions: BTreeSet<Offset> = txn
+                        .oid_list
+                        .iter()
+                        .map(|oid| (oid.0 % np) as Offset)
+                        .collect();
+                    self.send(
+                        out,
+                        client,
+                        p::InvalidatePartitions {
+                            tid,
+                            partition_list: partitions.into_iter().collect(),
+                        },
+                    );
                 } else {
                     self.send(
                         out,
@@ -2030,8 +2070,19 @@ impl Master {
                 out.error(conn, id, ErrorCode::Ack, "Cluster state changed");
                 self.shutdown(out);
             }
-            ClusterState::StartingBackup | ClusterState::StoppingBackup => {
-                return Err(denied("Can not switch to this state"));
+            ClusterState::StartingBackup => {
+                self.start_backup(out).map_err(denied)?;
+                out.error(conn, id, ErrorCode::Ack, "Cluster state changed");
+            }
+            ClusterState::StoppingBackup => {
+                if !matches!(
+                    self.state,
+                    ClusterState::StartingBackup | ClusterState::BackingUp
+                ) {
+                    return Err(denied("Can not switch to this state"));
+                }
+                out.error(conn, id, ErrorCode::Ack, "Cluster state changed");
+                self.stop_backup(out);
             }
             _ => return Err(denied("Invalid state requested")),
         }
@@ -2304,6 +2355,22 @@ impl Node for Master {
                     self.accepted.insert(conn);
                 }
             }
+            Event::Packet { conn, packet } if self.is_upstream(conn) => {
+                self.upstream_packet(out, conn, packet)
+            }
+            Event::Connected { conn, .. } if self.is_upstream(conn) => {
+                self.upstream_connected(out, conn)
+            }
+            Event::Closed { conn, error } if self.is_upstream(conn) => {
+                let why = error.unwrap_or_else(|| "connection closed".into());
+                self.upstream_lost(out, conn, &why)
+            }
+            Event::ConnectFailed { conn, error, .. } if self.is_upstream(conn) => {
+                self.upstream_lost(out, conn, &error)
+            }
+            Event::Timer {
+                token: backup::TIMER_UPSTREAM,
+            } => self.upstream_timer(out),
             Event::Packet { conn, packet } if self.master_out.contains_key(&conn) => {
                 self.master_out_packet(out, conn, packet)
             }

@@ -26,7 +26,7 @@
 //! (`serve.rs`); to admin nodes, the backend's background progress
 //! (`monitor.rs`). Our own replication of out-of-date cells: `replicator.rs`.
 //! Pack orders are executed in the background (`pack.rs`).
-//! Not here yet: backup.
+//! Backup mode (Replicate orders from a backup master) is in `replicator.rs`.
 
 mod client;
 mod monitor;
@@ -35,6 +35,8 @@ mod replicator;
 mod serve;
 pub mod txn;
 
+#[cfg(test)]
+mod backup_tests;
 #[cfg(test)]
 mod replay;
 #[cfg(test)]
@@ -955,8 +957,15 @@ impl<B: Backend> StorageNode<B> {
             Body::Pong(_) | Body::AnswerUnfinishedTransactions(_) | Body::AnswerPackOrders(_) => {
                 Ok(())
             }
-            Body::Replicate(_) | Body::CheckPartition(_) => {
-                log::warn!("replication and checks are not implemented: ignored");
+            Body::Replicate(r) if self.operational => {
+                let upstream = String::from_utf8_lossy(&r.upstream_name).into_owned();
+                self.backup_order(r.tid, &upstream, &r.source_dict.0, out)
+            }
+            body @ (Body::Replicate(_) | Body::CheckPartition(_)) => {
+                log::warn!(
+                    "{}: not implemented or not operational: ignored",
+                    body.name()
+                );
                 Ok(())
             }
             body if self.operational => self.operation_packet(conn, id, body, out),
@@ -1058,7 +1067,8 @@ impl<B: Backend> StorageNode<B> {
                 self.db.commit()?;
                 Ok(())
             }
-            Body::StartOperation(_) => {
+            Body::StartOperation(s) => {
+                self.backup_start(s.backup)?;
                 self.operational = true;
                 out.notify(conn, NotifyReady {});
                 // NEO's doOperation: forget all unfinished data.
@@ -1085,7 +1095,11 @@ impl<B: Backend> StorageNode<B> {
         out: &mut Outbox,
     ) -> Result<(), Fail> {
         match body {
-            Body::StartOperation(_) => Ok(()),
+            // Switching to backup mode while operational.
+            Body::StartOperation(s) => {
+                self.backup_start(s.backup)?;
+                Ok(())
+            }
             Body::AskLockInformation(a) => {
                 // Durable (committed) before the answer when the metadata
                 // is here.

@@ -16,6 +16,13 @@
 //! request's id, then the answer: tids to delete and where to go on), then
 //! `AskFetchObjects` likewise with `AddObject`; commit after each chunk
 //! (the cell's tid records where to resume), then `NotifyReplicationDone`.
+//!
+//! In a backup cluster (NEO's `Replicator.backup`) the master orders, with
+//! `Replicate`, readable cells to be fetched from an upstream storage up to
+//! a tid: the same fetching, identified anonymously (no node id, the
+//! upstream cluster's name); an order without source only moves the cell's
+//! backup tid (nothing of it changed upstream). The database's `backup_tid`
+//! is the last tid every readable cell of ours has.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -51,6 +58,33 @@ struct Part {
     max_ttid: Option<Tid>,
 }
 
+/// A readable cell of a backup cluster.
+#[derive(Debug, Clone)]
+struct BackupPart {
+    /// First tid not fetched yet.
+    next_tid: Tid,
+    /// Fetch up to this tid from this upstream storage of that cluster.
+    order: Option<(Tid, SocketAddr, String)>,
+}
+
+/// Where a partition is replicated from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    /// A storage node of our cluster.
+    Node(NodeId),
+    /// A storage node of the upstream cluster (address, cluster name).
+    Upstream(SocketAddr, String),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Node(nid) => write!(f, "{nid}"),
+            Source::Upstream(addr, name) => write!(f, "upstream {name:?} {addr}"),
+        }
+    }
+}
+
 /// Where the current replication is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
@@ -69,7 +103,7 @@ enum Step {
 struct Current {
     partition: u32,
     conn: ConnId,
-    source: NodeId,
+    source: Source,
     step: Step,
     /// The first tid of this round (objects start there).
     min_tid: Tid,
@@ -81,6 +115,8 @@ struct Current {
 #[derive(Debug, Default)]
 pub(super) struct Replicator {
     parts: BTreeMap<u32, Part>,
+    /// Readable cells of a backup cluster (empty out of backup mode).
+    backup: BTreeMap<u32, BackupPart>,
     /// Unfinished transactions (ttids) we wait for.
     ttids: BTreeSet<Tid>,
     /// AskUnfinishedTransactions in flight: id -> partitions.
@@ -88,7 +124,7 @@ pub(super) struct Replicator {
     current: Option<Current>,
     /// An identified connection kept between partitions: `(source, conn)`
     /// (NEO reuses it for the next partition from the same node).
-    idle: Option<(NodeId, ConnId)>,
+    idle: Option<(Source, ConnId)>,
     retry_armed: bool,
     /// How many records a fetch asks (tests: small chunks).
     fetch_count: Option<u32>,
@@ -98,7 +134,7 @@ impl Replicator {
     /// Whether `conn` is our replication connection.
     pub(super) fn owns(&self, conn: ConnId) -> bool {
         self.current.as_ref().is_some_and(|c| c.conn == conn)
-            || self.idle.is_some_and(|(_, c)| c == conn)
+            || self.idle.as_ref().is_some_and(|(_, c)| *c == conn)
     }
 
     /// Whether `id` is one of our AskUnfinishedTransactions.
@@ -113,7 +149,10 @@ impl Replicator {
     /// The source of the connection kept between partitions, if any.
     #[cfg(test)]
     pub(super) fn idle_source(&self) -> Option<NodeId> {
-        self.idle.map(|(nid, _)| nid)
+        match &self.idle {
+            Some((Source::Node(nid), _)) => Some(*nid),
+            _ => None,
+        }
     }
 
     /// Partitions still to replicate.
@@ -158,11 +197,19 @@ impl<B: Backend> StorageNode<B> {
             return Ok(());
         };
         let mut outdated = BTreeMap::new();
+        let mut backup = BTreeSet::new();
         for (offset, next) in self.db.cell_next_tids()? {
-            if let CellNext::Replicate { next_tid } = next {
-                outdated.insert(offset, next_tid);
+            match next {
+                CellNext::Replicate { next_tid } => {
+                    outdated.insert(offset, next_tid);
+                }
+                CellNext::Backup { .. } => {
+                    backup.insert(offset);
+                }
+                CellNext::Readable => {}
             }
         }
+        self.replicator.backup.retain(|p, _| backup.contains(p));
         let gone: Vec<u32> = self
             .replicator
             .parts
@@ -276,6 +323,9 @@ impl<B: Backend> StorageNode<B> {
         if self.replicator.current.is_some() || !self.operational {
             return;
         }
+        if !self.replicator.parts.values().any(|p| p.target.is_some()) {
+            return self.next_backup_partition(out);
+        }
         // Furthest behind first; then those without unfinished
         // transactions.
         let Some((&partition, part)) = self
@@ -297,8 +347,29 @@ impl<B: Backend> StorageNode<B> {
             part.target = None;
         }
         log::info!("replicating partition {partition} ({next_tid}..={max_tid}) from {source}");
+        self.start_round(
+            partition,
+            next_tid,
+            max_tid,
+            Source::Node(source),
+            addr,
+            out,
+        );
+    }
+
+    /// Starts a round of replication of `partition` from `source`, on the
+    /// connection kept from the last round if it is to the same node.
+    fn start_round(
+        &mut self,
+        partition: u32,
+        next_tid: Tid,
+        max_tid: Tid,
+        source: Source,
+        addr: SocketAddr,
+        out: &mut Outbox,
+    ) {
         let reuse = match self.replicator.idle.take() {
-            Some((nid, conn)) if nid == source => Some(conn),
+            Some((s, conn)) if s == source => Some(conn),
             Some((_, conn)) => {
                 out.close(conn);
                 None
@@ -338,7 +409,10 @@ impl<B: Backend> StorageNode<B> {
             })
             .collect();
         // The node we are connected to, if it can.
-        let linked = self.replicator.idle.map(|(nid, _)| nid);
+        let linked = match &self.replicator.idle {
+            Some((Source::Node(nid), _)) => Some(*nid),
+            _ => None,
+        };
         candidates
             .iter()
             .find(|(nid, _)| Some(*nid) == linked)
@@ -373,6 +447,18 @@ impl<B: Backend> StorageNode<B> {
         if let Some(part) = self.replicator.parts.get_mut(&c.partition) {
             part.target = Some(part.target.map_or(c.max_tid, |t| t.max(c.max_tid)));
         }
+        if let (Some(part), Source::Upstream(addr, name)) =
+            (self.replicator.backup.get_mut(&c.partition), c.source)
+        {
+            // Other partitions first (NEO's `abort`), so that an upstream
+            // node that cannot be reached does not hold them; then this
+            // order is tried again, unless a newer one came.
+            let order = part.order.take().unwrap_or((c.max_tid, addr, name));
+            self.next_partition(out);
+            if let Some(part) = self.replicator.backup.get_mut(&c.partition) {
+                part.order.get_or_insert(order);
+            }
+        }
         self.arm_replication_retry(out);
     }
 
@@ -382,13 +468,18 @@ impl<B: Backend> StorageNode<B> {
             return;
         };
         let a = self.cfg.address;
+        // Upstream, anonymously with the upstream cluster's name.
+        let (uuid, name) = match &c.source {
+            Source::Node(_) => (self.nid, self.cfg.cluster.as_str()),
+            Source::Upstream(_, name) => (None, name.as_str()),
+        };
         let id = out.ask(
             c.conn,
             RequestIdentification {
                 node_type: NodeType::Storage,
-                uuid: self.nid,
+                uuid,
                 address: Some(Address::new(&a.ip().to_string(), a.port())),
-                name: Bytes::copy_from_slice(self.cfg.cluster.as_bytes()),
+                name: Bytes::copy_from_slice(name.as_bytes()),
                 id_timestamp: self.id_timestamp,
                 extra: Map::new(),
             },
@@ -398,7 +489,12 @@ impl<B: Backend> StorageNode<B> {
 
     /// A replication connection failed or closed.
     pub(super) fn replication_closed(&mut self, conn: ConnId, why: &str, out: &mut Outbox) {
-        if self.replicator.idle.is_some_and(|(_, c)| c == conn) {
+        if self
+            .replicator
+            .idle
+            .as_ref()
+            .is_some_and(|(_, c)| *c == conn)
+        {
             self.replicator.idle = None;
         } else {
             self.replication_abort(why, out);
@@ -407,7 +503,12 @@ impl<B: Backend> StorageNode<B> {
 
     /// A packet on a replication connection.
     pub(super) fn replication_packet(&mut self, conn: ConnId, packet: Packet, out: &mut Outbox) {
-        if self.replicator.idle.is_some_and(|(_, c)| c == conn) {
+        if self
+            .replicator
+            .idle
+            .as_ref()
+            .is_some_and(|(_, c)| *c == conn)
+        {
             if !matches!(packet.body, Body::Ping(_) | Body::Pong(_)) {
                 log::debug!("{} on an idle replication connection", packet.body.name());
             }
@@ -611,7 +712,28 @@ impl<B: Backend> StorageNode<B> {
             return Ok(());
         };
         // Kept for the next partition.
-        self.replicator.idle = Some((c.source, c.conn));
+        self.replicator.idle = Some((c.source.clone(), c.conn));
+        if let Some(part) = self.replicator.backup.get_mut(&c.partition) {
+            part.next_tid = part.next_tid.max(Tid(c.max_tid.0.saturating_add(1)));
+            log::info!(
+                "partition {} backed up to {} from {}",
+                c.partition,
+                c.max_tid,
+                c.source
+            );
+            self.backup_update_tid()?;
+            if let Some(master) = self.master_conn() {
+                out.notify(
+                    master,
+                    NotifyReplicationDone {
+                        offset: c.partition,
+                        tid: c.max_tid,
+                    },
+                );
+            }
+            self.next_partition(out);
+            return Ok(());
+        }
         self.db.update_cell_tid(c.partition, c.max_tid)?;
         self.db.commit()?;
         let Some(part) = self.replicator.parts.get_mut(&c.partition) else {
@@ -637,5 +759,139 @@ impl<B: Backend> StorageNode<B> {
         }
         self.next_partition(out);
         Ok(())
+    }
+
+    // ---- backup mode ---------------------------------------------------
+
+    /// StartOperation (NEO's `Replicator.startOperation`): entering backup
+    /// mode records the last tid as the backup tid (kept if already in
+    /// backup mode); leaving it clears the backup tid.
+    pub(super) fn backup_start(&mut self, backup: bool) -> Result<(), DbError> {
+        if backup {
+            if self.db.backup_tid()?.is_none() {
+                let last = self.db.last_ids()?.0.unwrap_or(Tid(0));
+                log::info!("backup mode: backup tid {last}");
+                self.db.set_backup_tid(Some(last))?;
+                self.db.commit()?;
+            }
+            self.backup_load()?;
+        } else {
+            self.replicator.backup.clear();
+            if self.db.backup_tid()?.is_some() {
+                self.db.set_backup_tid(None)?;
+                self.db.commit()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers our readable cells as backup cells, each resuming where
+    /// its data ends.
+    fn backup_load(&mut self) -> Result<(), DbError> {
+        for (offset, next) in self.db.cell_next_tids()? {
+            if let CellNext::Backup { trans, obj } = next {
+                self.replicator.backup.entry(offset).or_insert(BackupPart {
+                    next_tid: trans.min(obj),
+                    order: None,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Replicate from the backup master (NEO's `Replicator.backup`): the
+    /// partitions with a source are fetched from it up to `tid`; those
+    /// without one are known unchanged up to `tid`.
+    pub(super) fn backup_order(
+        &mut self,
+        tid: Tid,
+        upstream: &str,
+        sources: &[(u32, Option<Address>)],
+        out: &mut Outbox,
+    ) -> Result<(), Fail> {
+        if self.db.backup_tid()?.is_none() {
+            return Err(Fail::Protocol("Replicate out of backup mode".into()));
+        }
+        if self.replicator.backup.is_empty() {
+            self.backup_load()?;
+        }
+        let current = self.replicator.current.as_ref().map(|c| c.partition);
+        let mut moved = false;
+        for (offset, source) in sources {
+            let Some(part) = self.replicator.backup.get_mut(offset) else {
+                log::warn!("Replicate for partition {offset} that we do not back up: ignored");
+                continue;
+            };
+            match source {
+                Some(a) => {
+                    let host = String::from_utf8_lossy(&a.host).into_owned();
+                    let addr = crate::config::parse_address(&host, Some(a.port))
+                        .map_err(|e| Fail::Protocol(format!("bad upstream address {a}: {e}")))?;
+                    part.order = Some((tid, addr, upstream.to_owned()));
+                }
+                None if current != Some(*offset) && part.order.is_none() => {
+                    part.next_tid = part.next_tid.max(Tid(tid.0.saturating_add(1)));
+                    moved = true;
+                }
+                None => {}
+            }
+        }
+        if moved {
+            self.backup_update_tid()?;
+        }
+        self.next_partition(out);
+        Ok(())
+    }
+
+    /// The backup tid of the database: the last tid all our readable cells
+    /// have (`updateBackupTID`).
+    fn backup_update_tid(&mut self) -> Result<(), DbError> {
+        let Some(old) = self.db.backup_tid()? else {
+            return Ok(());
+        };
+        let Some(min) = self.replicator.backup.values().map(|p| p.next_tid).min() else {
+            return Ok(());
+        };
+        let tid = Tid(min.0.saturating_sub(1));
+        if tid != old {
+            self.db.set_backup_tid(Some(tid))?;
+        }
+        self.db.commit()
+    }
+
+    /// The backup cell furthest behind with an order: fetch it upstream.
+    fn next_backup_partition(&mut self, out: &mut Outbox) {
+        let Some((&partition, part)) = self
+            .replicator
+            .backup
+            .iter()
+            .filter(|(_, p)| p.order.is_some())
+            .min_by_key(|(_, p)| p.next_tid)
+        else {
+            return;
+        };
+        let next_tid = part.next_tid;
+        let Some((max_tid, addr, name)) = part.order.clone() else {
+            return;
+        };
+        if let Some(part) = self.replicator.backup.get_mut(&partition) {
+            part.order = None;
+        }
+        if max_tid < next_tid {
+            // Already there: just report it.
+            if let Some(master) = self.master_conn() {
+                out.notify(
+                    master,
+                    NotifyReplicationDone {
+                        offset: partition,
+                        tid: Tid(next_tid.0.saturating_sub(1)),
+                    },
+                );
+            }
+            return self.next_partition(out);
+        }
+        let source = Source::Upstream(addr, name);
+        log::info!("backing up partition {partition} ({next_tid}..={max_tid}) from {source}");
+        self.start_round(partition, next_tid, max_tid, source, addr, out);
     }
 }

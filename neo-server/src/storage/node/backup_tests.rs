@@ -1,0 +1,461 @@
+//! Backup mode in one simulation: an upstream cluster (real master, two
+//! SQLite storages, one replica) and a backup cluster (real master with
+//! the upstream options, two SQLite storages, one replica), a scripted
+//! client committing upstream and a scripted admin switching the backup
+//! cluster's state.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Instant;
+
+use fsformat::{Oid, Tid};
+use neo_proto::*;
+
+use super::*;
+use crate::master::{Master, MasterConfig};
+use crate::runtime::{ConnId, Event, Node, Outbox};
+use crate::sim::{ms, Sim};
+use crate::storage::{make_checksum, SqliteBackend, SqliteOptions};
+
+type Sql = StorageNode<SqliteBackend>;
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+const UP_MASTER: u16 = 33000;
+const BK_MASTER: u16 = 34000;
+/// Where the second upstream storage says it listens when it cannot be
+/// reached by the backup storages (nothing listens there).
+const NOWHERE: u16 = 33199;
+
+/// A scripted peer: records what it gets, sends what the test tells it.
+#[derive(Default)]
+struct Peer {
+    conns: Vec<ConnId>,
+    inbox: Vec<(ConnId, Packet)>,
+}
+
+impl Node for Peer {
+    fn start(&mut self, _: Instant, _: &mut Outbox) {}
+    fn handle(&mut self, _: Instant, ev: Event, _: &mut Outbox) {
+        match ev {
+            Event::Connected { conn, .. } => self.conns.push(conn),
+            Event::Packet { conn, packet } => self.inbox.push((conn, packet)),
+            _ => {}
+        }
+    }
+}
+
+fn master(cluster: &str, port: u16) -> Master {
+    Master::new(MasterConfig {
+        cluster: cluster.into(),
+        address: Address::new("127.0.0.1", port),
+        partitions: 2,
+        replicas: 1,
+        autostart: Some(2),
+        nid: None,
+    })
+    .unwrap()
+}
+
+fn storage(dir: &Path, cluster: &str, master: u16, announced: u16) -> Sql {
+    let db = SqliteBackend::open(
+        &dir.join(format!("{cluster}{announced}.sqlite")),
+        &SqliteOptions::default(),
+    )
+    .unwrap();
+    StorageNode::new(
+        StorageConfig {
+            cluster: cluster.into(),
+            masters: vec![addr(master)],
+            address: addr(announced),
+            nid: None,
+            database: format!("{cluster}{announced}"),
+            disable_pack: false,
+        },
+        db,
+    )
+    .unwrap()
+}
+
+struct World {
+    sim: Sim,
+    up: usize,
+    bk: usize,
+    /// Upstream storages (listening ports 33101, 33102).
+    up_storages: Vec<usize>,
+    bk_storages: Vec<usize>,
+    peer: usize,
+    /// The client's connections: upstream master and storages.
+    up_conns: Vec<ConnId>,
+    admin: ConnId,
+}
+
+impl World {
+    /// Both clusters running; the second upstream storage announces an
+    /// address nobody listens on if `hide_second`.
+    fn new(dir: &Path, hide_second: bool) -> World {
+        let mut sim = Sim::new();
+        let up = sim.add(Some(addr(UP_MASTER)), master("up", UP_MASTER));
+        let bk = sim.add(
+            Some(addr(BK_MASTER)),
+            master("bk", BK_MASTER).with_upstream("up".into(), vec![addr(UP_MASTER)]),
+        );
+        let second = if hide_second { NOWHERE } else { 33102 };
+        let up_storages = vec![
+            sim.add(Some(addr(33101)), storage(dir, "up", UP_MASTER, 33101)),
+            sim.add(Some(addr(33102)), storage(dir, "up", UP_MASTER, second)),
+        ];
+        let bk_storages = (1..=2)
+            .map(|i| {
+                let port = 34100 + i;
+                sim.add(Some(addr(port)), storage(dir, "bk", BK_MASTER, port))
+            })
+            .collect();
+        sim.advance(ms(200));
+        assert_eq!(
+            sim.node::<Master>(up).cluster_state(),
+            ClusterState::Running
+        );
+        assert_eq!(
+            sim.node::<Master>(bk).cluster_state(),
+            ClusterState::Running
+        );
+        let peer = sim.add(None, Peer::default());
+        let mut w = World {
+            sim,
+            up,
+            bk,
+            up_storages,
+            bk_storages,
+            peer,
+            up_conns: Vec::new(),
+            admin: 0,
+        };
+        let m = w.connect(UP_MASTER);
+        let r = w.identify(m, NodeType::Client, "up", None);
+        let Body::AcceptIdentification(a) = r else {
+            panic!("{r:?}")
+        };
+        let me = a.your_uuid;
+        let ts = w.id_timestamp(me);
+        w.up_conns.push(m);
+        for port in [33101, 33102] {
+            let c = w.connect(port);
+            let r = w.identify(c, NodeType::Client, "up", me.map(|me| (me, ts)));
+            assert!(matches!(r, Body::AcceptIdentification(_)), "{r:?}");
+            w.up_conns.push(c);
+        }
+        w.admin = w.connect(BK_MASTER);
+        let r = w.identify(w.admin, NodeType::Admin, "bk", None);
+        assert!(matches!(r, Body::AcceptIdentification(_)), "{r:?}");
+        w
+    }
+
+    fn connect(&mut self, port: u16) -> ConnId {
+        self.sim.poke::<Peer>(self.peer, |_, out| {
+            out.connect(addr(port), 0);
+        });
+        self.sim.run();
+        *self.sim.node::<Peer>(self.peer).conns.last().unwrap()
+    }
+
+    fn identify(
+        &mut self,
+        conn: ConnId,
+        node_type: NodeType,
+        cluster: &str,
+        me: Option<(NodeId, f64)>,
+    ) -> Body {
+        self.request(
+            conn,
+            RequestIdentification {
+                node_type,
+                uuid: me.map(|m| m.0),
+                address: None,
+                name: Bytes::copy_from_slice(cluster.as_bytes()),
+                id_timestamp: me.map(|m| m.1),
+                extra: Map::new(),
+            },
+        )
+    }
+
+    fn id_timestamp(&self, me: Option<NodeId>) -> f64 {
+        self.sim
+            .node::<Peer>(self.peer)
+            .inbox
+            .iter()
+            .rev()
+            .filter_map(|(_, p)| match &p.body {
+                Body::NotifyNodeInformation(n) => n.node_list.iter().find(|i| i.uuid == me),
+                _ => None,
+            })
+            .find_map(|i| i.id_timestamp)
+            .expect("our id timestamp")
+    }
+
+    fn request(&mut self, conn: ConnId, body: impl Into<Body>) -> Body {
+        let body = body.into();
+        let mut id = 0;
+        self.sim
+            .poke::<Peer>(self.peer, |_, out| id = out.ask(conn, body));
+        self.sim.run();
+        let inbox = &mut self.sim.node_mut::<Peer>(self.peer).inbox;
+        let pos = inbox
+            .iter()
+            .position(|(c, p)| {
+                *c == conn
+                    && p.id == id
+                    && matches!(p.body.kind(), PacketKind::Answer | PacketKind::Error)
+            })
+            .expect("an answer");
+        inbox.remove(pos).1.body
+    }
+
+    /// Commits `objs` (oid, data) upstream (both storages hold every
+    /// partition).
+    fn commit(&mut self, objs: &[(u64, &[u8])]) -> Tid {
+        let m = self.up_conns[0];
+        let Body::AnswerBeginTransaction(b) = self.request(m, AskBeginTransaction { tid: None })
+        else {
+            panic!("begin")
+        };
+        let ttid = b.ttid;
+        let up = self.up;
+        let conns = self.up_conns.clone();
+        for &conn in &conns[1..] {
+            for &(oid, data) in objs {
+                let serial = self.serial(up, oid);
+                let r = self.request(
+                    conn,
+                    AskStoreObject {
+                        oid: Oid(oid),
+                        serial,
+                        compression: 0,
+                        checksum: Checksum(make_checksum(data)),
+                        data: Bytes::copy_from_slice(data),
+                        data_serial: None,
+                        ttid,
+                    },
+                );
+                assert_eq!(
+                    r,
+                    Body::AnswerStoreObject(AnswerStoreObject { conflict: None })
+                );
+            }
+            let r = self.request(
+                conn,
+                AskStoreTransaction {
+                    ttid,
+                    user: Bytes::from_static(b"u"),
+                    description: Bytes::from_static(b"d"),
+                    extension: Bytes::new(),
+                    oid_list: objs.iter().map(|o| Oid(o.0)).collect(),
+                    pack: None,
+                },
+            );
+            assert_eq!(r, Body::AnswerStoreTransaction(AnswerStoreTransaction {}));
+        }
+        let r = self.request(
+            m,
+            AskFinishTransaction {
+                ttid,
+                oid_list: objs.iter().map(|o| Oid(o.0)).collect(),
+                deleted: vec![],
+                checked: vec![],
+                pack: None,
+            },
+        );
+        let Body::AnswerTransactionFinished(f) = r else {
+            panic!("{r:?}")
+        };
+        self.sim.run();
+        f.tid
+    }
+
+    /// The last serial of `oid` in the first storage of the cluster whose
+    /// master is `m` (ZERO_TID if none).
+    fn serial(&mut self, m: usize, oid: u64) -> Tid {
+        let s = if m == self.up {
+            self.up_storages[0]
+        } else {
+            self.bk_storages[0]
+        };
+        last_serial(self.sim.node_mut::<Sql>(s), oid).unwrap_or(ZERO_TID)
+    }
+
+    fn set_state(&mut self, state: ClusterState) -> Body {
+        let admin = self.admin;
+        self.request(admin, SetClusterState { state })
+    }
+
+    fn bk_master(&self) -> &Master {
+        self.sim.node::<Master>(self.bk)
+    }
+}
+
+/// The newest revision of `oid` in a storage's database.
+fn last_serial(s: &mut Sql, oid: u64) -> Option<Tid> {
+    s.db_mut()
+        .find_object(Oid(oid), None, None)
+        .unwrap()
+        .map(|o| o.serial)
+}
+
+fn data_of(s: &mut Sql, oid: u64) -> Option<Vec<u8>> {
+    s.db_mut()
+        .find_object(Oid(oid), None, None)
+        .unwrap()
+        .and_then(|o| o.data)
+}
+
+/// Commits upstream before and during the backup reach every backup
+/// storage, the backup tid follows the upstream's last tid, and
+/// STOPPING_BACKUP leaves a normal RUNNING cluster with the same data.
+#[test]
+fn backup_follows_upstream_then_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = World::new(dir.path(), false);
+    let t1 = w.commit(&[(0, b"a1"), (1, b"b1")]);
+    assert_eq!(w.bk_master().backup_tid(), None);
+
+    let r = w.set_state(ClusterState::StartingBackup);
+    assert!(
+        matches!(&r, Body::Error(e) if e.code == ErrorCode::Ack),
+        "{r:?}"
+    );
+    w.sim.advance(ms(100));
+    assert_eq!(w.bk_master().cluster_state(), ClusterState::BackingUp);
+    assert_eq!(w.bk_master().backup_tid(), Some(t1));
+    for s in w.bk_storages.clone() {
+        let n = w.sim.node_mut::<Sql>(s);
+        assert_eq!(data_of(n, 0).as_deref(), Some(&b"a1"[..]));
+        assert_eq!(data_of(n, 1).as_deref(), Some(&b"b1"[..]));
+        assert_eq!(n.db_mut().backup_tid().unwrap(), Some(t1));
+    }
+
+    // Commits while backing up: one partition, then the other, then both.
+    let t2 = w.commit(&[(0, b"a2")]);
+    let t3 = w.commit(&[(1, b"b3")]);
+    let t4 = w.commit(&[(2, b"c4"), (3, b"d4")]);
+    w.sim.advance(ms(100));
+    assert_eq!(w.bk_master().last_transaction(), t4);
+    assert_eq!(w.bk_master().backup_tid(), Some(t4));
+    for s in w.bk_storages.clone() {
+        let n = w.sim.node_mut::<Sql>(s);
+        assert_eq!(last_serial(n, 0), Some(t2));
+        assert_eq!(last_serial(n, 1), Some(t3));
+        assert_eq!(data_of(n, 2).as_deref(), Some(&b"c4"[..]));
+        assert_eq!(data_of(n, 3).as_deref(), Some(&b"d4"[..]));
+        assert_eq!(n.db_mut().backup_tid().unwrap(), Some(t4));
+        assert_eq!(n.db_mut().last_ids().unwrap().0, Some(t4));
+    }
+    // print ids: the master's AnswerRecovery carries the backup tid.
+    let admin = w.admin;
+    let r = w.request(admin, AskRecovery {});
+    let Body::AnswerRecovery(a) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(a.backup_tid, Some(t4));
+
+    // Writers are refused while backing up.
+    let c = w.connect(BK_MASTER);
+    let r = w.identify(c, NodeType::Client, "bk", None);
+    assert!(matches!(r, Body::Error(_)), "{r:?}");
+
+    let r = w.set_state(ClusterState::StoppingBackup);
+    assert!(
+        matches!(&r, Body::Error(e) if e.code == ErrorCode::Ack),
+        "{r:?}"
+    );
+    w.sim.advance(ms(300));
+    assert_eq!(w.bk_master().cluster_state(), ClusterState::Running);
+    assert_eq!(w.bk_master().backup_tid(), None);
+    assert_eq!(w.bk_master().last_transaction(), t4);
+    for s in w.bk_storages.clone() {
+        let n = w.sim.node_mut::<Sql>(s);
+        assert_eq!(n.db_mut().backup_tid().unwrap(), None);
+        assert_eq!(last_serial(n, 1), Some(t3));
+    }
+    // A client reads it through the backup cluster, now a normal one.
+    let c = w.connect(BK_MASTER);
+    let r = w.identify(c, NodeType::Client, "bk", None);
+    let Body::AcceptIdentification(a) = r else {
+        panic!("{r:?}")
+    };
+    let ts = w.id_timestamp(a.your_uuid);
+    let s = w.connect(34101);
+    let r = w.identify(s, NodeType::Client, "bk", a.your_uuid.map(|u| (u, ts)));
+    assert!(matches!(r, Body::AcceptIdentification(_)), "{r:?}");
+    let r = w.request(
+        s,
+        AskObject {
+            oid: Oid(3),
+            at: None,
+            before: None,
+        },
+    );
+    let Body::AnswerObject(o) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!((o.serial, &o.data[..]), (t4, &b"d4"[..]));
+}
+
+/// One upstream storage cannot be reached by the backup storages: the
+/// partition fetched from it lags, the backup tid stays just before the
+/// first transaction that touched it, and STOPPING_BACKUP truncates there.
+#[test]
+fn stopping_backup_truncates_to_consistent_tid() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = World::new(dir.path(), true);
+    let r = w.set_state(ClusterState::StartingBackup);
+    assert!(
+        matches!(&r, Body::Error(e) if e.code == ErrorCode::Ack),
+        "{r:?}"
+    );
+    w.sim.advance(ms(100));
+    assert_eq!(w.bk_master().cluster_state(), ClusterState::BackingUp);
+    assert_eq!(w.bk_master().backup_tid(), Some(ZERO_TID));
+
+    // Partition 1 is fetched from the hidden storage. Commits of oid 0
+    // (partition 0) until one also lands in partition 1 (its tid's
+    // partition holds the transaction's metadata).
+    let mut tids = Vec::new();
+    let mut lagging = None;
+    for i in 0..20u8 {
+        let t = w.commit(&[(0, &[b'a', i])]);
+        tids.push(t);
+        if t.0 % 2 == 1 {
+            lagging = Some(t);
+            break;
+        }
+    }
+    let lagging = lagging.expect("an odd tid among 20");
+    let after = w.commit(&[(0, b"after"), (1, b"b")]);
+    w.sim.advance(ms(2500));
+    let expect = Tid(lagging.0 - 1);
+    assert_eq!(w.bk_master().last_transaction(), after);
+    assert_eq!(w.bk_master().backup_tid(), Some(expect));
+    // Partition 0 is complete on the backup storages.
+    for s in w.bk_storages.clone() {
+        let n = w.sim.node_mut::<Sql>(s);
+        assert_eq!(last_serial(n, 0), Some(after));
+        assert_eq!(last_serial(n, 1), None);
+    }
+
+    let r = w.set_state(ClusterState::StoppingBackup);
+    assert!(
+        matches!(&r, Body::Error(e) if e.code == ErrorCode::Ack),
+        "{r:?}"
+    );
+    w.sim.advance(ms(300));
+    assert_eq!(w.bk_master().cluster_state(), ClusterState::Running);
+    let before = tids.iter().rev().nth(1).copied();
+    assert_eq!(w.bk_master().last_transaction(), before.unwrap_or(ZERO_TID));
+    for s in w.bk_storages.clone() {
+        let n = w.sim.node_mut::<Sql>(s);
+        assert_eq!(last_serial(n, 0), before);
+        assert_eq!(n.db_mut().last_ids().unwrap().0, before);
+    }
+}

@@ -5,8 +5,9 @@
 //! (default `127.0.0.1:10000`), `-m` the masters of the cluster (ours may
 //! be listed), `-A` autostart, `-r` replicas, `-p` partitions, `-i` node id,
 //! `-f`/`-s` configuration file and section (default section `master`),
-//! `-l` log file, `--ca/--cert/--key` TLS. The backup options (`-C`, `-M`,
-//! `-B`) are accepted and refused when set.
+//! `-l` log file, `--ca/--cert/--key` TLS. `-C`/`-M` (`upstream_cluster`,
+//! `upstream_masters` in neo.conf) name the cluster to back up with `neoctl
+//! set cluster STARTING_BACKUP`; `-B` (backup at once) is refused.
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -60,17 +61,11 @@ fn command() -> Command {
             .short('A')
             .value_parser(clap::value_parser!(usize)),
         )
-        .arg(
-            opt(
-                "upstream-cluster",
-                "the name of cluster to backup (not supported)",
-            )
-            .short('C'),
-        )
+        .arg(opt("upstream-cluster", "the name of cluster to backup").short('C'))
         .arg(
             opt(
                 "upstream-masters",
-                "list of master nodes in the cluster to backup (not supported)",
+                "list of master nodes in the cluster to backup",
             )
             .short('M'),
         )
@@ -107,6 +102,29 @@ fn tls(m: &ArgMatches) -> Result<Option<TlsConfig>, String> {
     tls_options(get("ca"), get("cert"), get("key"))
 }
 
+/// The cluster to back up: `-C` and `-M` go together, and the upstream
+/// cluster has another name than ours (as NEO checks).
+fn upstream(
+    cluster: Option<&str>,
+    masters: Option<&str>,
+    ours: &str,
+) -> Result<Option<(String, Vec<std::net::SocketAddr>)>, String> {
+    match (cluster, masters) {
+        (None, None) => Ok(None),
+        (Some(name), Some(masters)) => {
+            if name == ours {
+                return Err("upstream cluster name must be different".into());
+            }
+            let list = parse_master_list(masters).map_err(|e| e.to_string())?;
+            if list.is_empty() {
+                return Err("no upstream master".into());
+            }
+            Ok(Some((name.to_owned(), list)))
+        }
+        _ => Err("--upstream-cluster and --upstream-masters go together".into()),
+    }
+}
+
 fn run(m: &ArgMatches) -> Result<(), String> {
     setup_logging(m.get_one::<String>("logfile").map(String::as_str))?;
     let get = |k: &str| m.get_one::<String>(k).map(String::as_str);
@@ -114,9 +132,7 @@ fn run(m: &ArgMatches) -> Result<(), String> {
     if cluster.is_empty() {
         return Err("cluster name must be non-empty".into());
     }
-    if get("upstream-cluster").is_some() || get("upstream-masters").is_some() {
-        return Err("backup clusters are not supported".into());
-    }
+    let upstream = upstream(get("upstream-cluster"), get("upstream-masters"), &cluster)?;
     if m.get_flag("backup") {
         return Err("--backup is not supported".into());
     }
@@ -151,6 +167,13 @@ fn run(m: &ArgMatches) -> Result<(), String> {
     let node = Master::new(cfg)
         .map_err(|e| e.to_string())?
         .with_masters(others);
+    let node = match upstream {
+        Some((name, masters)) => {
+            info!("Upstream  : {name} {masters:?}");
+            node.with_upstream(name, masters)
+        }
+        None => node,
+    };
     info!("listening on {local}");
     let handle = runtime::spawn(node, Some(listener), tls).map_err(|e| e.to_string())?;
     handle.join();
@@ -239,5 +262,28 @@ mod tests {
         );
         assert_eq!(m.get_one::<u32>("partitions"), Some(&7));
         assert_eq!(m.get_one::<usize>("autostart"), Some(&3));
+    }
+
+    #[test]
+    fn upstream_options() {
+        let conf = "[master]\ncluster: backup\nupstream_cluster: main\n\
+                    upstream_masters: 127.0.0.1:10000 127.0.0.1:10001\n";
+        let m = matches(Some(conf), &[]);
+        let get = |k: &str| m.get_one::<String>(k).map(String::as_str);
+        let (name, masters) = upstream(get("upstream-cluster"), get("upstream-masters"), "backup")
+            .expect("valid")
+            .expect("upstream");
+        assert_eq!(name, "main");
+        assert_eq!(masters.len(), 2);
+        let m = matches(None, &["-c", "b", "-C", "main", "-M", "127.0.0.1:10000"]);
+        let get = |k: &str| m.get_one::<String>(k).map(String::as_str);
+        assert!(
+            upstream(get("upstream-cluster"), get("upstream-masters"), "b")
+                .expect("valid")
+                .is_some()
+        );
+        assert!(upstream(Some("b"), Some("127.0.0.1:1"), "b").is_err());
+        assert!(upstream(Some("main"), None, "b").is_err());
+        assert_eq!(upstream(None, None, "b"), Ok(None));
     }
 }

@@ -23,9 +23,9 @@
 //! what counts, like NEO's pickled `zodb` state: later edits of the
 //! mountpoints in `importer.conf` are ignored with a warning.
 //!
-//! Differences with NEO: two sources with a transaction of the same tid
-//! are refused (NEO merges them, keeping the metadata of the first);
-//! writeback needs a single source (as NEO).
+//! Transactions of several sources with the same tid are merged into one
+//! with the metadata of the first by shift, as NEO does. Writeback needs a
+//! single source (as NEO).
 //!
 //! The recorded text (`importer_layout`):
 //!
@@ -123,16 +123,8 @@ pub fn build(config: &ImporterConfig, path: &Path) -> Result<Staged, ImportError
             order.push((t.tid, d, i));
         }
     }
+    // By tid, then by shift (NEO's ZODBIterator order).
     order.sort_unstable();
-    if let Some(w) = order.windows(2).find(|w| w[0].0 == w[1].0) {
-        let (a, b) = (&layout.dbs()[w[0].1], &layout.dbs()[w[1].1]);
-        return Err(ImportError::Unsupported {
-            what: format!(
-                "sections [{}] and [{}] both have transaction {}: cannot merge them",
-                a.section, b.section, w[0].0
-            ),
-        });
-    }
     let mut tmp = path.to_owned().into_os_string();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -161,60 +153,64 @@ pub fn build(config: &ImporterConfig, path: &Path) -> Result<Staged, ImportError
     w.set_sync(SyncMode::OnFinish);
     let mut maps: Vec<PosMap> = vec![Vec::new(); layout.dbs().len()];
     let mut records = 0u64;
-    for &(tid, d, i) in &order {
-        let src = &sources[layout.dbs()[d].source];
-        let t = src.txn_at(i).map_err(|e| src.err(e))?;
-        let status = TxnStatus::from_byte(t.header.status).unwrap_or(TxnStatus::Committed);
-        let mut recs = Vec::new();
-        for r in t.records() {
-            recs.push(r.map_err(|e| src.err(e))?);
-        }
+    let mut txns = 0u64;
+    for group in order.chunk_by(|a, b| a.0 == b.0) {
+        let (tid, d0, i0) = group[0];
+        // Transactions of several sources with the same tid become one,
+        // with the metadata of the first (NEO keeps it too).
+        let head = {
+            let src = &sources[layout.dbs()[d0].source];
+            src.txn_at(i0).map_err(|e| src.err(e))?.header
+        };
+        let status = TxnStatus::from_byte(head.status).unwrap_or(TxnStatus::Committed);
         let mut tw = w
-            .begin(
-                tid,
-                status,
-                t.header.user,
-                t.header.description,
-                t.header.extension,
-            )
+            .begin(tid, status, head.user, head.description, head.extension)
             .map_err(werr)?;
-        let mut written = Vec::with_capacity(recs.len());
-        for r in &recs {
-            let oid = Oid(layout.new_oid(d, r.oid.0));
-            let pos = match r.payload {
-                Payload::Data(data) => {
-                    let pickle =
-                        layout
-                            .repickle(d, data)
-                            .map_err(|e| ImportError::SourceDamaged {
+        let mut written: Vec<(usize, u64, u64)> = Vec::new();
+        for &(_, d, i) in group {
+            let src = &sources[layout.dbs()[d].source];
+            let t = src.txn_at(i).map_err(|e| src.err(e))?;
+            for r in t.records() {
+                let r = r.map_err(|e| src.err(e))?;
+                let oid = Oid(layout.new_oid(d, r.oid.0));
+                let pos = match r.payload {
+                    Payload::Data(data) => {
+                        let pickle =
+                            layout
+                                .repickle(d, data)
+                                .map_err(|e| ImportError::SourceDamaged {
+                                    path: src.path().to_owned(),
+                                    pos: r.pos,
+                                    reason: format!("pickle of oid {}: {e}", r.oid),
+                                })?;
+                        tw.store(oid, &pickle)
+                    }
+                    Payload::Back(0) => tw.store_back(oid, 0),
+                    Payload::Back(b) => {
+                        let Some(nb) = new_pos(&maps[d], b) else {
+                            return Err(ImportError::MissingData {
                                 path: src.path().to_owned(),
-                                pos: r.pos,
-                                reason: format!("pickle of oid {}: {e}", r.oid),
-                            })?;
-                    tw.store(oid, &pickle)
+                                tid,
+                                reason: format!(
+                                    "the record of oid {} at {} points to offset {b}, \
+                                     not a record of an earlier transaction",
+                                    r.oid, r.pos
+                                ),
+                            });
+                        };
+                        tw.store_back(oid, nb)
+                    }
                 }
-                Payload::Back(0) => tw.store_back(oid, 0),
-                Payload::Back(b) => {
-                    let Some(nb) = new_pos(&maps[d], b) else {
-                        return Err(ImportError::MissingData {
-                            path: src.path().to_owned(),
-                            tid,
-                            reason: format!(
-                                "the record of oid {} at {} points to offset {b}, \
-                                 not a record of an earlier transaction",
-                                r.oid, r.pos
-                            ),
-                        });
-                    };
-                    tw.store_back(oid, nb)
-                }
+                .map_err(werr)?;
+                written.push((d, r.pos, pos));
             }
-            .map_err(werr)?;
-            written.push((r.pos, pos));
         }
         tw.commit().map_err(werr)?;
         records += written.len() as u64;
-        maps[d].extend(written);
+        txns += 1;
+        for (d, old, new) in written {
+            maps[d].push((old, new));
+        }
     }
     w.finish().map_err(werr)?;
     let mut lock = tmp.clone().into_os_string();
@@ -230,12 +226,12 @@ pub fn build(config: &ImporterConfig, path: &Path) -> Result<Staged, ImportError
         "merged {} sources into {}: {} transactions, {records} records",
         layout.dbs().len(),
         path.display(),
-        order.len()
+        txns
     );
     Ok(Staged {
         layout,
         path: path.to_owned(),
-        txns: order.len() as u64,
+        txns,
         records,
     })
 }

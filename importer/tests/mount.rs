@@ -361,3 +361,59 @@ fn live_importer_rebuilds_an_unrecorded_staging_file() {
     );
     check_merged(&mut imp, &first.layout, mnt);
 }
+
+#[test]
+fn live_importer_merges_transactions_of_the_same_tid_like_neo() {
+    // The main database mounted under itself: every transaction exists in
+    // both sections with the same tid; NEO merges each pair into one.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        common::repo().join("testdata/mount_main.fs"),
+        dir.path().join("mount_main.fs"),
+    )
+    .unwrap();
+    let text = format!(
+        "[neo]\nadapter=SQLite\ndatabase=neo.sqlite\n\
+         [main]\nstorage=\n  <filestorage>\n    path {0}/mount_main.fs\n  </filestorage>\n\
+         again=3\n\
+         [again]\noid=1\nstorage=\n  <filestorage>\n    path {0}/mount_main.fs\n  </filestorage>\n",
+        dir.path().display()
+    );
+    let cfg = ImporterConfig::parse(&text, &dir.path().join("importer.conf")).unwrap();
+    let layout = layout_of(&cfg);
+    let shift = layout.dbs()[1].shift;
+    let mut imp = Importer::open(&cfg, common::sqlite_db(&dir.path().join("neo.sqlite"))).unwrap();
+    let src = fsformat::FileStorage::open(dir.path().join("mount_main.fs")).unwrap();
+    let staged = fsformat::FileStorage::open(default_staging_path(&cfg)).unwrap();
+    let (a, b): (Vec<_>, Vec<_>) = (
+        src.iter().map(|t| t.unwrap()).collect(),
+        staged.iter().map(|t| t.unwrap()).collect(),
+    );
+    assert_eq!(a.len(), b.len(), "one transaction per tid");
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(
+            (x.tid, x.user, x.description),
+            (y.tid, y.user, y.description)
+        );
+        let oids =
+            |t: &fsformat::Txn<'_>| -> Vec<u64> { t.records().map(|r| r.unwrap().oid.0).collect() };
+        let mut want = oids(x);
+        want.extend(oids(x).iter().map(|o| o + shift));
+        assert_eq!(oids(y), want);
+    }
+    while !imp.is_finished() {
+        imp.import_some(3).unwrap();
+    }
+    // Both copies of every revision are there, the second one remapped.
+    for t in &a {
+        for r in t.records() {
+            let r = r.unwrap();
+            let raw = src.load_serial(r.oid, t.tid).unwrap();
+            assert!(
+                load(&mut imp, r.oid.0, Some(t.tid)) == layout.repickle(0, raw).unwrap().as_ref()
+            );
+            let again = load(&mut imp, r.oid.0 + shift, Some(t.tid));
+            assert!(again == layout.repickle(1, raw).unwrap().as_ref());
+        }
+    }
+}

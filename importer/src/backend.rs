@@ -835,6 +835,10 @@ impl<B: Backend> Backend for Importer<B> {
         self.db.sign_pack_orders(approved, rejected)
     }
 
+    fn pack_allowed(&mut self) -> bool {
+        self.finished && !self.has_writeback()
+    }
+
     fn pack_partition(
         &mut self,
         partition: u32,

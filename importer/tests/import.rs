@@ -16,6 +16,8 @@ fn import_in_steps<B: Backend>(name: &str, db: B, step: usize) -> Importer<B> {
     let mut imp = open(&cfg, db);
     let total = l["transactions"].as_array().unwrap().len() as u64;
     check_listing(&mut imp, &l, &format!("{name} before import"));
+    // The storage node does not pack while importing.
+    assert!(!imp.pack_allowed(), "{name}: pack allowed while importing");
     let mut n = 0;
     while !imp.is_finished() {
         let p = imp
@@ -33,6 +35,7 @@ fn import_in_steps<B: Backend>(name: &str, db: B, step: usize) -> Importer<B> {
     }
     let p = imp.progress();
     assert!(p.finished && p.txns_done == total && p.bytes_done == p.bytes_total);
+    assert!(imp.pack_allowed(), "{name}: pack refused once imported");
     imp
 }
 

@@ -367,6 +367,13 @@ pub trait Backend {
         tid: Tid,
     ) -> DbResult<(Option<Oid>, usize)>;
 
+    /// Whether pack orders may be processed now; the storage node does
+    /// not start a pack otherwise (NEO's Importer: `isReadyToStartPack`).
+    /// Yes by default.
+    fn pack_allowed(&mut self) -> bool {
+        true
+    }
+
     /// One step of dropping a partition's data (`_dropPartition`): deletes
     /// at most `count` `obj` rows (in `(tid, oid)` order) and returns the
     /// data ids they referred to (to prune); once none is left, deletes the

@@ -223,6 +223,10 @@ impl<B: Backend> StorageNode<B> {
         if self.cfg.disable_pack || !self.operational || !self.packer.parts.is_empty() {
             return Ok(());
         }
+        if !self.db.pack_allowed() {
+            log::info!("pack orders are not processed while the database is being imported");
+            return Ok(());
+        }
         let packed_dict = self.db.packed_ids(true)?;
         let Some(&packed) = packed_dict.values().min() else {
             return Ok(());

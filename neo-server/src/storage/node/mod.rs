@@ -722,7 +722,12 @@ impl<B: Backend> StorageNode<B> {
                 }
                 match self.db.background_step(BACKGROUND_BUDGET) {
                     Ok(true) => self.arm_background(Duration::ZERO, out),
-                    Ok(false) => {}
+                    // Done (an import finished): pack orders left waiting.
+                    Ok(false) => {
+                        if let Err(e) = self.maybe_pack(None, None, out) {
+                            self.fatal(e, out);
+                        }
+                    }
                     Err(e) => {
                         log::error!("background work of the database failed: {e}");
                         self.arm_background(RETRY_DELAY, out);

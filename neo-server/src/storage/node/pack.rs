@@ -69,8 +69,9 @@ pub(super) struct Packer {
     deleted: usize,
     /// The longest step of this run.
     longest: Duration,
-    /// Our AskPackOrders in flight: its id.
-    asked: Option<u32>,
+    /// Our AskPackOrders in flight: its id, and our oldest completed pack
+    /// it was asked after.
+    asked: Option<(u32, Tid)>,
     /// Whether a step is scheduled.
     armed: bool,
     /// Oids per step, adapted to [`PACK_BUDGET`].
@@ -100,7 +101,7 @@ impl Default for Packer {
 impl Packer {
     /// Whether `id` is our AskPackOrders.
     pub(super) fn asked(&self, id: u32) -> bool {
-        self.asked == Some(id)
+        self.asked.is_some_and(|(a, _)| a == id)
     }
 
     /// Partitions left to pack.
@@ -177,8 +178,7 @@ impl<B: Backend> StorageNode<B> {
         pack_list: Vec<PackEntry>,
         out: &mut Outbox,
     ) -> Result<(), DbError> {
-        self.packer.asked = None;
-        let Some(&packed) = self.packed_ids_min(true)?.as_ref() else {
+        let Some((_, packed)) = self.packer.asked.take() else {
             return Ok(());
         };
         match pack_list.into_iter().next() {
@@ -289,7 +289,7 @@ impl<B: Backend> StorageNode<B> {
         }
         if let Some(conn) = self.master_conn() {
             let pack_id = Tid(packed.0.saturating_add(1));
-            self.packer.asked = Some(out.ask(conn, AskPackOrders { pack_id }));
+            self.packer.asked = Some((out.ask(conn, AskPackOrders { pack_id }), packed));
         }
         Ok(())
     }

@@ -405,7 +405,9 @@ impl<B: Backend> Importer<B> {
     }
 
     /// Limits the import to about `bytes_per_sec` of the source (`None`:
-    /// as fast as it goes), e.g. to leave the disk to clients.
+    /// as fast as it goes), e.g. to leave the disk to clients. While ahead
+    /// of the limit, a step imports nothing and sleeps at most 10 ms (the
+    /// storage node serves requests between steps).
     pub fn set_max_rate(&mut self, bytes_per_sec: Option<f64>) {
         self.max_rate = bytes_per_sec.filter(|r| *r > 0.0).map(|r| (r, None));
     }

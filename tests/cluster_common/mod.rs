@@ -470,3 +470,32 @@ pub async fn within<T>(d: Duration, what: &str, f: impl std::future::Future<Outp
         .await
         .unwrap_or_else(|_| panic!("{what} took more than {d:?}"))
 }
+
+impl Cluster {
+    /// The master of a backup cluster of `upstream` (`-C`, `-M`), with the
+    /// arguments of [`Cluster::start_master`].
+    pub fn start_backup_master(&mut self, upstream: &Cluster) {
+        let args = vec![
+            "-c".into(),
+            self.name.clone(),
+            "-b".into(),
+            self.master_addr().to_string(),
+            "-p".into(),
+            "4".into(),
+            "-r".into(),
+            self.replicas.to_string(),
+            "-C".into(),
+            upstream.name.clone(),
+            "-M".into(),
+            upstream.master_addr().to_string(),
+        ];
+        let args = self.with_tls(args);
+        self.master = Some(Daemon::spawn(
+            "master",
+            self.dir.path(),
+            &self.bins.master,
+            &args,
+        ));
+        self.wait_listening(self.master_addr(), "master");
+    }
+}

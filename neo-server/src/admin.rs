@@ -448,7 +448,9 @@ impl Admin {
             down.len(),
             self.ltid.filter(|_| self.operational()),
         );
-        for (nid, status) in &self.storage_status {
+        // Lines of the last round, only while it is asked (operational).
+        let lines = self.storage_status.iter().filter(|_| self.operational());
+        for (nid, status) in lines {
             text.push_str(&format!("\n{nid}: {status}"));
         }
         let severity = if !down.is_empty() || !self.operational() {

@@ -18,9 +18,11 @@
 //! all cells (every partition complete up to it) and restarts the cluster
 //! (recovery, verification, RUNNING) as a normal one.
 //!
+//! A cluster restarted while backing up (its storages answer AskRecovery
+//! with a backup tid) resumes the backup after verification.
+//!
 //! Unlike NEO, each replica fetches from upstream itself (no primary cell
-//! per partition feeding the others), and a backup is not resumed after a
-//! restart of the master.
+//! per partition feeding the others).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -143,24 +145,7 @@ impl Master {
         }
         let tid = self.last_transaction;
         log::info!("starting backup from {tid}");
-        let mut cell_tid = BTreeMap::new();
-        for offset in 0..self.pt.np() {
-            for nid in self.pt.readable_cells(offset) {
-                cell_tid.insert((offset, nid), tid);
-            }
-        }
-        self.backup = Some(Backup {
-            link: Link::None,
-            next_master: 0,
-            retry_armed: false,
-            upstream_nid: None,
-            storages: HashMap::new(),
-            upstream_pt: Vec::new(),
-            ignore_invalidations: true,
-            cell_tid,
-            replicating: BTreeMap::new(),
-            tid_list: vec![Vec::new(); self.pt.np() as usize],
-        });
+        self.init_backup(|_| tid);
         // No writer while backing up.
         for client in self.identified_of(NodeType::Client) {
             if let Some(conn) = self.conn_of(client) {
@@ -176,6 +161,53 @@ impl Master {
         self.change_state(out, ClusterState::StartingBackup);
         self.upstream_connect(out);
         Ok(())
+    }
+
+    /// After verification of a cluster whose storages were backing up
+    /// (they answered AskRecovery with a backup tid): backing up again,
+    /// each cell from its node's backup tid (NEO's `setBackupTidDict`).
+    /// Without upstream options the master stops, as NEO's exits.
+    pub(super) fn resume_backup(&mut self, out: &mut Outbox, tids: &HashMap<NodeId, Option<Tid>>) {
+        if self.upstream.is_none() {
+            log::error!(
+                "the storages are backing up but no upstream cluster to backup \
+                 is defined in configuration: stopping"
+            );
+            out.stop();
+            return;
+        }
+        log::info!("resuming the backup");
+        self.init_backup(|nid| tids.get(&nid).copied().flatten().unwrap_or(Tid(0)));
+        self.change_state(out, ClusterState::StartingBackup);
+        for nid in self.identified_of(NodeType::Storage) {
+            if self.is_running(nid) {
+                self.start_storage(out, nid);
+            }
+        }
+        self.upstream_connect(out);
+    }
+
+    /// The backup state, every readable cell complete up to `tid_of` its
+    /// node.
+    fn init_backup(&mut self, tid_of: impl Fn(NodeId) -> Tid) {
+        let mut cell_tid = BTreeMap::new();
+        for offset in 0..self.pt.np() {
+            for nid in self.pt.readable_cells(offset) {
+                cell_tid.insert((offset, nid), tid_of(nid));
+            }
+        }
+        self.backup = Some(Backup {
+            link: Link::None,
+            next_master: 0,
+            retry_armed: false,
+            upstream_nid: None,
+            storages: HashMap::new(),
+            upstream_pt: Vec::new(),
+            ignore_invalidations: true,
+            cell_tid,
+            replicating: BTreeMap::new(),
+            tid_list: vec![Vec::new(); self.pt.np() as usize],
+        });
     }
 
     fn upstream_connect(&mut self, out: &mut Outbox) {

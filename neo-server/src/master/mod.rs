@@ -82,6 +82,11 @@ pub struct MasterConfig {
 struct Recovery {
     /// truncate_tid of each storage's AnswerRecovery.
     truncate: HashMap<NodeId, Option<Tid>>,
+    /// backup_tid of each storage's AnswerRecovery (a backup cluster).
+    backup: HashMap<NodeId, Option<Tid>>,
+    /// The backup tid of the storage the table was loaded from: the
+    /// cluster was backing up and resumes it after verification.
+    resume_backup: Option<Tid>,
     target_ptid: Ptid,
     /// Storages having `target_ptid`, the first one being asked for it;
     /// `None` once the table is loaded.
@@ -92,6 +97,8 @@ impl Default for Recovery {
     fn default() -> Self {
         Recovery {
             truncate: HashMap::new(),
+            backup: HashMap::new(),
+            resume_backup: None,
             target_ptid: 0,
             ask_pt: Some(Vec::new()),
         }
@@ -711,6 +718,11 @@ impl Master {
                 }
                 VerifyStep::PackOrders => {
                     self.verification = None;
+                    if self.recovery.resume_backup.is_some() {
+                        let tids = std::mem::take(&mut self.recovery.backup);
+                        self.resume_backup(out, &tids);
+                        return;
+                    }
                     log::info!("provide service");
                     self.change_state(out, ClusterState::Running);
                     return;
@@ -1259,6 +1271,7 @@ impl Master {
         match body {
             Body::AnswerRecovery(a) if self.state == ClusterState::Recovering => {
                 self.recovery.truncate.insert(nid, a.truncate_tid);
+                self.recovery.backup.insert(nid, a.backup_tid);
                 if let Some(ptid) = a.ptid {
                     let r = &mut self.recovery;
                     if r.target_ptid <= ptid {
@@ -1279,6 +1292,7 @@ impl Master {
                 if a.ptid == Some(self.recovery.target_ptid) {
                     self.load_pt(out, a);
                     self.truncate_tid = self.recovery.truncate.get(&nid).copied().flatten();
+                    self.recovery.resume_backup = self.recovery.backup.get(&nid).copied().flatten();
                 }
             }
             Body::AnswerRecovery(_) | Body::AnswerPartitionTable(_) => {}

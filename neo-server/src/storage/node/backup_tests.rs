@@ -444,6 +444,23 @@ fn stopping_backup_truncates_to_consistent_tid() {
         assert_eq!(last_serial(n, 1), None);
     }
 
+    // The backup master restarts: the storages' backup tids make it back
+    // up again (not RUNNING on an inconsistent database), each cell from
+    // its node's backup tid: the last tid before the lagging one.
+    let before = tids.iter().rev().nth(1).copied();
+    w.sim.kill(w.bk);
+    w.bk = w.sim.add(
+        Some(addr(BK_MASTER)),
+        master("bk", BK_MASTER).with_upstream("up".into(), vec![addr(UP_MASTER)]),
+    );
+    w.sim.advance(ms(3000));
+    w.admin = w.connect(BK_MASTER);
+    let r = w.identify(w.admin, NodeType::Admin, "bk", None);
+    assert!(matches!(r, Body::AcceptIdentification(_)), "{r:?}");
+    // Autostart (-A 2) with both storages back: no neoctl start.
+    assert_eq!(w.bk_master().cluster_state(), ClusterState::BackingUp);
+    assert_eq!(w.bk_master().backup_tid(), Some(before.unwrap_or(ZERO_TID)));
+    assert_eq!(w.bk_master().last_transaction(), after);
     let r = w.set_state(ClusterState::StoppingBackup);
     assert!(
         matches!(&r, Body::Error(e) if e.code == ErrorCode::Ack),
@@ -451,7 +468,6 @@ fn stopping_backup_truncates_to_consistent_tid() {
     );
     w.sim.advance(ms(300));
     assert_eq!(w.bk_master().cluster_state(), ClusterState::Running);
-    let before = tids.iter().rev().nth(1).copied();
     assert_eq!(w.bk_master().last_transaction(), before.unwrap_or(ZERO_TID));
     for s in w.bk_storages.clone() {
         let n = w.sim.node_mut::<Sql>(s);

@@ -36,7 +36,7 @@ use serde_json::{json, Value};
 const USAGE: &str = "\
 usage: neo-bench [--db PATH] [--fill N] [--storages rust,python] [--clients rust,python]
                  [--workers 1,4] [--duration SECS] [--commit-ratio R] [--objects-per-commit K]
-                 [--python PATH] [--logs DIR]
+                 [--python PATH] [--logs DIR] [--bin-dir DIR]
        neo-bench --masters ADDR --cluster NAME --oids N [--workers ...] [--storage-pid PID] ...
        neo-bench --worker --masters ADDR --cluster NAME --oids N --duration SECS
                  --commit-ratio R --objects-per-commit K --seed S --start-at UNIX_MS
@@ -50,6 +50,7 @@ usage: neo-bench [--db PATH] [--fill N] [--storages rust,python] [--clients rust
   --commit-ratio  fraction of operations that are commits (default 0.01)
   --objects-per-commit  new objects per commit, 100 B - 1 KiB each (default 3)
   --python        interpreter with NEO importable (default /tmp/neovenv/bin/python)
+  --bin-dir       where our neomaster and neostorage are (default: next to neo-bench)
   --masters       drive an existing cluster instead (no daemons started)
 ";
 
@@ -90,6 +91,7 @@ struct Opts {
     per_commit: usize,
     python: PathBuf,
     logs: PathBuf,
+    bin_dir: Option<PathBuf>,
     masters: Option<SocketAddr>,
     cluster: String,
     oids: Option<u64>,
@@ -120,6 +122,7 @@ impl Opts {
             per_commit: 3,
             python: PathBuf::from("/tmp/neovenv/bin/python"),
             logs: root.join("bench-data/logs"),
+            bin_dir: None,
             masters: None,
             cluster: CLUSTER.to_owned(),
             oids: None,
@@ -155,6 +158,7 @@ impl Opts {
                 "--objects-per-commit" => o.per_commit = v.parse().map_err(|_| num("count"))?,
                 "--python" => o.python = PathBuf::from(v),
                 "--logs" => o.logs = PathBuf::from(v),
+                "--bin-dir" => o.bin_dir = Some(PathBuf::from(v)),
                 "--masters" => o.masters = Some(v.parse().map_err(|_| num("address"))?),
                 "--cluster" => o.cluster = v.clone(),
                 "--oids" => o.oids = Some(v.parse().map_err(|_| num("count"))?),
@@ -535,9 +539,13 @@ struct Cluster {
     storage: Proc,
 }
 
-fn sibling(name: &str) -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
-    let p = exe.with_file_name(name);
+fn sibling(o: &Opts, name: &str) -> Result<PathBuf, String> {
+    let p = match &o.bin_dir {
+        Some(d) => d.join(name),
+        None => std::env::current_exe()
+            .map_err(|e| format!("current exe: {e}"))?
+            .with_file_name(name),
+    };
     if p.exists() {
         Ok(p)
     } else {
@@ -585,8 +593,8 @@ fn start_cluster(o: &Opts, kind: &str, tag: &str) -> Result<Cluster, String> {
     ];
     let (mut mcmd, mut scmd) = match kind {
         "rust" => (
-            Command::new(sibling("neomaster")?),
-            Command::new(sibling("neostorage")?),
+            Command::new(sibling(o, "neomaster")?),
+            Command::new(sibling(o, "neostorage")?),
         ),
         _ => (python_cmd(o, "neomaster"), python_cmd(o, "neostorage")),
     };

@@ -516,6 +516,7 @@ impl<B: Backend> Importer<B> {
             what: "the source is closed".into(),
         })?;
         let compress = *compress;
+        let before = *zodb_tid;
         let mut done = |r: &ReadyTxn<'_>| {
             let t = src.txns()[r.index];
             *bytes_this_run += t.end - t.pos;
@@ -525,41 +526,49 @@ impl<B: Backend> Importer<B> {
             *zodb_tid = t.tid;
         };
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if compress == Compress::Off || end - start < 16 || workers < 2 {
-            for i in start..end {
+        let res = if compress == Compress::Off || end - start < 16 || workers < 2 {
+            (start..end).try_for_each(|i| {
                 let r = prepare(src, compress, i)?;
                 store(db, src, &r)?;
                 done(&r);
-            }
-            return Ok(());
-        }
-        std::thread::scope(|s| {
-            let mut rxs = Vec::with_capacity(workers);
-            for k in 0..workers {
-                let (tx, rx) = std::sync::mpsc::sync_channel(32);
-                rxs.push(rx);
-                s.spawn(move || {
-                    for i in (start + k..end).step_by(workers) {
-                        let r = prepare(src, compress, i);
-                        let failed = r.is_err();
-                        if tx.send(r).is_err() || failed {
-                            break;
+                Ok(())
+            })
+        } else {
+            std::thread::scope(|s| {
+                let mut rxs = Vec::with_capacity(workers);
+                for k in 0..workers {
+                    let (tx, rx) = std::sync::mpsc::sync_channel(32);
+                    rxs.push(rx);
+                    s.spawn(move || {
+                        for i in (start + k..end).step_by(workers) {
+                            let r = prepare(src, compress, i);
+                            let failed = r.is_err();
+                            if tx.send(r).is_err() || failed {
+                                break;
+                            }
                         }
-                    }
-                });
-            }
-            for i in 0..end - start {
-                let Ok(r) = rxs[i % workers].recv() else {
-                    return Err(ImportError::Unsupported {
-                        what: "an import thread died".into(),
                     });
-                };
-                let r = r?;
-                store(db, src, &r)?;
-                done(&r);
-            }
-            Ok(())
-        })
+                }
+                for i in 0..end - start {
+                    let Ok(r) = rxs[i % workers].recv() else {
+                        return Err(ImportError::Unsupported {
+                            what: "an import thread died".into(),
+                        });
+                    };
+                    let r = r?;
+                    store(db, src, &r)?;
+                    done(&r);
+                }
+                Ok(())
+            })
+        };
+        // The position, once for the range, in the same database
+        // transaction as the rows (also when a transaction failed: the
+        // ones before it are stored).
+        if *zodb_tid != before {
+            db.set_config(KEY_TID, Some(&zodb_tid.to_string()))?;
+        }
+        res
     }
 
     /// Commits the destination, then writes back what it committed.
@@ -767,7 +776,8 @@ fn prepare(src: &Source, compress: Compress, i: usize) -> Result<ReadyTxn<'_>, I
     })
 }
 
-/// Writes a prepared transaction and the import position (not committed).
+/// Writes a prepared transaction (not committed; `import_range` writes the
+/// position).
 fn store<B: Backend>(db: &mut B, src: &Source, r: &ReadyTxn<'_>) -> Result<(), ImportError> {
     let tid = r.header.tid;
     let mut objects = Vec::with_capacity(r.records.len());
@@ -820,6 +830,5 @@ fn store<B: Backend>(db: &mut B, src: &Source, r: &ReadyTxn<'_>) -> Result<(), I
         ttid: tid,
     };
     db.store_transaction(tid, &objects, Some(&meta), false)?;
-    db.set_config(KEY_TID, Some(&tid.to_string()))?;
     Ok(())
 }

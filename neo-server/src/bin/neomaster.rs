@@ -7,7 +7,7 @@
 //! `-f`/`-s` configuration file and section (default section `master`),
 //! `-l` log file, `--ca/--cert/--key` TLS. `-C`/`-M` (`upstream_cluster`,
 //! `upstream_masters` in neo.conf) name the cluster to back up with `neoctl
-//! set cluster STARTING_BACKUP`; `-B` (backup at once) is refused.
+//! set cluster STARTING_BACKUP`; with `-B` an empty cluster backs up at once.
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -74,7 +74,7 @@ fn command() -> Command {
                 .long("backup")
                 .short('B')
                 .action(ArgAction::SetTrue)
-                .help("transition automatically toward BACKINGUP (not supported)"),
+                .help("transition automatically toward BACKINGUP"),
         )
         .arg(
             opt(
@@ -133,8 +133,9 @@ fn run(m: &ArgMatches) -> Result<(), String> {
         return Err("cluster name must be non-empty".into());
     }
     let upstream = upstream(get("upstream-cluster"), get("upstream-masters"), &cluster)?;
-    if m.get_flag("backup") {
-        return Err("--backup is not supported".into());
+    let at_once = m.get_flag("backup");
+    if at_once && upstream.is_none() {
+        return Err("--backup needs --upstream-cluster and --upstream-masters".into());
     }
     let partitions = m.get_one::<u32>("partitions").copied().unwrap_or(100);
     if partitions == 0 {
@@ -170,7 +171,12 @@ fn run(m: &ArgMatches) -> Result<(), String> {
     let node = match upstream {
         Some((name, masters)) => {
             info!("Upstream  : {name} {masters:?}");
-            node.with_upstream(name, masters)
+            let node = node.with_upstream(name, masters);
+            if at_once {
+                node.with_backup_at_once()
+            } else {
+                node
+            }
         }
         None => node,
     };

@@ -92,6 +92,13 @@ impl Master {
         self
     }
 
+    /// `--backup`: a cluster whose database is empty after verification
+    /// goes to backup mode instead of RUNNING.
+    pub fn with_backup_at_once(mut self) -> Master {
+        self.backup_at_once = true;
+        self
+    }
+
     /// The backup tid: per partition the best cell, the smallest over
     /// partitions (`pt.getBackupTid()`); `None` out of backup mode.
     pub fn backup_tid(&self) -> Option<Tid> {

@@ -180,6 +180,8 @@ pub struct Master {
     /// Clients that are backup masters of other clusters: they get
     /// InvalidatePartitions.
     backup_clients: HashSet<NodeId>,
+    /// `--backup`: an empty cluster goes to backup mode at once.
+    backup_at_once: bool,
 }
 
 /// What an admin request was refused with.
@@ -240,6 +242,7 @@ impl Master {
             upstream: None,
             backup: None,
             backup_clients: HashSet::new(),
+            backup_at_once: false,
         })
     }
 
@@ -721,6 +724,11 @@ impl Master {
                     if self.recovery.resume_backup.is_some() {
                         let tids = std::mem::take(&mut self.recovery.backup);
                         self.resume_backup(out, &tids);
+                        return;
+                    }
+                    if self.backup_at_once && self.last_transaction == ZERO_TID {
+                        // `--backup`: an empty database backs up at once.
+                        self.resume_backup(out, &HashMap::new());
                         return;
                     }
                     log::info!("provide service");

@@ -96,12 +96,22 @@ impl World {
     /// Both clusters running; the second upstream storage announces an
     /// address nobody listens on if `hide_second`.
     fn new(dir: &Path, hide_second: bool) -> World {
+        let w = World::build(dir, hide_second, false);
+        assert_eq!(w.bk_master().cluster_state(), ClusterState::Running);
+        w
+    }
+
+    /// [`World::new`]; the backup master has `--backup` if `at_once`.
+    fn build(dir: &Path, hide_second: bool, at_once: bool) -> World {
         let mut sim = Sim::new();
         let up = sim.add(Some(addr(UP_MASTER)), master("up", UP_MASTER));
-        let bk = sim.add(
-            Some(addr(BK_MASTER)),
-            master("bk", BK_MASTER).with_upstream("up".into(), vec![addr(UP_MASTER)]),
-        );
+        let bk_master = master("bk", BK_MASTER).with_upstream("up".into(), vec![addr(UP_MASTER)]);
+        let bk_master = if at_once {
+            bk_master.with_backup_at_once()
+        } else {
+            bk_master
+        };
+        let bk = sim.add(Some(addr(BK_MASTER)), bk_master);
         let second = if hide_second { NOWHERE } else { 33102 };
         let up_storages = vec![
             sim.add(Some(addr(33101)), storage(dir, "up", UP_MASTER, 33101)),
@@ -116,10 +126,6 @@ impl World {
         sim.advance(ms(200));
         assert_eq!(
             sim.node::<Master>(up).cluster_state(),
-            ClusterState::Running
-        );
-        assert_eq!(
-            sim.node::<Master>(bk).cluster_state(),
             ClusterState::Running
         );
         let peer = sim.add(None, Peer::default());
@@ -473,5 +479,23 @@ fn stopping_backup_truncates_to_consistent_tid() {
         let n = w.sim.node_mut::<Sql>(s);
         assert_eq!(last_serial(n, 0), before);
         assert_eq!(n.db_mut().last_ids().unwrap().0, before);
+    }
+}
+
+/// `--backup`: a new backup cluster goes to BACKINGUP by itself once
+/// started (its database is empty) and follows the upstream's commits.
+#[test]
+fn backup_at_once_on_an_empty_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = World::build(dir.path(), false, true);
+    assert_eq!(w.bk_master().cluster_state(), ClusterState::BackingUp);
+    assert_eq!(w.bk_master().backup_tid(), Some(ZERO_TID));
+    let t1 = w.commit(&[(0, b"a1"), (1, b"b1")]);
+    w.sim.advance(ms(100));
+    assert_eq!(w.bk_master().backup_tid(), Some(t1));
+    for s in w.bk_storages.clone() {
+        let n = w.sim.node_mut::<Sql>(s);
+        assert_eq!(data_of(n, 1).as_deref(), Some(&b"b1"[..]));
+        assert_eq!(n.db_mut().backup_tid().unwrap(), Some(t1));
     }
 }

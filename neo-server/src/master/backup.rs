@@ -80,6 +80,8 @@ pub(super) struct Backup {
     cell_tid: BTreeMap<(Offset, NodeId), Tid>,
     /// Each cell ordered to replicate: up to this tid.
     replicating: BTreeMap<(Offset, NodeId), Tid>,
+    /// The upstream storage each order names.
+    sources: BTreeMap<(Offset, NodeId), NodeId>,
     /// Tids upstream that changed each partition, not yet in every cell.
     tid_list: Vec<Vec<Tid>>,
 }
@@ -213,6 +215,7 @@ impl Master {
             ignore_invalidations: true,
             cell_tid,
             replicating: BTreeMap::new(),
+            sources: BTreeMap::new(),
             tid_list: vec![Vec::new(); self.pt.np() as usize],
         });
     }
@@ -282,6 +285,7 @@ impl Master {
         };
         b.link = Link::None;
         b.replicating.clear();
+        b.sources.clear();
         b.ignore_invalidations = true;
         let arm = !std::mem::replace(&mut b.retry_armed, true);
         if self.state == ClusterState::BackingUp {
@@ -323,6 +327,7 @@ impl Master {
             (_, Body::Ping(_)) => out.answer(conn, packet.id, p::Pong {}),
             (_, Body::Pong(_) | Body::NotifyClusterInformation(_)) => {}
             (_, Body::NotifyNodeInformation(n)) => {
+                let mut again = BTreeSet::new();
                 if let Some(b) = self.backup.as_mut() {
                     for info in n.node_list {
                         let (Some(nid), NodeType::Storage) = (info.uuid, info.node_type) else {
@@ -333,9 +338,28 @@ impl Master {
                                 b.storages.insert(nid, addr);
                             }
                             _ => {
-                                b.storages.remove(&nid);
+                                if b.storages.remove(&nid).is_some() {
+                                    log::info!("upstream storage {nid} lost");
+                                }
+                                // Its orders go to another upstream node.
+                                let lost: Vec<(Offset, NodeId)> = b
+                                    .sources
+                                    .iter()
+                                    .filter(|(_, s)| **s == nid)
+                                    .map(|(k, _)| *k)
+                                    .collect();
+                                for k in lost {
+                                    b.sources.remove(&k);
+                                    b.replicating.remove(&k);
+                                    again.insert(k.1);
+                                }
                             }
                         }
+                    }
+                }
+                if self.state == ClusterState::BackingUp {
+                    for nid in again {
+                        self.trigger_backup(out, nid);
                     }
                 }
             }
@@ -500,21 +524,23 @@ impl Master {
                 continue;
             }
             // The partitions are spread over the upstream replicas.
-            let sources: Vec<&Address> = b
+            let sources: Vec<(NodeId, &Address)> = b
                 .upstream_pt
                 .get(offset as usize)
                 .into_iter()
                 .flatten()
                 .filter(|(_, s)| crate::pt::is_readable(*s))
-                .filter_map(|(n, _)| b.storages.get(n))
+                .filter_map(|(n, _)| Some((*n, b.storages.get(n)?)))
                 .collect();
-            let Some(addr) =
-                (!sources.is_empty()).then(|| sources[offset as usize % sources.len()].clone())
-            else {
+            let Some((source, addr)) = (!sources.is_empty()).then(|| {
+                let (n, a) = sources[offset as usize % sources.len()];
+                (n, a.clone())
+            }) else {
                 log::warn!("no running upstream storage for partition {offset}");
                 continue;
             };
             b.replicating.insert((offset, nid), tid);
+            b.sources.insert((offset, nid), source);
             log::debug!("ask {nid} to back up partition {offset} up to {tid} from {addr}");
             source_dict.push((offset, Some(addr)));
         }
@@ -568,6 +594,7 @@ impl Master {
         *cell = (*cell).max(tid);
         if b.replicating.get(&(offset, nid)).is_some_and(|r| *r <= tid) {
             b.replicating.remove(&(offset, nid));
+            b.sources.remove(&(offset, nid));
         }
         let min = cells
             .iter()

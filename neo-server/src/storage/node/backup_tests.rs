@@ -499,3 +499,33 @@ fn backup_at_once_on_an_empty_database() {
         assert_eq!(n.db_mut().backup_tid().unwrap(), Some(t1));
     }
 }
+
+/// The upstream storage an order names cannot be reached; once the
+/// upstream master reports it lost, the order goes to the other upstream
+/// replica and the backup completes.
+#[test]
+fn lost_upstream_storage_orders_go_to_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = World::new(dir.path(), true);
+    let r = w.set_state(ClusterState::StartingBackup);
+    assert!(
+        matches!(&r, Body::Error(e) if e.code == ErrorCode::Ack),
+        "{r:?}"
+    );
+    let t1 = w.commit(&[(0, b"a1"), (1, b"b1")]);
+    w.sim.advance(ms(1500));
+    // Partition 1 waits for the hidden storage: complete up to just
+    // before t1.
+    assert_eq!(w.bk_master().backup_tid(), Some(Tid(t1.0 - 1)));
+    let hidden = w.up_storages[1];
+    w.sim.kill(hidden);
+    w.sim.advance(ms(1500));
+    assert_eq!(w.bk_master().cluster_state(), ClusterState::BackingUp);
+    assert_eq!(w.bk_master().backup_tid(), Some(t1));
+    for s in w.bk_storages.clone() {
+        let n = w.sim.node_mut::<Sql>(s);
+        assert_eq!(data_of(n, 0).as_deref(), Some(&b"a1"[..]));
+        assert_eq!(data_of(n, 1).as_deref(), Some(&b"b1"[..]));
+        assert_eq!(n.db_mut().backup_tid().unwrap(), Some(t1));
+    }
+}

@@ -65,7 +65,6 @@ fn sql_err(db: &SqliteBackend, context: &'static str) -> impl FnOnce(rusqlite::E
 }
 
 impl SqliteSource {
-    /// Wraps an open database; checks that it holds every partition.
     /// Wraps an open database; checks that it holds every partition. The
     /// connection gets a memory map (`PRAGMA mmap_size`) for the scans: it
     /// saves a system call and a copy per page read.

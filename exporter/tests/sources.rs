@@ -91,7 +91,10 @@ fn records_their_transaction_does_not_list_are_refused() {
     // The first oid of a transaction's list dropped: its record is unlisted.
     let (t5, t9) = (all[5].0 as i64, all[9].0 as i64);
     db.connection()
-        .execute("UPDATE trans SET oids = substr(oids, 9) WHERE tid = ?", [t5])
+        .execute(
+            "UPDATE trans SET oids = substr(oids, 9) WHERE tid = ?",
+            [t5],
+        )
         .unwrap();
     let mut src = SqliteSource::new(db).unwrap();
     let e = src.transactions(all[0], all[19], 100).unwrap_err();

@@ -107,6 +107,12 @@ impl Master {
         self.backup_tid_by(|tids| tids.iter().max().copied())
     }
 
+    /// What clients may read while backing up (the tid every cell has);
+    /// `None` out of backup mode.
+    pub(super) fn backup_read_tid(&self) -> Option<Tid> {
+        self.backup_tid_min()
+    }
+
     /// The tid every cell of every partition has (`getBackupTid(min)`).
     fn backup_tid_min(&self) -> Option<Tid> {
         self.backup_tid_by(|tids| tids.iter().min().copied())

@@ -903,7 +903,22 @@ impl Master {
         };
         let state = match req.node_type {
             NodeType::Client => {
-                if self.state != ClusterState::Running {
+                if self.state == ClusterState::BackingUp {
+                    // Read-only clients only (NEO's ClientBackupServiceHandler).
+                    let ro = req
+                        .extra
+                        .iter()
+                        .any(|(k, v)| k.as_ref() == b"read_only" && matches!(v, Value::Bool(true)));
+                    if !ro {
+                        return self.refuse(
+                            out,
+                            conn,
+                            id,
+                            ErrorCode::ReadOnlyAccess,
+                            "read-write access requested but cluster is backing up",
+                        );
+                    }
+                } else if self.state != ClusterState::Running {
                     return self.refuse(out, conn, id, ErrorCode::NotReady, "Retry Later");
                 }
                 NodeState::Running
@@ -1251,13 +1266,18 @@ impl Master {
                 };
                 out.answer(conn, id, answer)
             }
-            Body::AskLastTransaction(_) => out.answer(
-                conn,
-                id,
-                p::AnswerLastTransaction {
-                    tid: self.last_transaction,
-                },
-            ),
+            Body::AskLastTransaction(_) => {
+                // Clients of a backup cluster read up to the backup tid.
+                let client = self
+                    .nodes
+                    .by_conn(conn)
+                    .is_some_and(|n| n.node_type == NodeType::Client);
+                let tid = match self.backup_read_tid() {
+                    Some(t) if client => t,
+                    _ => self.last_transaction,
+                };
+                out.answer(conn, id, p::AnswerLastTransaction { tid })
+            }
             Body::Error(e) => log::warn!(
                 "error from peer on connection {conn}: {} {}",
                 e.code,

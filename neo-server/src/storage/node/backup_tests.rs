@@ -291,6 +291,32 @@ impl World {
         last_serial(self.sim.node_mut::<Sql>(s), oid).unwrap_or(ZERO_TID)
     }
 
+    /// A read-only client of the backup cluster connected to its first
+    /// storage: (master conn, storage conn).
+    fn backup_reader(&mut self) -> (ConnId, ConnId) {
+        let m = self.connect(BK_MASTER);
+        let extra: Map<Bytes, Value> = [(Bytes::from_static(b"read_only"), Value::Bool(true))]
+            .into_iter()
+            .collect();
+        let ident = |uuid, id_timestamp| RequestIdentification {
+            node_type: NodeType::Client,
+            uuid,
+            address: None,
+            name: Bytes::from_static(b"bk"),
+            id_timestamp,
+            extra: extra.clone(),
+        };
+        let r = self.request(m, ident(None, None));
+        let Body::AcceptIdentification(a) = r else {
+            panic!("{r:?}")
+        };
+        let ts = self.id_timestamp(a.your_uuid);
+        let s = self.connect(34101);
+        let r = self.request(s, ident(a.your_uuid, Some(ts)));
+        assert!(matches!(r, Body::AcceptIdentification(_)), "{r:?}");
+        (m, s)
+    }
+
     fn set_state(&mut self, state: ClusterState) -> Body {
         let admin = self.admin;
         self.request(admin, SetClusterState { state })
@@ -454,6 +480,38 @@ fn stopping_backup_truncates_to_consistent_tid() {
     // up again (not RUNNING on an inconsistent database), each cell from
     // its node's backup tid: the last tid before the lagging one.
     let before = tids.iter().rev().nth(1).copied();
+
+    // A read-only client reads what every cell has: the last tid and the
+    // latest revision are cut at the backup tid of the storages.
+    let (m, s) = w.backup_reader();
+    let r = w.request(m, AskLastTransaction {});
+    assert_eq!(
+        r,
+        Body::AnswerLastTransaction(AnswerLastTransaction { tid: expect })
+    );
+    let r = w.request(
+        s,
+        AskObject {
+            oid: Oid(0),
+            at: None,
+            before: None,
+        },
+    );
+    match (before, r) {
+        (Some(t), Body::AnswerObject(o)) => assert_eq!(o.serial, t),
+        (None, Body::Error(e)) => assert_eq!(e.code, ErrorCode::OidDoesNotExist),
+        (b, r) => panic!("{b:?}: {r:?}"),
+    }
+    let r = w.request(s, AskTransactionInformation { tid: after });
+    assert!(
+        matches!(&r, Body::Error(e) if e.code == ErrorCode::TidNotFound),
+        "{r:?}"
+    );
+    let r = w.request(m, AskBeginTransaction { tid: None });
+    assert!(
+        matches!(&r, Body::Error(e) if e.code == ErrorCode::ReadOnlyAccess),
+        "{r:?}"
+    );
     w.sim.kill(w.bk);
     w.bk = w.sim.add(
         Some(addr(BK_MASTER)),

@@ -780,7 +780,10 @@ impl<B: Backend> StorageNode<B> {
                     body.name()
                 ))),
             },
-            Peer::Client(nid) => self.client_packet(conn, nid, packet, out),
+            Peer::Client(nid) => match self.backup_client_filter(conn, packet, out) {
+                Ok(Some(packet)) => self.client_packet(conn, nid, packet, out),
+                other => other.map(|_| ()),
+            },
             Peer::Storage(_) => self.storage_packet(conn, packet, out),
             Peer::Monitor => self.monitor_packet(conn, packet, out),
         };

@@ -29,9 +29,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use neo_proto::{
-    AddObject, AddTransaction, Address, AskFetchObjects, AskFetchTransactions,
-    AskUnfinishedTransactions, Body, Bytes, Map, NodeId, NodeState, NodeType,
-    NotifyReplicationDone, Oid, Packet, RequestIdentification, Tid,
+    AddObject, AddTransaction, Address, AnswerTIDs, AskFetchObjects, AskFetchTransactions,
+    AskUnfinishedTransactions, Body, Bytes, ErrorCode, Map, NodeId, NodeState, NodeType,
+    NotifyReplicationDone, Oid, Packet, RequestIdentification, Tid, INVALID_PARTITION,
 };
 
 use super::{Fail, StorageNode};
@@ -893,5 +893,81 @@ impl<B: Backend> StorageNode<B> {
         let source = Source::Upstream(addr, name);
         log::info!("backing up partition {partition} ({next_tid}..={max_tid}) from {source}");
         self.start_round(partition, next_tid, max_tid, source, addr, out);
+    }
+
+    /// Client requests while in backup mode (NEO's
+    /// `ClientReadOnlyOperationHandler`): writes are refused, reads are cut
+    /// at the backup tid (what every readable cell of ours has); `None` when
+    /// answered here.
+    pub(super) fn backup_client_filter(
+        &mut self,
+        conn: ConnId,
+        packet: Packet,
+        out: &mut Outbox,
+    ) -> Result<Option<Packet>, Fail> {
+        let Some(backup) = self.db.backup_tid()? else {
+            return Ok(Some(packet));
+        };
+        let id = packet.id;
+        let next = Tid(backup.0.saturating_add(1));
+        let body: Body = match packet.body {
+            Body::AskStoreTransaction(_)
+            | Body::AskVoteTransaction(_)
+            | Body::AskStoreObject(_)
+            | Body::AskFinalTID(_)
+            | Body::AskRelockObject(_)
+            | Body::AskCheckCurrentSerial(_) => {
+                out.error(
+                    conn,
+                    id,
+                    ErrorCode::ReadOnlyAccess,
+                    "read-only access because cluster is in backuping mode",
+                );
+                return Ok(None);
+            }
+            Body::AskTransactionInformation(a) if a.tid > backup => {
+                out.error(
+                    conn,
+                    id,
+                    ErrorCode::TidNotFound,
+                    &format!("tids > {backup} are not fully fetched yet"),
+                );
+                return Ok(None);
+            }
+            Body::AskObject(mut a) => {
+                match (a.at, a.before) {
+                    // Nothing there: answered as NEO does for ZERO_TID.
+                    (Some(at), _) if at > backup => a.at = Some(Tid(0)),
+                    (Some(_), _) => {}
+                    (None, Some(before)) => a.before = Some(before.min(next)),
+                    (None, None) => a.before = Some(next),
+                }
+                a.into()
+            }
+            Body::AskTIDsFrom(mut a) => {
+                a.max_tid = a.max_tid.min(backup);
+                a.into()
+            }
+            Body::AskTIDs(a) => {
+                if a.first >= a.last {
+                    return Err(Fail::Protocol("invalid offsets".into()));
+                }
+                let parts: Vec<u32> = if a.partition == INVALID_PARTITION {
+                    self.db.partition_view()?.readable.into_iter().collect()
+                } else {
+                    vec![a.partition]
+                };
+                let tid_list = self
+                    .db
+                    .tid_list(a.first, a.last - a.first, &parts)?
+                    .into_iter()
+                    .filter(|t| *t <= backup)
+                    .collect();
+                out.answer(conn, id, AnswerTIDs { tid_list });
+                return Ok(None);
+            }
+            other => other,
+        };
+        Ok(Some(Packet { id, body }))
     }
 }

@@ -10,6 +10,10 @@
 //! | backpointer to T's record     | `data_serial` T, with the data it resolves to (NEO's undo) |
 //! | backpointer 0                 | no data: the creation is undone                     |
 //!
+//! Several records of one object in a transaction (two `store` calls in one
+//! ZODB commit) become the last one: NEO keeps one record per object and
+//! transaction (as its Importer does).
+//!
 //! NEO's own `importFrom` stores undo records with their data (losing the
 //! undo information); ours keep it, so the cluster holds what NEO's Importer
 //! backend would (`obj.value_tid`) and an export gives the backpointers
@@ -143,6 +147,20 @@ fn resume_point(rt: &Runtime, client: &Client, fs: &DataFs) -> Result<(Tid, u64)
     Ok((last, done))
 }
 
+/// Keeps, of several records of one object in a transaction, the last
+/// one (what ZODB's index, `load` and `history` see), where it stands:
+/// NEO keeps one record per object and transaction, as its Importer does.
+fn keep_last_per_oid(records: &mut Vec<ImportRecord<'_>>) {
+    let mut seen = std::collections::HashSet::with_capacity(records.len());
+    let mut keep: Vec<bool> = records.iter().rev().map(|r| seen.insert(r.oid)).collect();
+    if keep.iter().all(|&k| k) {
+        return;
+    }
+    keep.reverse();
+    let mut k = keep.into_iter();
+    records.retain(|_| k.next().unwrap_or(true));
+}
+
 /// Imports the FileStorage at `path` into the cluster `client` is
 /// connected to (see the module docs). The [`Summary`] counts imported
 /// transactions and records (`backpointers`: undo records, `deletions`:
@@ -181,23 +199,22 @@ pub fn import_fs(
         for r in t.records() {
             let r = r?;
             let data = match r.payload {
-                Payload::Data(d) => {
-                    summary.data_bytes += d.len() as u64;
-                    ImportData::Data(d)
-                }
-                Payload::Back(0) => {
-                    summary.deletions += 1;
-                    ImportData::Delete
-                }
-                Payload::Back(b) => {
-                    summary.backpointers += 1;
-                    ImportData::Undo {
-                        data_tid: fs.back_tid(r.oid, b)?,
-                        data: fs.record_data(&r)?,
-                    }
-                }
+                Payload::Data(d) => ImportData::Data(d),
+                Payload::Back(0) => ImportData::Delete,
+                Payload::Back(b) => ImportData::Undo {
+                    data_tid: fs.back_tid(r.oid, b)?,
+                    data: fs.record_data(&r)?,
+                },
             };
             records.push(ImportRecord { oid: r.oid, data });
+        }
+        keep_last_per_oid(&mut records);
+        for r in &records {
+            match r.data {
+                ImportData::Data(d) => summary.data_bytes += d.len() as u64,
+                ImportData::Delete => summary.deletions += 1,
+                ImportData::Undo { .. } => summary.backpointers += 1,
+            }
         }
         let meta = TxnMeta {
             user: t.user.to_vec(),
@@ -218,4 +235,24 @@ pub fn import_fs(
     summary.elapsed = start.elapsed();
     progress.end(&summary);
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fsformat::Oid;
+
+    #[test]
+    fn the_last_record_of_an_object_is_kept_in_place() {
+        let rec = |oid: u64, d: &'static [u8]| ImportRecord {
+            oid: Oid(oid),
+            data: ImportData::Data(d),
+        };
+        let mut v = vec![rec(1, b"a"), rec(2, b"b"), rec(1, b"c"), rec(3, b"d")];
+        keep_last_per_oid(&mut v);
+        assert_eq!(v, vec![rec(2, b"b"), rec(1, b"c"), rec(3, b"d")]);
+        let mut v = vec![rec(1, b"a"), rec(2, b"b")];
+        keep_last_per_oid(&mut v);
+        assert_eq!(v, vec![rec(1, b"a"), rec(2, b"b")]);
+    }
 }

@@ -584,13 +584,19 @@ impl Master {
             return true;
         };
         let mut tid = tid;
+        // The storage learns that its cell is complete up to the last tid
+        // (later tids did not touch the partition).
+        let mut tell = None;
         if let Some(&first) = list.first() {
             if tid >= first {
                 // Complete up to just before the next tid touching it.
                 let i = list.partition_point(|t| *t <= tid);
                 match list.get(i) {
                     Some(next) => tid = add_tid_raw(*next, -1),
-                    None if tid < last => tid = last,
+                    None if tid < last => {
+                        tid = last;
+                        tell = Some(last);
+                    }
                     None => {}
                 }
             }
@@ -608,6 +614,17 @@ impl Master {
             .min()
             .unwrap_or(Tid(0));
         list.retain(|t| *t > min);
+        if let Some(tid) = tell {
+            self.send(
+                out,
+                nid,
+                p::Replicate {
+                    tid,
+                    upstream_name: Bytes::new(),
+                    source_dict: Map(vec![(offset, None)]),
+                },
+            );
+        }
         if self.state == ClusterState::BackingUp {
             self.trigger_backup(out, nid);
         }

@@ -48,10 +48,14 @@ impl Node for Peer {
 }
 
 fn master(cluster: &str, port: u16) -> Master {
+    master_np(cluster, port, 2)
+}
+
+fn master_np(cluster: &str, port: u16, partitions: u32) -> Master {
     Master::new(MasterConfig {
         cluster: cluster.into(),
         address: Address::new("127.0.0.1", port),
-        partitions: 2,
+        partitions,
         replicas: 1,
         autostart: Some(2),
         nid: None,
@@ -96,16 +100,17 @@ impl World {
     /// Both clusters running; the second upstream storage announces an
     /// address nobody listens on if `hide_second`.
     fn new(dir: &Path, hide_second: bool) -> World {
-        let w = World::build(dir, hide_second, false);
+        let w = World::build(dir, hide_second, false, 2);
         assert_eq!(w.bk_master().cluster_state(), ClusterState::Running);
         w
     }
 
     /// [`World::new`]; the backup master has `--backup` if `at_once`.
-    fn build(dir: &Path, hide_second: bool, at_once: bool) -> World {
+    fn build(dir: &Path, hide_second: bool, at_once: bool, np: u32) -> World {
         let mut sim = Sim::new();
-        let up = sim.add(Some(addr(UP_MASTER)), master("up", UP_MASTER));
-        let bk_master = master("bk", BK_MASTER).with_upstream("up".into(), vec![addr(UP_MASTER)]);
+        let up = sim.add(Some(addr(UP_MASTER)), master_np("up", UP_MASTER, np));
+        let bk_master =
+            master_np("bk", BK_MASTER, np).with_upstream("up".into(), vec![addr(UP_MASTER)]);
         let bk_master = if at_once {
             bk_master.with_backup_at_once()
         } else {
@@ -222,6 +227,12 @@ impl World {
     /// Commits `objs` (oid, data) upstream (both storages hold every
     /// partition).
     fn commit(&mut self, objs: &[(u64, &[u8])]) -> Tid {
+        let ttid = self.store(objs);
+        self.finish(&[(ttid, objs)])[0]
+    }
+
+    /// Begins a transaction upstream and stores `objs`: its ttid.
+    fn store(&mut self, objs: &[(u64, &[u8])]) -> Tid {
         let m = self.up_conns[0];
         let Body::AnswerBeginTransaction(b) = self.request(m, AskBeginTransaction { tid: None })
         else {
@@ -263,21 +274,40 @@ impl World {
             );
             assert_eq!(r, Body::AnswerStoreTransaction(AnswerStoreTransaction {}));
         }
-        let r = self.request(
-            m,
-            AskFinishTransaction {
-                ttid,
-                oid_list: objs.iter().map(|o| Oid(o.0)).collect(),
-                deleted: vec![],
-                checked: vec![],
-                pack: None,
-            },
-        );
-        let Body::AnswerTransactionFinished(f) = r else {
-            panic!("{r:?}")
-        };
+        ttid
+    }
+
+    /// Finishes stored transactions, all asked at once (their
+    /// invalidations reach the backup master back to back): their tids.
+    fn finish(&mut self, txns: &[(Tid, &[(u64, &[u8])])]) -> Vec<Tid> {
+        let m = self.up_conns[0];
+        let mut ids = Vec::new();
+        self.sim.poke::<Peer>(self.peer, |_, out| {
+            for (ttid, objs) in txns {
+                let ask = AskFinishTransaction {
+                    ttid: *ttid,
+                    oid_list: objs.iter().map(|o| Oid(o.0)).collect(),
+                    deleted: vec![],
+                    checked: vec![],
+                    pack: None,
+                };
+                ids.push(out.ask(m, ask));
+            }
+        });
         self.sim.run();
-        f.tid
+        let inbox = &mut self.sim.node_mut::<Peer>(self.peer).inbox;
+        ids.iter()
+            .map(|id| {
+                let pos = inbox
+                    .iter()
+                    .position(|(c, p)| *c == m && p.id == *id)
+                    .expect("an answer");
+                match inbox.remove(pos).1.body {
+                    Body::AnswerTransactionFinished(f) => f.tid,
+                    r => panic!("{r:?}"),
+                }
+            })
+            .collect()
     }
 
     /// The last serial of `oid` in the first storage of the cluster whose
@@ -545,7 +575,7 @@ fn stopping_backup_truncates_to_consistent_tid() {
 #[test]
 fn backup_at_once_on_an_empty_database() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = World::build(dir.path(), false, true);
+    let mut w = World::build(dir.path(), false, true, 2);
     assert_eq!(w.bk_master().cluster_state(), ClusterState::BackingUp);
     assert_eq!(w.bk_master().backup_tid(), Some(ZERO_TID));
     let t1 = w.commit(&[(0, b"a1"), (1, b"b1")]);
@@ -585,5 +615,43 @@ fn lost_upstream_storage_orders_go_to_another() {
         assert_eq!(data_of(n, 0).as_deref(), Some(&b"a1"[..]));
         assert_eq!(data_of(n, 1).as_deref(), Some(&b"b1"[..]));
         assert_eq!(n.db_mut().backup_tid().unwrap(), Some(t1));
+    }
+}
+
+/// Transactions committed upstream back to back (8 partitions: each
+/// touches few), while the backup storages replicate the first ones: every
+/// cell, on the master and in each storage's database, ends complete up to
+/// the last one (the master tells a storage when later tids did not touch
+/// its partition).
+#[test]
+fn back_to_back_commits_leave_storages_up_to_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = World::build(dir.path(), false, false, 8);
+    let r = w.set_state(ClusterState::StartingBackup);
+    assert!(
+        matches!(&r, Body::Error(e) if e.code == ErrorCode::Ack),
+        "{r:?}"
+    );
+    let objs: Vec<(u64, Vec<u8>)> = (0..6u64).map(|i| (i, vec![b'x'; 8])).collect();
+    let ttids: Vec<Tid> = objs
+        .iter()
+        .map(|(oid, data)| w.store(&[(*oid, &data[..])]))
+        .collect();
+    let txns: Vec<(Tid, Vec<(u64, &[u8])>)> = ttids
+        .iter()
+        .zip(&objs)
+        .map(|(t, (oid, data))| (*t, vec![(*oid, &data[..])]))
+        .collect();
+    let txns: Vec<(Tid, &[(u64, &[u8])])> = txns.iter().map(|(t, o)| (*t, &o[..])).collect();
+    let tids = w.finish(&txns);
+    w.sim.advance(ms(500));
+    let last = *tids.iter().max().unwrap();
+    assert_eq!(w.bk_master().backup_tid(), Some(last));
+    for s in w.bk_storages.clone() {
+        let n = w.sim.node_mut::<Sql>(s);
+        assert_eq!(n.db_mut().backup_tid().unwrap(), Some(last));
+        for (oid, tid) in (0..6u64).zip(&tids) {
+            assert_eq!(last_serial(n, oid), Some(*tid));
+        }
     }
 }

@@ -18,6 +18,8 @@ use crate::sim::{ms, Sim};
 use crate::storage::{make_checksum, SqliteBackend, SqliteOptions};
 
 type Sql = StorageNode<SqliteBackend>;
+/// Objects of a transaction: (oid, data).
+type Objs<'a> = &'a [(u64, &'a [u8])];
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -279,7 +281,7 @@ impl World {
 
     /// Finishes stored transactions, all asked at once (their
     /// invalidations reach the backup master back to back): their tids.
-    fn finish(&mut self, txns: &[(Tid, &[(u64, &[u8])])]) -> Vec<Tid> {
+    fn finish(&mut self, txns: &[(Tid, Objs)]) -> Vec<Tid> {
         let m = self.up_conns[0];
         let mut ids = Vec::new();
         self.sim.poke::<Peer>(self.peer, |_, out| {
@@ -632,17 +634,9 @@ fn back_to_back_commits_leave_storages_up_to_date() {
         matches!(&r, Body::Error(e) if e.code == ErrorCode::Ack),
         "{r:?}"
     );
-    let objs: Vec<(u64, Vec<u8>)> = (0..6u64).map(|i| (i, vec![b'x'; 8])).collect();
-    let ttids: Vec<Tid> = objs
-        .iter()
-        .map(|(oid, data)| w.store(&[(*oid, &data[..])]))
-        .collect();
-    let txns: Vec<(Tid, Vec<(u64, &[u8])>)> = ttids
-        .iter()
-        .zip(&objs)
-        .map(|(t, (oid, data))| (*t, vec![(*oid, &data[..])]))
-        .collect();
-    let txns: Vec<(Tid, &[(u64, &[u8])])> = txns.iter().map(|(t, o)| (*t, &o[..])).collect();
+    let objs: Vec<[(u64, &[u8]); 1]> = (0..6u64).map(|i| [(i, &b"xxxxxxxx"[..])]).collect();
+    let ttids: Vec<Tid> = objs.iter().map(|o| w.store(o)).collect();
+    let txns: Vec<(Tid, Objs)> = ttids.iter().zip(&objs).map(|(t, o)| (*t, &o[..])).collect();
     let tids = w.finish(&txns);
     w.sim.advance(ms(500));
     let last = *tids.iter().max().unwrap();

@@ -631,6 +631,60 @@ impl Master {
         true
     }
 
+    /// A storage (re)started while backing up: its cells fetch what they
+    /// miss (their orders died with the previous connection).
+    pub(super) fn backup_storage_started(&mut self, out: &mut Outbox, nid: NodeId) {
+        let last = self.last_transaction;
+        let Some(b) = self.backup.as_mut() else {
+            return;
+        };
+        b.replicating.retain(|(_, n), _| *n != nid);
+        b.sources.retain(|(_, n), _| *n != nid);
+        for offset in self.pt.readable_offsets(nid) {
+            let done = b.cell_tid.get(&(offset, nid)).copied().unwrap_or(Tid(0));
+            if let Some(list) = b.tid_list.get_mut(offset as usize) {
+                if done < last && list.last().is_none_or(|t| *t < last) {
+                    list.push(last);
+                }
+            }
+        }
+        self.trigger_backup(out, nid);
+    }
+
+    /// A cell of ours became readable while backing up (replicated from
+    /// a storage of ours, itself complete only up to its own backup tid):
+    /// it is complete up to what every other cell of the partition has,
+    /// then fetches the rest from upstream.
+    pub(super) fn backup_cell_readable(&mut self, out: &mut Outbox, nid: NodeId, offset: Offset) {
+        let cells = self.pt.readable_cells(offset);
+        let Some(b) = self.backup.as_mut() else {
+            return;
+        };
+        if !cells.contains(&nid) {
+            return;
+        }
+        let tid = cells
+            .iter()
+            .filter(|n| **n != nid)
+            .map(|n| b.cell_tid.get(&(offset, *n)).copied().unwrap_or(Tid(0)))
+            .min()
+            .unwrap_or(Tid(0));
+        log::info!("partition {offset}: {nid} readable, backed up to {tid}");
+        b.cell_tid.insert((offset, nid), tid);
+        b.replicating.remove(&(offset, nid));
+        b.sources.remove(&(offset, nid));
+        if let Some(list) = b.tid_list.get_mut(offset as usize) {
+            // Tids after its backup tid are needed again.
+            let last = self.last_transaction;
+            if tid < last && list.last().is_none_or(|t| *t < last) {
+                list.push(last);
+            }
+        }
+        if self.state == ClusterState::BackingUp {
+            self.trigger_backup(out, nid);
+        }
+    }
+
     /// `set cluster STOPPING_BACKUP` (or upstream truncated): truncate at
     /// the tid every cell reached and restart as a normal cluster.
     pub(super) fn stop_backup(&mut self, out: &mut Outbox) {

@@ -492,6 +492,10 @@ impl Master {
         let backup = self.backing_up();
         self.send(out, nid, p::StartOperation { backup });
         self.storage_starting.insert(nid);
+        if self.state == ClusterState::BackingUp {
+            // A storage back while backing up: what its cells miss.
+            self.backup_storage_started(out, nid);
+        }
     }
 
     /// Called after every event during recovery: starts the cluster when
@@ -1029,7 +1033,10 @@ impl Master {
         );
         match (req.node_type, self.state) {
             (NodeType::Storage, ClusterState::Recovering) => self.ask(out, nid, p::AskRecovery {}),
-            (NodeType::Storage, ClusterState::Running) => {
+            (
+                NodeType::Storage,
+                ClusterState::Running | ClusterState::StartingBackup | ClusterState::BackingUp,
+            ) => {
                 self.send_pt(out, nid);
                 if state == NodeState::Running {
                     self.start_storage(out, nid);
@@ -1422,7 +1429,10 @@ impl Master {
             Body::NotifyReplicationDone(n)
                 if self.pt.cell(n.offset, nid) != Some(p::CellState::OutOfDate)
                     && self.backup_replication_done(out, nid, n.offset, n.tid) => {}
-            Body::NotifyReplicationDone(n) => self.replication_done(out, conn, id, nid, n.offset),
+            Body::NotifyReplicationDone(n) => {
+                self.replication_done(out, conn, id, nid, n.offset);
+                self.backup_cell_readable(out, nid, n.offset);
+            }
             Body::NotifyPartitionCorrupted(n) => {
                 log::error!("partition {} corrupted in: {:?}", n.partition, n.cell_list)
             }

@@ -531,7 +531,7 @@ fn stopping_backup_truncates_to_consistent_tid() {
     );
     match (before, r) {
         (Some(t), Body::AnswerObject(o)) => assert_eq!(o.serial, t),
-        (None, Body::Error(e)) => assert_eq!(e.code, ErrorCode::OidDoesNotExist),
+        (None, Body::Error(e)) => assert_eq!(e.code, ErrorCode::OidNotFound),
         (b, r) => panic!("{b:?}: {r:?}"),
     }
     let r = w.request(s, AskTransactionInformation { tid: after });
@@ -648,4 +648,65 @@ fn back_to_back_commits_leave_storages_up_to_date() {
             assert_eq!(last_serial(n, oid), Some(*tid));
         }
     }
+}
+
+/// A backup storage down while upstream commits comes back: its cells
+/// are filled from the other backup storage, then completed from
+/// upstream; the backup tid reaches the last tid and both storages have
+/// everything.
+#[test]
+fn backup_storage_back_after_a_failure_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = World::new(dir.path(), false);
+    let t1 = w.commit(&[(0, b"a1"), (1, b"b1")]);
+    let r = w.set_state(ClusterState::StartingBackup);
+    assert!(
+        matches!(&r, Body::Error(e) if e.code == ErrorCode::Ack),
+        "{r:?}"
+    );
+    w.sim.advance(ms(100));
+    assert_eq!(w.bk_master().backup_tid(), Some(t1));
+
+    let i2 = w.bk_storages[1];
+    w.sim.kill(i2);
+    w.sim.advance(ms(100));
+    let t2 = w.commit(&[(0, b"a2")]);
+    let t3 = w.commit(&[(1, b"b3"), (2, b"c3")]);
+    w.sim.advance(ms(100));
+    assert_eq!(w.bk_master().backup_tid(), Some(t3));
+
+    // Back on the same database (the dead node's handle goes).
+    let other =
+        SqliteBackend::open(&dir.path().join("spare.sqlite"), &SqliteOptions::default()).unwrap();
+    drop(std::mem::replace(w.sim.node_mut::<Sql>(i2).db_mut(), other));
+    let back = w.sim.add(
+        Some(addr(34102)),
+        storage(dir.path(), "bk", BK_MASTER, 34102),
+    );
+    w.bk_storages[1] = back;
+    w.sim.advance(ms(1500));
+    let t4 = w.commit(&[(3, b"d4")]);
+    w.sim.advance(ms(500));
+    assert_eq!(w.bk_master().cluster_state(), ClusterState::BackingUp);
+    let nid = w.sim.node::<Sql>(back).nid().unwrap();
+    let pt = w.bk_master().pt();
+    assert!((0..pt.np()).all(|p| pt.cell(p, nid) == Some(neo_proto::CellState::UpToDate)));
+    assert_eq!(w.bk_master().backup_tid(), Some(t4));
+    for s in w.bk_storages.clone() {
+        let n = w.sim.node_mut::<Sql>(s);
+        assert_eq!(last_serial(n, 0), Some(t2), "storage {s}");
+        assert_eq!(last_serial(n, 1), Some(t3));
+        assert_eq!(data_of(n, 2).as_deref(), Some(&b"c3"[..]));
+        assert_eq!(data_of(n, 3).as_deref(), Some(&b"d4"[..]));
+        assert_eq!(n.db_mut().backup_tid().unwrap(), Some(t4));
+    }
+    // Leaving backup mode keeps everything.
+    let r = w.set_state(ClusterState::StoppingBackup);
+    assert!(
+        matches!(&r, Body::Error(e) if e.code == ErrorCode::Ack),
+        "{r:?}"
+    );
+    w.sim.advance(ms(300));
+    assert_eq!(w.bk_master().cluster_state(), ClusterState::Running);
+    assert_eq!(w.bk_master().last_transaction(), t4);
 }

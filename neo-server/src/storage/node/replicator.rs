@@ -210,6 +210,20 @@ impl<B: Backend> StorageNode<B> {
             }
         }
         self.replicator.backup.retain(|p, _| backup.contains(p));
+        if self.db.backup_tid()?.is_some() {
+            // A cell that became readable while backing up was filled from
+            // a storage of ours, complete only up to its own backup tid:
+            // the next fetch from upstream compares it from the start.
+            for p in backup {
+                self.replicator.backup.entry(p).or_insert_with(|| {
+                    log::info!("partition {p} readable while backing up");
+                    BackupPart {
+                        next_tid: Tid(0),
+                        order: None,
+                    }
+                });
+            }
+        }
         let gone: Vec<u32> = self
             .replicator
             .parts

@@ -1,8 +1,9 @@
 //! End-to-end backup mode: an upstream cluster (two storages, one replica)
 //! and a backup cluster of real processes whose master has `-C`/`-M`;
 //! `neoctl set cluster STARTING_BACKUP`, commits upstream reach it (`neoctl
-//! print ids` shows the backup tid), `STOPPING_BACKUP` makes it a normal
-//! cluster where the Rust client reads what was committed upstream.
+//! print ids` shows the backup tid), a SIGKILLed backup master restarts
+//! into backup mode, `STOPPING_BACKUP` makes it a normal cluster where the
+//! Rust client reads what was committed upstream.
 
 mod cluster_common;
 
@@ -70,9 +71,20 @@ fn backup_cluster_follows_and_takes_over() {
     bk.wait_state("BACKINGUP", OP);
     wait_backup_tid(&bk, before[5]);
 
-    let during = rt.block_on(within(OP, "commits", write(&a, 6, 10)));
-    wait_backup_tid(&bk, during[9]);
+    let during = rt.block_on(within(OP, "commits", write(&a, 6, 5)));
+    wait_backup_tid(&bk, during[4]);
+
+    // SIGKILL of the backup master; commits meanwhile; the new master finds
+    // the storages backing up and resumes (no neoctl).
+    if let Some(m) = bk.master.as_mut() {
+        m.kill();
+    }
+    let more = rt.block_on(within(OP, "commits", write(&a, 11, 5)));
+    bk.start_backup_master(&up);
+    bk.wait_state("BACKINGUP", OP);
+    wait_backup_tid(&bk, more[4]);
     rt.block_on(a.close());
+    let during: Vec<Tid> = during.into_iter().chain(more).collect();
 
     let (code, out, err) = bk.neoctl(&["set", "cluster", "STOPPING_BACKUP"]);
     assert_eq!(code, 0, "{out}{err}");

@@ -19,10 +19,14 @@
 //! (recovery, verification, RUNNING) as a normal one.
 //!
 //! A cluster restarted while backing up (its storages answer AskRecovery
-//! with a backup tid) resumes the backup after verification.
+//! with a backup tid) resumes the backup after verification; `--backup`
+//! goes to backup mode at once when the database is empty. Only read-only
+//! clients are accepted while BACKINGUP; their last tid is the smallest
+//! backup tid. The partitions are spread over the upstream replicas, and
+//! orders naming an upstream storage reported lost go to another one.
 //!
 //! Unlike NEO, each replica fetches from upstream itself (no primary cell
-//! per partition feeding the others).
+//! per partition feeding the others), and pack orders are not followed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;

@@ -53,6 +53,16 @@
 //! query; check digests are computed here; data rows are deleted at once
 //! (Python NEO's secondary connection defers them through `todel`, which we
 //! drain at open).
+//!
+//! Write path: without dedup, `store_data` assigns the data id itself (as
+//! NEO, from `_data_last_ids`: the node holds the database's `GET_LOCK`, so
+//! it is the only writer) and only queues the row; queued rows go out as one
+//! multi-row `INSERT` (below [`PENDING_DATA_BYTES`] and
+//! `max_allowed_packet`) before any other statement of the connection,
+//! commits included, so every read sees them and they are committed with
+//! the rows that name them. A queued row counts as a write: a connection
+//! lost before the commit fails the transaction as if it had been sent, and
+//! the queue is dropped with it.
 
 #![deny(missing_docs)]
 
@@ -78,6 +88,10 @@ pub const BIGDATA_THRESHOLD: usize = 0x100_0000;
 
 /// Size of a `bigdata` chunk.
 pub const BIGDATA_CHUNK: usize = 0x80_0000;
+
+/// Most bytes of SQL text kept in the queue of `data` rows before it is
+/// sent (one multi-row `INSERT`); a row larger than that is sent alone.
+pub const PENDING_DATA_BYTES: usize = 4 << 20;
 
 /// The name of the server lock, after the database name (`LOCK`).
 const LOCK: &str = "neostorage";
@@ -451,6 +465,10 @@ pub struct MysqlBackend {
     extra_readable: BTreeSet<u32>,
     config_cache: HashMap<String, Option<String>>,
     data_last_ids: HashMap<u32, u64>,
+    /// Queued `data` rows: the text of a multi-row `INSERT` (empty: none).
+    pending_data: String,
+    /// How many rows `pending_data` holds, and the id of its first one.
+    pending_rows: (usize, u64),
     held: HeldData,
     reconnects: u64,
     /// `--wait`: seconds to keep trying to connect, negative: forever.
@@ -490,6 +508,8 @@ impl MysqlBackend {
             extra_readable: BTreeSet::new(),
             config_cache: HashMap::new(),
             data_last_ids: HashMap::new(),
+            pending_data: String::new(),
+            pending_rows: (0, 0),
             held: HeldData::default(),
             reconnects: 0,
             wait: opts.wait,
@@ -532,7 +552,76 @@ impl MysqlBackend {
     /// The current connection (made if needed), for inspection (tests,
     /// tools). Statements run on it bypass the reconnection logic.
     pub fn connection(&mut self) -> DbResult<&mut Conn> {
+        self.flush_data()?;
         self.conn()
+    }
+
+    /// Sends the queued `data` rows (see the module documentation).
+    fn flush_data(&mut self) -> DbResult<()> {
+        if self.pending_data.is_empty() {
+            return Ok(());
+        }
+        let sql = std::mem::take(&mut self.pending_data);
+        let (rows, first) = std::mem::take(&mut self.pending_rows);
+        log::trace!("storing {rows} data rows from {first:#x}");
+        match self.text_exec_unique(&sql, "storing data")? {
+            Ok(_) => Ok(()),
+            Err(()) => {
+                // Ids are ours: a duplicate means another writer.
+                self.transaction_lost();
+                Err(DbError::Duplicate {
+                    table: "data",
+                    key: format!("{rows} rows from {first:#x}"),
+                })
+            }
+        }
+    }
+
+    /// Queues a `data` row (no dedup: the id cannot collide with a row of
+    /// another writer); sends it at once if it is too large to queue.
+    fn queue_data(&mut self, id: u64, hash: &[u8], compression: u8, value: &[u8]) -> DbResult<()> {
+        const HEAD: &str = "INSERT INTO data VALUES ";
+        let size = 2 * (hash.len() + value.len()) + 40;
+        let budget = usize::try_from(self.max_allowed_packet)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(1024)
+            .min(PENDING_DATA_BYTES);
+        if !self.pending_data.is_empty() && self.pending_data.len() + size > budget {
+            self.flush_data()?;
+        }
+        if HEAD.len() + size > budget {
+            // Sent alone, as binary (no hex text of a big value).
+            self.flush_data()?;
+            return match self.exec_unique(
+                "INSERT INTO data VALUES (?,?,?,?)",
+                (id, hash.to_vec(), compression, value.to_vec()),
+                "storing data",
+            )? {
+                Ok(_) => Ok(()),
+                Err(()) => Err(DbError::Duplicate {
+                    table: "data",
+                    key: format!("{id:#x}"),
+                }),
+            };
+        }
+        let s = &mut self.pending_data;
+        if s.is_empty() {
+            s.reserve(budget.min(size * 64));
+            s.push_str(HEAD);
+            self.pending_rows = (0, id);
+        } else {
+            s.push(',');
+        }
+        use std::fmt::Write as _;
+        let _ = write!(s, "({id},X'");
+        push_hex(s, hash);
+        let _ = write!(s, "',{compression},X'");
+        push_hex(s, value);
+        s.push_str("')");
+        self.pending_rows.0 += 1;
+        // As if sent: a connection lost from now on fails the transaction.
+        self.active = true;
+        Ok(())
     }
 
     fn err(&self, context: &'static str) -> impl FnOnce(mysql::Error) -> DbError + '_ {
@@ -643,6 +732,8 @@ impl MysqlBackend {
     fn transaction_lost(&mut self) {
         self.conn = None;
         self.active = false;
+        self.pending_data.clear();
+        self.pending_rows = (0, 0);
         self.view = None;
         self.config_cache.clear();
         self.data_last_ids.clear();
@@ -658,6 +749,7 @@ impl MysqlBackend {
         write: bool,
         mut f: impl FnMut(&mut Conn) -> mysql::Result<T>,
     ) -> DbResult<Result<T, mysql::Error>> {
+        self.flush_data()?;
         let mut retry = 2;
         loop {
             let conn = self.conn()?;
@@ -1139,16 +1231,27 @@ fn opt_sql(v: Option<u64>, what: &'static str) -> DbResult<Option<i64>> {
     v.map(|v| to_sql(v, what)).transpose()
 }
 
+/// Appends `bytes` as hex digits (for an `X'...'` literal).
+fn push_hex(s: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    s.reserve(2 * bytes.len());
+    for &b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+}
+
 fn null_or<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or("NULL".to_owned(), |v| v.to_string())
 }
 
 impl Backend for MysqlBackend {
     fn commit(&mut self) -> DbResult<()> {
-        if self.conn.is_none() {
+        if self.conn.is_none() && self.pending_data.is_empty() {
             return Ok(());
         }
         log::debug!("committing...");
+        self.flush_data()?;
         let active = self.active;
         let r = self
             .run("committing", false, |c| c.query_drop("COMMIT"))?
@@ -1434,6 +1537,11 @@ impl Backend for MysqlBackend {
         }
         let id = self.data_last_id(p)?;
         let value = big.as_deref().unwrap_or(data);
+        if !self.dedup {
+            self.queue_data(id, &hash, compression, value)?;
+            self.data_last_ids.insert(p, id + 1);
+            return Ok(Some(id));
+        }
         match self.exec_unique(
             "INSERT INTO data VALUES (?,?,?,?)",
             (id, hash.clone(), compression, value.to_vec()),

@@ -1007,3 +1007,76 @@ fn mysql_interop_with_python_neo() {
         MysqlBackend::open_database(&fresh, &opts).unwrap();
     }
 }
+
+/// Queued `data` rows (no dedup) cross the queue's size limit, a row too
+/// big to queue goes alone, reads in the transaction see them all, and a
+/// transaction lost before its commit keeps none of them.
+#[test]
+fn mysql_queued_data_rows() {
+    let Some(mut h) = MysqlHarness::new() else {
+        return;
+    };
+    let mut db = h.fresh(false);
+    setup(&mut db);
+    let value = |i: u64, len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|j| ((i as usize * 7 + j * 13) % 251) as u8)
+            .collect()
+    };
+    // 160 rows of 30 KB: ~9.6 MB of hex text, so the queue is sent twice on
+    // its own before the commit; then one 3 MB row (6 MB of hex).
+    let mut sizes: Vec<(u64, usize)> = (1..=160).map(|i| (i, 30_000)).collect();
+    sizes.push((161, 3 << 20));
+    let mut ids = Vec::new();
+    for &(oid, len) in &sizes {
+        let v = value(oid, len);
+        let id = db
+            .store_data(Some(&make_checksum(&v)), Oid(oid), &v, 0, None)
+            .unwrap()
+            .unwrap();
+        ids.push(id);
+        if oid == 100 {
+            // A read in between sees the row just queued.
+            let (_, sum, got) = db.load_data(id).unwrap().unwrap();
+            assert_eq!(got, value(oid, 30_000));
+            assert_eq!(sum, make_checksum(&got));
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    assert!(ids.iter().all(|id| seen.insert(*id)), "ids reused: {ids:?}");
+    let refs: Vec<ObjectRef> = sizes
+        .iter()
+        .zip(&ids)
+        .map(|(&(oid, _), &id)| ObjectRef {
+            oid: Oid(oid),
+            data_id: Some(id),
+            value_tid: None,
+        })
+        .collect();
+    db.store_transaction(Tid(20), &refs, None, false).unwrap();
+    db.commit().unwrap();
+    let mut db = h.reopen(db);
+    for &(oid, len) in &sizes {
+        assert_eq!(
+            found(db.get_object(Oid(oid), None, None).unwrap()).data,
+            Some(value(oid, len)),
+            "oid {oid}"
+        );
+    }
+    // Rows queued and never committed are gone after a reopen, and their
+    // ids are given again.
+    let v = value(500, 10);
+    let lost = db
+        .store_data(Some(&make_checksum(&v)), Oid(500), &v, 0, None)
+        .unwrap()
+        .unwrap();
+    let mut db = h.reopen(db);
+    assert_eq!(db.load_data(lost).unwrap(), None);
+    let again = db
+        .store_data(Some(&make_checksum(&v)), Oid(500), &v, 0, None)
+        .unwrap()
+        .unwrap();
+    assert_eq!(again, lost);
+    db.commit().unwrap();
+    assert_eq!(db.load_data(again).unwrap().unwrap().2, v);
+}

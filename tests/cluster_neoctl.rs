@@ -27,6 +27,23 @@ fn neoctl_commands_and_outputs(db: Db) {
     c.bootstrap();
     c.start_storage(1);
 
+    // A reader that leaves early (`neoctl print node | grep -q ...`):
+    // neoctl exits quietly instead of panicking on the broken pipe.
+    let mut child = std::process::Command::new(&c.bins.neoctl)
+        .args(["-a", &c.admin_addr().to_string(), "print", "node"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run neoctl");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("neoctl exits");
+    assert!(
+        out.status.success(),
+        "neoctl with a closed stdout: {:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // print node: NEO's columns; the new storage is pending.
     let end = std::time::Instant::now() + STEP;
     let nodes = loop {

@@ -581,8 +581,16 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(Some(out)) => {
-            println!("{out}");
-            ExitCode::SUCCESS
+            // A reader that went away (`neoctl print node | grep -q ...`)
+            // is not an error of ours: no panic, nothing more to say.
+            use std::io::Write;
+            match writeln!(std::io::stdout().lock(), "{out}") {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("neoctl: writing the answer: {e}");
+                    ExitCode::FAILURE
+                }
+                _ => ExitCode::SUCCESS,
+            }
         }
         Ok(None) => ExitCode::SUCCESS,
         Err(Fail::Exit(m)) => {

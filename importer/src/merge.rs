@@ -18,6 +18,7 @@ use crate::config::{Compress, ImporterConfig};
 use crate::error::ImportError;
 use crate::mount::MountLayout;
 use crate::source::Source;
+use crate::staging::MergePlan;
 
 /// What [`import_merged`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,23 +43,11 @@ pub fn import_merged<B: Backend>(
     if db.partition_view()?.np == 0 {
         return Err(ImportError::Db(DbError::NoPartitionTable));
     }
-    let mut sources = Vec::with_capacity(config.sources.len());
-    for s in &config.sources {
-        sources.push(Source::open(&s.storage.path, None)?);
-    }
-    let layout = MountLayout::new(config, &mut |i| sources[i].loid().0 + 1).map_err(|e| {
-        ImportError::Unsupported {
-            what: format!("{}: {e}", config.path.display()),
-        }
-    })?;
-    // (tid, index in layout.dbs(), index in the source's txns)
-    let mut order = Vec::new();
-    for (d, m) in layout.dbs().iter().enumerate() {
-        for (i, t) in sources[m.source].txns().iter().enumerate() {
-            order.push((t.tid, d, i));
-        }
-    }
-    order.sort_unstable();
+    let MergePlan {
+        sources,
+        layout,
+        order,
+    } = MergePlan::new(config)?;
     if let Some(w) = order.windows(2).find(|w| w[0].0 == w[1].0) {
         let (a, b) = (&layout.dbs()[w[0].1], &layout.dbs()[w[1].1]);
         return Err(ImportError::Unsupported {

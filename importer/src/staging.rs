@@ -105,26 +105,50 @@ fn new_pos(map: &PosMap, old: u64) -> Option<u64> {
         .map(|i| map[i].1)
 }
 
+/// What merging `config`'s sources needs: the opened sources, the oid
+/// layout, and every transaction as `(tid, index in layout.dbs(), index
+/// in that source's txns)` sorted by tid, then by shift (NEO's
+/// ZODBIterator order). Shared by [`build`] and `import_merged`.
+pub(crate) struct MergePlan {
+    pub sources: Vec<Source>,
+    pub layout: MountLayout,
+    pub order: Vec<(fsformat::Tid, usize, usize)>,
+}
+
+impl MergePlan {
+    pub fn new(config: &ImporterConfig) -> Result<MergePlan, ImportError> {
+        let mut sources = Vec::with_capacity(config.sources.len());
+        for s in &config.sources {
+            sources.push(Source::open(&s.storage.path, None)?);
+        }
+        let layout = MountLayout::new(config, &mut |i| sources[i].loid().0 + 1).map_err(|e| {
+            ImportError::Unsupported {
+                what: format!("{}: {e}", config.path.display()),
+            }
+        })?;
+        let mut order = Vec::new();
+        for (d, m) in layout.dbs().iter().enumerate() {
+            for (i, t) in sources[m.source].txns().iter().enumerate() {
+                order.push((t.tid, d, i));
+            }
+        }
+        order.sort_unstable();
+        Ok(MergePlan {
+            sources,
+            layout,
+            order,
+        })
+    }
+}
+
 /// Writes the merged database of `config`'s sources to `path` (through
 /// `path.tmp`, renamed once synced).
 pub fn build(config: &ImporterConfig, path: &Path) -> Result<Staged, ImportError> {
-    let mut sources = Vec::with_capacity(config.sources.len());
-    for s in &config.sources {
-        sources.push(Source::open(&s.storage.path, None)?);
-    }
-    let layout = MountLayout::new(config, &mut |i| sources[i].loid().0 + 1).map_err(|e| {
-        ImportError::Unsupported {
-            what: format!("{}: {e}", config.path.display()),
-        }
-    })?;
-    let mut order = Vec::new();
-    for (d, m) in layout.dbs().iter().enumerate() {
-        for (i, t) in sources[m.source].txns().iter().enumerate() {
-            order.push((t.tid, d, i));
-        }
-    }
-    // By tid, then by shift (NEO's ZODBIterator order).
-    order.sort_unstable();
+    let MergePlan {
+        sources,
+        layout,
+        order,
+    } = MergePlan::new(config)?;
     let mut tmp = path.to_owned().into_os_string();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);

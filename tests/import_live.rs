@@ -3,7 +3,8 @@
 //! every object and every revision and gets what ZODB itself returns (the
 //! fixture's listing, `testdata/NAME.json`); the import ends with NEO's
 //! `All data are imported` line; the destination then serves alone through
-//! a plain SQLite `neostorage` after the configuration is switched.
+//! a plain SQLite `neostorage` after the configuration is switched; and an
+//! Importer storage feeds a replica that then serves alone.
 
 use std::time::{Duration, Instant};
 
@@ -212,4 +213,88 @@ fn import_basic_live_into_mysql() {
         "basic",
         Some(format!("root@{}{}", dbs.databases[0], dbs.socket)),
     );
+}
+
+/// Beyond NEO (whose Importer works with a single storage node): an
+/// Importer storage feeds a replica. The cluster starts on the Importer
+/// storage alone (replicas = 1), a SQLite storage is added with `neoctl
+/// add` + `tweak` and replicates every partition from it (the Importer
+/// answers replication from the source and the destination merged); then
+/// the Importer storage is SIGKILLed and the replica alone gives ZODB's
+/// answers for every object and revision.
+#[test]
+fn importer_feeds_a_replica() {
+    let mut c = cluster_common::Cluster::new("impreplica", 2);
+    c.replicas = 1;
+    let dir = c.dir.path().to_owned();
+    let fs = dir.join("Data.fs");
+    std::fs::copy(testdata().join("undo.fs"), &fs).expect("copy fixture");
+    let conf = dir.join("importer.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[neo]\nadapter = SQLite\ndatabase = {}\n\n[root]\nstorage =\n  <filestorage>\n    path {}\n  </filestorage>\n",
+            dir.join("dest.sqlite").display(),
+            fs.display()
+        ),
+    )
+    .unwrap();
+    c.start_master();
+    let args: Vec<String> = [
+        "-c",
+        &c.name,
+        "-m",
+        &c.master_addr().to_string(),
+        "-b",
+        &local(c.storage_ports[0]).to_string(),
+        "-a",
+        "Importer",
+        "-d",
+        &conf.display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    c.storages[0] = Some(Daemon::spawn("storage0", &dir, &c.bins.storage, &args));
+    assert!(
+        wait_listening(local(c.storage_ports[0]), STEP),
+        "Importer storage"
+    );
+    c.start_admin();
+    c.bootstrap();
+
+    c.start_storage(1);
+    let end = Instant::now() + STEP;
+    loop {
+        let (_, nodes, _) = c.neoctl(&["print", "node", "storage"]);
+        if nodes
+            .lines()
+            .any(|l| l.contains("S2") && l.contains("PENDING"))
+        {
+            break;
+        }
+        assert!(Instant::now() < end, "S2 not PENDING:\n{nodes}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for cmd in [&["add", "S2"][..], &["tweak"][..]] {
+        let (code, out, err) = c.neoctl(cmd);
+        assert_eq!(code, 0, "neoctl {cmd:?}: {out}{err}");
+    }
+    let end = Instant::now() + STEP;
+    loop {
+        let (_, pt, _) = c.neoctl(&["print", "pt"]);
+        if pt.contains("S1 R UUUU\nS2 R UUUU\n") {
+            break;
+        }
+        assert!(Instant::now() < end, "not replicated:\n{pt}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    c.storages[0].as_mut().expect("Importer storage").kill();
+    let l = listing("undo");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = Client::connect(c.client_config()).await.expect("connect");
+        check_against_zodb(&client, &l).await;
+        client.close().await;
+    });
 }

@@ -126,22 +126,7 @@ fn added_storage_replicates_its_partitions(db: Db) {
         }
     }));
     c.start_storage(2);
-    // `add` of a node the master does not know yet succeeds doing nothing
-    // ("No node added"): wait until S3 has identified (PENDING) first.
-    let start = Instant::now();
-    loop {
-        let (_, nodes, _) = c.neoctl(&["print", "node", "storage"]);
-        if nodes
-            .lines()
-            .any(|l| l.contains("S3") && l.contains("PENDING"))
-        {
-            break;
-        }
-        assert!(start.elapsed() < OP, "S3 not PENDING:\n{nodes}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let (code, out, err) = c.neoctl(&["add", "S3"]);
-    assert_eq!(code, 0, "neoctl add S3: {out}{err}");
+    c.add_pending("S3");
     let (code, out, err) = c.neoctl(&["tweak"]);
     assert_eq!(code, 0, "{out}{err}");
     // Replicated: S3 has UP_TO_DATE cells, nothing is OUT_OF_DATE or

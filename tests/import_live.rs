@@ -263,22 +263,9 @@ fn importer_feeds_a_replica() {
     c.bootstrap();
 
     c.start_storage(1);
-    let end = Instant::now() + STEP;
-    loop {
-        let (_, nodes, _) = c.neoctl(&["print", "node", "storage"]);
-        if nodes
-            .lines()
-            .any(|l| l.contains("S2") && l.contains("PENDING"))
-        {
-            break;
-        }
-        assert!(Instant::now() < end, "S2 not PENDING:\n{nodes}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    for cmd in [&["add", "S2"][..], &["tweak"][..]] {
-        let (code, out, err) = c.neoctl(cmd);
-        assert_eq!(code, 0, "neoctl {cmd:?}: {out}{err}");
-    }
+    c.add_pending("S2");
+    let (code, out, err) = c.neoctl(&["tweak"]);
+    assert_eq!(code, 0, "neoctl tweak: {out}{err}");
     let end = Instant::now() + STEP;
     loop {
         let (_, pt, _) = c.neoctl(&["print", "pt"]);

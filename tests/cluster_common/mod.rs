@@ -330,6 +330,26 @@ impl Cluster {
         }
     }
 
+    /// Waits until storage `nid` (e.g. "S3") has identified and is
+    /// PENDING, then `neoctl add`s it (an `add` of a node the master does
+    /// not know yet succeeds doing nothing: "No node added").
+    pub fn add_pending(&self, nid: &str) {
+        let end = Instant::now() + STEP;
+        loop {
+            let (_, nodes, _) = self.neoctl(&["print", "node", "storage"]);
+            if nodes
+                .lines()
+                .any(|l| l.contains(nid) && l.contains("PENDING"))
+            {
+                break;
+            }
+            assert!(Instant::now() < end, "{nid} not PENDING:\n{nodes}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let (code, out, err) = self.neoctl(&["add", nid]);
+        assert_eq!(code, 0, "neoctl add {nid}: {out}{err}");
+    }
+
     /// `neoctl start`, then waits for RUNNING.
     pub fn bootstrap(&mut self) {
         self.wait_state("RECOVERING", STEP);

@@ -13,4 +13,4 @@ mysql_dir=$(mktemp -d)
 trap 'scripts/mysql-test-server.sh stop "$mysql_dir"; rm -rf "$mysql_dir"' EXIT
 NEO_TEST_MYSQL_SOCKET=$(scripts/mysql-test-server.sh start "$mysql_dir")
 export NEO_TEST_MYSQL_SOCKET
-cargo test --workspace --all-targets
+cargo test --workspace --all-targets --no-fail-fast

@@ -16,6 +16,20 @@ use crate::runtime::{ConnId, Outbox};
 use crate::storage::{make_checksum, Backend, DbError, ObjectLookup, TxnMeta};
 
 impl<B: Backend> StorageNode<B> {
+    /// The tids of `AskTIDs` (`askTIDs`: a page of the readable
+    /// partitions' tids, newest first, or of one partition).
+    pub(super) fn ask_tids(&mut self, a: &neo_proto::AskTIDs) -> Result<Vec<neo_proto::Tid>, Fail> {
+        if a.first >= a.last {
+            return Err(Fail::Protocol("invalid offsets".into()));
+        }
+        let parts: Vec<u32> = if a.partition == INVALID_PARTITION {
+            self.db.partition_view()?.readable.into_iter().collect()
+        } else {
+            vec![a.partition]
+        };
+        Ok(self.db.tid_list(a.first, a.last - a.first, &parts)?)
+    }
+
     /// A packet on an identified client connection.
     pub(super) fn client_packet(
         &mut self,
@@ -105,15 +119,7 @@ impl<B: Backend> StorageNode<B> {
             Body::AbortTransaction(a) => self.abort_transaction(a.ttid, out),
             Body::NotifyTransactionFinished(n) => self.abort_transaction(n.ttid, out),
             Body::AskTIDs(a) => {
-                if a.first >= a.last {
-                    return Err(Fail::Protocol("invalid offsets".into()));
-                }
-                let parts: Vec<u32> = if a.partition == INVALID_PARTITION {
-                    self.db.partition_view()?.readable.into_iter().collect()
-                } else {
-                    vec![a.partition]
-                };
-                let tid_list = self.db.tid_list(a.first, a.last - a.first, &parts)?;
+                let tid_list = self.ask_tids(&a)?;
                 out.answer(conn, id, AnswerTIDs { tid_list });
             }
             Body::AskTransactionInformation(a) => match self.db.get_transaction(a.tid, false)? {

@@ -31,7 +31,7 @@ use std::time::Duration;
 use neo_proto::{
     AddObject, AddTransaction, Address, AnswerTIDs, AskFetchObjects, AskFetchTransactions,
     AskUnfinishedTransactions, Body, Bytes, ErrorCode, Map, NodeId, NodeState, NodeType,
-    NotifyReplicationDone, Oid, Packet, RequestIdentification, Tid, INVALID_PARTITION,
+    NotifyReplicationDone, Oid, Packet, RequestIdentification, Tid,
 };
 
 use super::{Fail, StorageNode};
@@ -323,13 +323,18 @@ impl<B: Backend> StorageNode<B> {
                 }
             }
         }
-        if let Some(master) = self.master_conn() {
-            for (offset, tid) in done {
-                log::info!("partition {offset} replicated (awaited transactions aborted)");
-                out.notify(master, NotifyReplicationDone { offset, tid });
-            }
+        for (offset, tid) in done {
+            log::info!("partition {offset} replicated (awaited transactions aborted)");
+            self.notify_replication_done(offset, tid, out);
         }
         self.next_partition(out);
+    }
+
+    /// Tells the master that partition `offset` is replicated up to `tid`.
+    fn notify_replication_done(&mut self, offset: u32, tid: Tid, out: &mut Outbox) {
+        if let Some(master) = self.master_conn() {
+            out.notify(master, NotifyReplicationDone { offset, tid });
+        }
     }
 
     /// Starts replicating a partition if none is (`_nextPartition`).
@@ -736,15 +741,7 @@ impl<B: Backend> StorageNode<B> {
                 c.source
             );
             self.backup_update_tid()?;
-            if let Some(master) = self.master_conn() {
-                out.notify(
-                    master,
-                    NotifyReplicationDone {
-                        offset: c.partition,
-                        tid: c.max_tid,
-                    },
-                );
-            }
+            self.notify_replication_done(c.partition, c.max_tid, out);
             self.next_partition(out);
             return Ok(());
         }
@@ -761,15 +758,7 @@ impl<B: Backend> StorageNode<B> {
             c.source
         );
         if part.max_ttid.is_none() && part.target.is_none() {
-            if let Some(master) = self.master_conn() {
-                out.notify(
-                    master,
-                    NotifyReplicationDone {
-                        offset: c.partition,
-                        tid: c.max_tid,
-                    },
-                );
-            }
+            self.notify_replication_done(c.partition, c.max_tid, out);
         }
         self.next_partition(out);
         Ok(())
@@ -893,15 +882,7 @@ impl<B: Backend> StorageNode<B> {
         }
         if max_tid < next_tid {
             // Already there: just report it.
-            if let Some(master) = self.master_conn() {
-                out.notify(
-                    master,
-                    NotifyReplicationDone {
-                        offset: partition,
-                        tid: Tid(next_tid.0.saturating_sub(1)),
-                    },
-                );
-            }
+            self.notify_replication_done(partition, Tid(next_tid.0.saturating_sub(1)), out);
             return self.next_partition(out);
         }
         let source = Source::Upstream(addr, name);
@@ -963,17 +944,8 @@ impl<B: Backend> StorageNode<B> {
                 a.into()
             }
             Body::AskTIDs(a) => {
-                if a.first >= a.last {
-                    return Err(Fail::Protocol("invalid offsets".into()));
-                }
-                let parts: Vec<u32> = if a.partition == INVALID_PARTITION {
-                    self.db.partition_view()?.readable.into_iter().collect()
-                } else {
-                    vec![a.partition]
-                };
                 let tid_list = self
-                    .db
-                    .tid_list(a.first, a.last - a.first, &parts)?
+                    .ask_tids(&a)?
                     .into_iter()
                     .filter(|t| *t <= backup)
                     .collect();

@@ -19,6 +19,34 @@ use tokio::task::JoinSet;
 
 use crate::source::{Source, SourceError, SourceRecord, SourceTxn};
 
+/// NEO's `--ca/--cert/--key` options of the client-side commands
+/// (`neo-export -m`, `neomigrate`): all three for TLS, or none.
+#[derive(clap::Args, Debug, Default)]
+pub struct TlsArgs {
+    /// TLS: certificate authority in PEM format (with --cert and --key).
+    #[arg(long, requires_all = ["cert", "key"])]
+    pub ca: Option<std::path::PathBuf>,
+    /// TLS: this node's certificate in PEM format.
+    #[arg(long, requires_all = ["ca", "key"])]
+    pub cert: Option<std::path::PathBuf>,
+    /// TLS: this node's private key in PEM format.
+    #[arg(long, requires_all = ["ca", "cert"])]
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// Sets `cfg.tls` from the options when they are given.
+    pub fn apply(&self, cfg: &mut ClientConfig) -> Result<(), String> {
+        if let (Some(ca), Some(cert), Some(key)) = (&self.ca, &self.cert, &self.key) {
+            cfg.tls = Some(
+                neo_proto::tls::TlsConfig::from_pem_files(ca, cert, key)
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        Ok(())
+    }
+}
+
 /// A NEO cluster, read through the client.
 #[derive(Debug)]
 pub struct ClusterSource {

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
 use fsformat::Tid;
+use neo_exporter::cluster::TlsArgs;
 use neo_exporter::progress::{Bar, LogLines};
 use neo_exporter::{
     export, BackendSource, ClusterSource, ExportOptions, NoProgress, Progress, Source,
     SqliteSource, MAX_TID,
 };
-use neo_proto::tls::TlsConfig;
 use neo_server::client::ClientConfig;
 use neo_server::config::parse_master_list;
 use neo_server::storage::{MysqlBackend, MysqlOptions, SqliteBackend, SqliteOptions};
@@ -55,15 +55,8 @@ struct Args {
     /// Name of the cluster.
     #[arg(short = 'c', long)]
     cluster: Option<String>,
-    /// TLS: certificate authority (with --cert and --key).
-    #[arg(long, requires_all = ["cert", "key"])]
-    ca: Option<PathBuf>,
-    /// TLS: this node's certificate.
-    #[arg(long, requires_all = ["ca", "key"])]
-    cert: Option<PathBuf>,
-    /// TLS: this node's private key.
-    #[arg(long, requires_all = ["ca", "cert"])]
-    key: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Database adapter: SQLite, or MySQL (--database
     /// [user[:password]@]database[unix_socket], as NEO).
     #[arg(short = 'a', long, default_value = "SQLite")]
@@ -131,9 +124,7 @@ fn open_source(args: &Args) -> Result<Box<dyn Source + Send>, String> {
         let masters = parse_master_list(masters).map_err(|e| e.to_string())?;
         let cluster = args.cluster.as_deref().unwrap_or_default();
         let mut cfg = ClientConfig::new(masters, cluster);
-        if let (Some(ca), Some(cert), Some(key)) = (&args.ca, &args.cert, &args.key) {
-            cfg.tls = Some(TlsConfig::from_pem_files(ca, cert, key).map_err(|e| e.to_string())?);
-        }
+        args.tls.apply(&mut cfg)?;
         return Ok(Box::new(
             ClusterSource::connect(cfg).map_err(|e| e.to_string())?,
         ));

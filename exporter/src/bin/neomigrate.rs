@@ -11,9 +11,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
+use neo_exporter::cluster::TlsArgs;
 use neo_exporter::progress::Bar;
 use neo_exporter::{export, import_fs, ClusterSource, ExportOptions, NoProgress, Progress};
-use neo_proto::tls::TlsConfig;
 use neo_server::client::{Client, ClientConfig};
 use neo_server::config::parse_master_list;
 
@@ -34,15 +34,8 @@ struct Args {
     /// Log file (default: stderr, warnings only).
     #[arg(short = 'l', long)]
     logfile: Option<PathBuf>,
-    /// (SSL) certificate authority in PEM format.
-    #[arg(long, requires_all = ["cert", "key"])]
-    ca: Option<PathBuf>,
-    /// (SSL) certificate in PEM format.
-    #[arg(long, requires_all = ["ca", "key"])]
-    cert: Option<PathBuf>,
-    /// (SSL) private key in PEM format.
-    #[arg(long, requires_all = ["ca", "cert"])]
-    key: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// The source database: a FileStorage path, or the masters
     /// (space-separated HOST:PORT).
     source: String,
@@ -73,9 +66,7 @@ fn init_log(args: &Args) -> Result<(), String> {
 fn client_config(args: &Args, masters: &str) -> Result<ClientConfig, String> {
     let masters = parse_master_list(masters).map_err(|e| format!("{masters:?}: {e}"))?;
     let mut cfg = ClientConfig::new(masters, &args.cluster);
-    if let (Some(ca), Some(cert), Some(key)) = (&args.ca, &args.cert, &args.key) {
-        cfg.tls = Some(TlsConfig::from_pem_files(ca, cert, key).map_err(|e| e.to_string())?);
-    }
+    args.tls.apply(&mut cfg)?;
     Ok(cfg)
 }
 

@@ -6,7 +6,8 @@
 //! registered address succeeds at once, to any other address fails. Every
 //! packet goes through the real codec (encoded, then decoded) on its way,
 //! events are delivered in FIFO order, and time only moves with
-//! [`Sim::advance`].
+//! [`Sim::advance`]. The tests build their clusters and script their
+//! peers with `testkit`.
 
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
@@ -18,6 +19,9 @@ use std::time::{Duration, Instant};
 use neo_proto::{Bytes, Packet};
 
 use crate::runtime::{Action, ConnId, Event, Node, Outbox};
+
+#[cfg(test)]
+pub(crate) mod testkit;
 
 /// A node as the simulator holds it (any [`Node`] is one).
 pub trait SimNode: Node + Any {

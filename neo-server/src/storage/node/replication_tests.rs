@@ -1,49 +1,28 @@
 //! Replication of out-of-date cells, in a simulation with the real master,
 //! storage nodes on SQLite and a scripted client (conversations 05 and 06).
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Instant;
 
 use fsformat::{Oid, Tid};
 use neo_proto::*;
 
 use super::*;
-use crate::master::{Master, MasterConfig};
-use crate::runtime::{ConnId, Event, Node, Outbox};
+use crate::master::Master;
+use crate::runtime::ConnId;
+use crate::sim::testkit::{addr, identification, ClusterSpec, Objects, Peer};
 use crate::sim::{ms, Sim};
-use crate::storage::{make_checksum, SqliteBackend, SqliteOptions};
+use crate::storage::{make_checksum, SqliteBackend};
 
 type Sql = StorageNode<SqliteBackend>;
 
-fn master_addr() -> SocketAddr {
-    "127.0.0.1:32000".parse().unwrap()
-}
-
-fn storage_addr(n: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 32100 + n))
-}
-
-/// A scripted peer: records what it gets, sends what the test tells it.
-#[derive(Default)]
-struct Peer {
-    conns: Vec<ConnId>,
-    inbox: Vec<(ConnId, Packet)>,
-}
-
-impl Node for Peer {
-    fn start(&mut self, _: Instant, _: &mut Outbox) {}
-    fn handle(&mut self, _: Instant, ev: Event, _: &mut Outbox) {
-        match ev {
-            Event::Connected { conn, .. } => self.conns.push(conn),
-            Event::Packet { conn, packet } => self.inbox.push((conn, packet)),
-            _ => {}
-        }
-    }
+/// The port of storage `n`.
+fn port(n: u16) -> u16 {
+    32100 + n
 }
 
 /// The cluster: the master, storages by number, a client (or admin).
 struct Cluster {
+    spec: ClusterSpec,
     sim: Sim,
     m: usize,
     storages: Vec<(u16, usize)>,
@@ -51,25 +30,6 @@ struct Cluster {
     mconn: ConnId,
     me: NodeId,
     ts: f64,
-}
-
-fn open(dir: &Path, n: u16) -> SqliteBackend {
-    SqliteBackend::open(&dir.join(format!("s{n}.sqlite")), &SqliteOptions::default()).unwrap()
-}
-
-fn storage(n: u16, db: SqliteBackend) -> Sql {
-    StorageNode::new(
-        StorageConfig {
-            cluster: "test".into(),
-            masters: vec![master_addr()],
-            address: storage_addr(n),
-            nid: None,
-            database: format!("s{n}"),
-            disable_pack: false,
-        },
-        db,
-    )
-    .unwrap()
 }
 
 impl Cluster {
@@ -80,67 +40,28 @@ impl Cluster {
 
     /// A master with `np` partitions and `replicas`, storages 1..=`n`.
     fn with_replicas(dir: &Path, np: u32, n: u16, replicas: u32) -> Cluster {
+        let spec = ClusterSpec::new("test", 32000)
+            .partitions(np)
+            .replicas(replicas)
+            .autostart(n.into());
         let mut sim = Sim::new();
-        let m = sim.add(
-            Some(master_addr()),
-            Master::new(MasterConfig {
-                cluster: "test".into(),
-                address: Address::new("127.0.0.1", 32000),
-                partitions: np,
-                replicas,
-                autostart: Some(n.into()),
-                nid: None,
-            })
-            .unwrap(),
-        );
-        let storages = (1..=n)
-            .map(|i| (i, sim.add(Some(storage_addr(i)), storage(i, open(dir, i)))))
-            .collect();
-        sim.advance(ms(200));
-        assert_eq!(sim.node::<Master>(m).cluster_state(), ClusterState::Running);
+        let storage = |p| spec.sqlite_storage(dir, p);
+        let (m, storages) = spec.start(&mut sim, (1..=n).map(port), storage, ms(200));
         let client = sim.add(None, Peer::default());
-        sim.poke::<Peer>(client, |_, out| {
-            out.connect(master_addr(), 0);
-        });
-        sim.run();
-        let mconn = sim.node::<Peer>(client).conns[0];
-        let mut c = Cluster {
+        let ident = identification(NodeType::Client, "test", None);
+        let (mconn, me, ts) = sim
+            .join(client, spec.master_addr(), ident)
+            .expect("a client");
+        Cluster {
+            storages: (1..=n).zip(storages).collect(),
+            spec,
             sim,
             m,
-            storages,
             client,
             mconn,
-            me: NodeId(0),
-            ts: 0.0,
-        };
-        let r = c.request(
-            mconn,
-            RequestIdentification {
-                node_type: NodeType::Client,
-                uuid: None,
-                address: None,
-                name: Bytes::from_static(b"test"),
-                id_timestamp: None,
-                extra: Map::new(),
-            },
-        );
-        let Body::AcceptIdentification(a) = r else {
-            panic!("{r:?}")
-        };
-        c.me = a.your_uuid.unwrap();
-        let me = c.me;
-        c.ts = c
-            .sim
-            .node::<Peer>(client)
-            .inbox
-            .iter()
-            .filter_map(|(_, p)| match &p.body {
-                Body::NotifyNodeInformation(n) => n.node_list.iter().find(|i| i.uuid == Some(me)),
-                _ => None,
-            })
-            .find_map(|i| i.id_timestamp)
-            .expect("our id timestamp");
-        c
+            me,
+            ts,
+        }
     }
 
     fn index(&self, n: u16) -> usize {
@@ -151,127 +72,50 @@ impl Cluster {
         self.sim.node::<Sql>(self.index(n))
     }
 
+    /// Storage `n` (killed) restarted on its database, set up by `tune`
+    /// first: the dead process's handle goes (uncommitted changes are
+    /// rolled back).
+    fn restart(&mut self, dir: &Path, n: u16, tune: impl FnOnce(&mut Sql)) {
+        let spare = self.spec.sqlite(dir, 99);
+        drop(std::mem::replace(
+            self.sim.node_mut::<Sql>(self.index(n)).db_mut(),
+            spare,
+        ));
+        let mut node = self.spec.sqlite_storage(dir, port(n));
+        tune(&mut node);
+        let i = self.sim.add(Some(addr(port(n))), node);
+        self.storages.retain(|s| s.0 != n);
+        self.storages.push((n, i));
+    }
+
     fn request(&mut self, conn: ConnId, body: impl Into<Body>) -> Body {
-        let body = body.into();
-        let mut id = 0;
-        self.sim
-            .poke::<Peer>(self.client, |_, out| id = out.ask(conn, body));
-        self.sim.run();
-        let inbox = &mut self.sim.node_mut::<Peer>(self.client).inbox;
-        let pos = inbox
-            .iter()
-            .position(|(c, p)| {
-                *c == conn
-                    && p.id == id
-                    && matches!(p.body.kind(), PacketKind::Answer | PacketKind::Error)
-            })
-            .expect("an answer");
-        inbox.remove(pos).1.body
+        self.sim.request(self.client, conn, body)
     }
 
     /// A client connection to storage `n`, identified.
     fn connect(&mut self, n: u16) -> ConnId {
-        self.sim.poke::<Peer>(self.client, |_, out| {
-            out.connect(storage_addr(n), 0);
-        });
-        self.sim.run();
-        let conn = *self.sim.node::<Peer>(self.client).conns.last().unwrap();
-        let r = self.request(
-            conn,
-            RequestIdentification {
-                node_type: NodeType::Client,
-                uuid: Some(self.me),
-                address: None,
-                name: Bytes::from_static(b"test"),
-                id_timestamp: Some(self.ts),
-                extra: Map::new(),
-            },
-        );
-        assert!(matches!(r, Body::AcceptIdentification(_)), "{r:?}");
-        conn
+        let ident = identification(NodeType::Client, "test", Some((self.me, self.ts)));
+        self.sim.attach(self.client, addr(port(n)), ident)
     }
 
     /// Begins a transaction, stores and votes on `conns`.
-    fn store(&mut self, conns: &[ConnId], objs: &[(u64, Tid, &[u8])]) -> Tid {
-        let mconn = self.mconn;
-        let Body::AnswerBeginTransaction(b) =
-            self.request(mconn, AskBeginTransaction { tid: None })
-        else {
-            panic!()
-        };
-        let ttid = b.ttid;
-        for &conn in conns {
-            for &(oid, serial, data) in objs {
-                let r = self.request(
-                    conn,
-                    AskStoreObject {
-                        oid: Oid(oid),
-                        serial,
-                        compression: 0,
-                        checksum: Checksum(make_checksum(data)),
-                        data: Bytes::copy_from_slice(data),
-                        data_serial: None,
-                        ttid,
-                    },
-                );
-                assert_eq!(
-                    r,
-                    Body::AnswerStoreObject(AnswerStoreObject { conflict: None })
-                );
-            }
-            let r = self.request(
-                conn,
-                AskStoreTransaction {
-                    ttid,
-                    user: Bytes::from_static(b"u"),
-                    description: Bytes::from_static(b"d"),
-                    extension: Bytes::new(),
-                    oid_list: objs.iter().map(|o| Oid(o.0)).collect(),
-                    pack: None,
-                },
-            );
-            assert_eq!(r, Body::AnswerStoreTransaction(AnswerStoreTransaction {}));
-        }
+    fn store(&mut self, conns: &[ConnId], objs: &Objects) -> Tid {
+        let ttid = self.sim.begin(self.client, self.mconn);
+        self.sim.store(self.client, conns, ttid, objs);
         ttid
     }
 
     fn finish(&mut self, ttid: Tid, oids: &[u64]) -> Tid {
-        let mconn = self.mconn;
-        let r = self.request(
-            mconn,
-            AskFinishTransaction {
-                ttid,
-                oid_list: oids.iter().map(|&o| Oid(o)).collect(),
-                deleted: vec![],
-                checked: vec![],
-                pack: None,
-            },
-        );
-        let Body::AnswerTransactionFinished(f) = r else {
-            panic!("{r:?}")
-        };
-        f.tid
+        self.sim
+            .finish(self.client, self.mconn, &[(ttid, oids.to_vec())])[0]
     }
 
-    fn commit(&mut self, conns: &[ConnId], objs: &[(u64, Tid, &[u8])]) -> Tid {
-        let ttid = self.store(conns, objs);
-        let oids: Vec<u64> = objs.iter().map(|o| o.0).collect();
-        self.finish(ttid, &oids)
+    fn commit(&mut self, conns: &[ConnId], objs: &Objects) -> Tid {
+        self.sim.commit(self.client, self.mconn, conns, objs)
     }
 
     fn load(&mut self, conn: ConnId, oid: u64) -> (Tid, Vec<u8>) {
-        let r = self.request(
-            conn,
-            AskObject {
-                oid: Oid(oid),
-                at: None,
-                before: None,
-            },
-        );
-        let Body::AnswerObject(o) = r else {
-            panic!("{r:?}")
-        };
-        (o.serial, o.data.to_vec())
+        self.sim.load(self.client, conn, oid)
     }
 
     /// Cell states of storage `nid` in the master's table.
@@ -281,7 +125,6 @@ impl Cluster {
     }
 }
 
-/// A storage killed while the cluster commits, then restarted: it
 /// replicates what it missed, its cells become UP_TO_DATE, it serves the
 /// same data; a transaction in progress at its restart is waited for, and
 /// one committed while it is out of date is not lost.
@@ -310,16 +153,9 @@ fn restarted_storage_catches_up() {
     // A transaction in progress when storage 2 comes back.
     let pending = c.store(&[c1], &[(3, ZERO_TID, b"d0")]);
 
-    // Restart on the same database (the dead process's handle goes:
-    // uncommitted changes are rolled back).
-    let old = open(dir.path(), 99);
-    drop(std::mem::replace(c.sim.node_mut::<Sql>(i2).db_mut(), old));
-    let mut node = storage(2, open(dir.path(), 2));
-    // Small chunks: several fetches per partition.
-    node.set_fetch_count(3);
-    let s2 = c.sim.add(Some(storage_addr(2)), node);
-    c.storages.retain(|s| s.0 != 2);
-    c.storages.push((2, s2));
+    // Restart on the same database, small chunks: several fetches per
+    // partition.
+    c.restart(dir.path(), 2, |node| node.set_fetch_count(3));
     c.sim.advance(ms(300));
     assert!(c.node(2).is_operational());
     // Replicated up to the last commit, but waits for the pending one.
@@ -385,9 +221,10 @@ fn added_storage_gets_its_partitions() {
         serials.push(c.commit(&[c1, c2], &[(oid, ZERO_TID, data.as_bytes())]));
     }
     // Storage 3 joins: pending until added.
-    let s3 = c
-        .sim
-        .add(Some(storage_addr(3)), storage(3, open(dir.path(), 3)));
+    let s3 = c.sim.add(
+        Some(addr(port(3))),
+        c.spec.sqlite_storage(dir.path(), port(3)),
+    );
     c.storages.push((3, s3));
     c.sim.advance(ms(200));
     let nid3 = c.node(3).nid().unwrap();
@@ -396,23 +233,9 @@ fn added_storage_gets_its_partitions() {
         Some(NodeState::Pending)
     );
     // An admin adds it and tweaks the partition table.
-    c.sim.poke::<Peer>(c.client, |_, out| {
-        out.connect(master_addr(), 0);
-    });
-    c.sim.run();
-    let admin = *c.sim.node::<Peer>(c.client).conns.last().unwrap();
-    let r = c.request(
-        admin,
-        RequestIdentification {
-            node_type: NodeType::Admin,
-            uuid: None,
-            address: Some(Address::new("127.0.0.1", 32200)),
-            name: Bytes::from_static(b"test"),
-            id_timestamp: None,
-            extra: Map::new(),
-        },
-    );
-    assert!(matches!(r, Body::AcceptIdentification(_)), "{r:?}");
+    let mut ident = identification(NodeType::Admin, "test", None);
+    ident.address = Some(Address::new("127.0.0.1", 32200));
+    let admin = c.sim.attach(c.client, c.spec.master_addr(), ident);
     let r = c.request(
         admin,
         AddPendingNodes {
@@ -536,25 +359,14 @@ fn awaited_transaction_aborted() {
     c.sim.advance(ms(100));
     let t2 = c.commit(&[c1], &[(0, t1, b"a1"), (1, ZERO_TID, b"b0")]);
     let pending = c.store(&[c1], &[(2, ZERO_TID, b"never")]);
-    let old = open(dir.path(), 99);
-    drop(std::mem::replace(c.sim.node_mut::<Sql>(i2).db_mut(), old));
-    let s2 = c
-        .sim
-        .add(Some(storage_addr(2)), storage(2, open(dir.path(), 2)));
-    c.storages.retain(|s| s.0 != 2);
-    c.storages.push((2, s2));
+    c.restart(dir.path(), 2, |_| {});
     c.sim.advance(ms(300));
     assert_eq!(c.node(2).replicating(), vec![0, 1]);
-    let mconn = c.mconn;
-    c.sim.poke::<Peer>(c.client, |_, out| {
-        out.notify(
-            mconn,
-            AbortTransaction {
-                ttid: pending,
-                uuid_list: vec![],
-            },
-        )
-    });
+    let abort = AbortTransaction {
+        ttid: pending,
+        uuid_list: vec![],
+    };
+    c.sim.send(c.client, c.mconn, abort);
     c.sim.advance(ms(300));
     assert!(c.node(2).replicating().is_empty());
     assert!(
@@ -585,13 +397,7 @@ fn another_source_after_the_first_dies() {
     c.sim.advance(ms(100));
     let t2 = c.commit(&[c1, c2], &[(0, t1, b"a1")]);
     let pending = c.store(&[c1, c2], &[(1, ZERO_TID, b"b0")]);
-    let old = open(dir.path(), 99);
-    drop(std::mem::replace(c.sim.node_mut::<Sql>(i3).db_mut(), old));
-    let s3 = c
-        .sim
-        .add(Some(storage_addr(3)), storage(3, open(dir.path(), 3)));
-    c.storages.retain(|s| s.0 != 3);
-    c.storages.push((3, s3));
+    c.restart(dir.path(), 3, |_| {});
     c.sim.advance(ms(300));
     // First round done, the connection to its source kept.
     assert_eq!(c.node(3).replicating(), vec![0, 1]);

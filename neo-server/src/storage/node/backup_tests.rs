@@ -4,26 +4,21 @@
 //! client committing upstream and a scripted admin switching the backup
 //! cluster's state.
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Instant;
 
 use fsformat::{Oid, Tid};
 use neo_proto::*;
 
 use super::*;
-use crate::master::{Master, MasterConfig};
-use crate::runtime::{ConnId, Event, Node, Outbox};
+use crate::master::Master;
+use crate::runtime::ConnId;
+use crate::sim::testkit::{addr, identification, ClusterSpec, Peer};
 use crate::sim::{ms, Sim};
-use crate::storage::{make_checksum, SqliteBackend, SqliteOptions};
+use crate::storage::{SqliteBackend, SqliteOptions};
 
 type Sql = StorageNode<SqliteBackend>;
 /// Objects of a transaction: (oid, data).
 type Objs<'a> = &'a [(u64, &'a [u8])];
-
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
 
 const UP_MASTER: u16 = 33000;
 const BK_MASTER: u16 = 34000;
@@ -31,63 +26,24 @@ const BK_MASTER: u16 = 34000;
 /// reached by the backup storages (nothing listens there).
 const NOWHERE: u16 = 33199;
 
-/// A scripted peer: records what it gets, sends what the test tells it.
-#[derive(Default)]
-struct Peer {
-    conns: Vec<ConnId>,
-    inbox: Vec<(ConnId, Packet)>,
+/// Cluster `name` with its master at `port`: `np` partitions, one
+/// replica, started by its two storages.
+fn spec(name: &str, port: u16, np: u32) -> ClusterSpec {
+    ClusterSpec::new(name, port)
+        .partitions(np)
+        .replicas(1)
+        .autostart(2)
 }
 
-impl Node for Peer {
-    fn start(&mut self, _: Instant, _: &mut Outbox) {}
-    fn handle(&mut self, _: Instant, ev: Event, _: &mut Outbox) {
-        match ev {
-            Event::Connected { conn, .. } => self.conns.push(conn),
-            Event::Packet { conn, packet } => self.inbox.push((conn, packet)),
-            _ => {}
-        }
-    }
-}
-
-fn master(cluster: &str, port: u16) -> Master {
-    master_np(cluster, port, 2)
-}
-
-fn master_np(cluster: &str, port: u16, partitions: u32) -> Master {
-    Master::new(MasterConfig {
-        cluster: cluster.into(),
-        address: Address::new("127.0.0.1", port),
-        partitions,
-        replicas: 1,
-        autostart: Some(2),
-        nid: None,
-    })
-    .unwrap()
-}
-
-fn storage(dir: &Path, cluster: &str, master: u16, announced: u16) -> Sql {
-    let db = SqliteBackend::open(
-        &dir.join(format!("{cluster}{announced}.sqlite")),
-        &SqliteOptions::default(),
-    )
-    .unwrap();
-    StorageNode::new(
-        StorageConfig {
-            cluster: cluster.into(),
-            masters: vec![addr(master)],
-            address: addr(announced),
-            nid: None,
-            database: format!("{cluster}{announced}"),
-            disable_pack: false,
-        },
-        db,
-    )
-    .unwrap()
+/// The backup cluster's master, following the upstream cluster.
+fn bk_master(np: u32) -> Master {
+    spec("bk", BK_MASTER, np)
+        .master()
+        .with_upstream("up".into(), vec![addr(UP_MASTER)])
 }
 
 struct World {
     sim: Sim,
-    up: usize,
     bk: usize,
     /// Upstream storages (listening ports 33101, 33102).
     up_storages: Vec<usize>,
@@ -109,10 +65,10 @@ impl World {
 
     /// [`World::new`]; the backup master has `--backup` if `at_once`.
     fn build(dir: &Path, hide_second: bool, at_once: bool, np: u32) -> World {
+        let (up_spec, bk_spec) = (spec("up", UP_MASTER, np), spec("bk", BK_MASTER, np));
         let mut sim = Sim::new();
-        let up = sim.add(Some(addr(UP_MASTER)), master_np("up", UP_MASTER, np));
-        let bk_master =
-            master_np("bk", BK_MASTER, np).with_upstream("up".into(), vec![addr(UP_MASTER)]);
+        let up = up_spec.add_master(&mut sim);
+        let bk_master = bk_master(np);
         let bk_master = if at_once {
             bk_master.with_backup_at_once()
         } else {
@@ -120,110 +76,40 @@ impl World {
         };
         let bk = sim.add(Some(addr(BK_MASTER)), bk_master);
         let second = if hide_second { NOWHERE } else { 33102 };
-        let up_storages = vec![
-            sim.add(Some(addr(33101)), storage(dir, "up", UP_MASTER, 33101)),
-            sim.add(Some(addr(33102)), storage(dir, "up", UP_MASTER, second)),
-        ];
-        let bk_storages = (1..=2)
-            .map(|i| {
-                let port = 34100 + i;
-                sim.add(Some(addr(port)), storage(dir, "bk", BK_MASTER, port))
-            })
-            .collect();
+        let up_storages = up_spec.add_storages(&mut sim, [33101, 33102], |port| {
+            let announced = if port == 33102 { second } else { port };
+            up_spec.sqlite_storage(dir, announced)
+        });
+        let bk_storages =
+            bk_spec.add_storages(&mut sim, [34101, 34102], |p| bk_spec.sqlite_storage(dir, p));
         sim.advance(ms(200));
         assert_eq!(
             sim.node::<Master>(up).cluster_state(),
             ClusterState::Running
         );
         let peer = sim.add(None, Peer::default());
-        let mut w = World {
+        let client = identification(NodeType::Client, "up", None);
+        let (m, me, ts) = sim.join(peer, addr(UP_MASTER), client).expect("a client");
+        let mut up_conns = vec![m];
+        for port in [33101, 33102] {
+            let ident = identification(NodeType::Client, "up", Some((me, ts)));
+            up_conns.push(sim.attach(peer, addr(port), ident));
+        }
+        let ident = identification(NodeType::Admin, "bk", None);
+        let admin = sim.attach(peer, addr(BK_MASTER), ident);
+        World {
             sim,
-            up,
             bk,
             up_storages,
             bk_storages,
             peer,
-            up_conns: Vec::new(),
-            admin: 0,
-        };
-        let m = w.connect(UP_MASTER);
-        let r = w.identify(m, NodeType::Client, "up", None);
-        let Body::AcceptIdentification(a) = r else {
-            panic!("{r:?}")
-        };
-        let me = a.your_uuid;
-        let ts = w.id_timestamp(me);
-        w.up_conns.push(m);
-        for port in [33101, 33102] {
-            let c = w.connect(port);
-            let r = w.identify(c, NodeType::Client, "up", me.map(|me| (me, ts)));
-            assert!(matches!(r, Body::AcceptIdentification(_)), "{r:?}");
-            w.up_conns.push(c);
+            up_conns,
+            admin,
         }
-        w.admin = w.connect(BK_MASTER);
-        let r = w.identify(w.admin, NodeType::Admin, "bk", None);
-        assert!(matches!(r, Body::AcceptIdentification(_)), "{r:?}");
-        w
-    }
-
-    fn connect(&mut self, port: u16) -> ConnId {
-        self.sim.poke::<Peer>(self.peer, |_, out| {
-            out.connect(addr(port), 0);
-        });
-        self.sim.run();
-        *self.sim.node::<Peer>(self.peer).conns.last().unwrap()
-    }
-
-    fn identify(
-        &mut self,
-        conn: ConnId,
-        node_type: NodeType,
-        cluster: &str,
-        me: Option<(NodeId, f64)>,
-    ) -> Body {
-        self.request(
-            conn,
-            RequestIdentification {
-                node_type,
-                uuid: me.map(|m| m.0),
-                address: None,
-                name: Bytes::copy_from_slice(cluster.as_bytes()),
-                id_timestamp: me.map(|m| m.1),
-                extra: Map::new(),
-            },
-        )
-    }
-
-    fn id_timestamp(&self, me: Option<NodeId>) -> f64 {
-        self.sim
-            .node::<Peer>(self.peer)
-            .inbox
-            .iter()
-            .rev()
-            .filter_map(|(_, p)| match &p.body {
-                Body::NotifyNodeInformation(n) => n.node_list.iter().find(|i| i.uuid == me),
-                _ => None,
-            })
-            .find_map(|i| i.id_timestamp)
-            .expect("our id timestamp")
     }
 
     fn request(&mut self, conn: ConnId, body: impl Into<Body>) -> Body {
-        let body = body.into();
-        let mut id = 0;
-        self.sim
-            .poke::<Peer>(self.peer, |_, out| id = out.ask(conn, body));
-        self.sim.run();
-        let inbox = &mut self.sim.node_mut::<Peer>(self.peer).inbox;
-        let pos = inbox
-            .iter()
-            .position(|(c, p)| {
-                *c == conn
-                    && p.id == id
-                    && matches!(p.body.kind(), PacketKind::Answer | PacketKind::Error)
-            })
-            .expect("an answer");
-        inbox.remove(pos).1.body
+        self.sim.request(self.peer, conn, body)
     }
 
     /// Commits `objs` (oid, data) upstream (both storages hold every
@@ -233,125 +119,60 @@ impl World {
         self.finish(&[(ttid, objs)])[0]
     }
 
-    /// Begins a transaction upstream and stores `objs`: its ttid.
+    /// Begins a transaction upstream and stores `objs`, each based on its
+    /// last serial in the first upstream storage: its ttid.
     fn store(&mut self, objs: &[(u64, &[u8])]) -> Tid {
-        let m = self.up_conns[0];
-        let Body::AnswerBeginTransaction(b) = self.request(m, AskBeginTransaction { tid: None })
-        else {
-            panic!("begin")
-        };
-        let ttid = b.ttid;
-        let up = self.up;
-        let conns = self.up_conns.clone();
-        for &conn in &conns[1..] {
-            for &(oid, data) in objs {
-                let serial = self.serial(up, oid);
-                let r = self.request(
-                    conn,
-                    AskStoreObject {
-                        oid: Oid(oid),
-                        serial,
-                        compression: 0,
-                        checksum: Checksum(make_checksum(data)),
-                        data: Bytes::copy_from_slice(data),
-                        data_serial: None,
-                        ttid,
-                    },
-                );
-                assert_eq!(
-                    r,
-                    Body::AnswerStoreObject(AnswerStoreObject { conflict: None })
-                );
-            }
-            let r = self.request(
-                conn,
-                AskStoreTransaction {
-                    ttid,
-                    user: Bytes::from_static(b"u"),
-                    description: Bytes::from_static(b"d"),
-                    extension: Bytes::new(),
-                    oid_list: objs.iter().map(|o| Oid(o.0)).collect(),
-                    pack: None,
-                },
-            );
-            assert_eq!(r, Body::AnswerStoreTransaction(AnswerStoreTransaction {}));
-        }
+        let ttid = self.sim.begin(self.peer, self.up_conns[0]);
+        let first = self.up_storages[0];
+        let objs: Vec<(u64, Tid, &[u8])> = objs
+            .iter()
+            .map(|&(oid, data)| {
+                let serial = last_serial(self.sim.node_mut::<Sql>(first), oid);
+                (oid, serial.unwrap_or(ZERO_TID), data)
+            })
+            .collect();
+        self.sim.store(self.peer, &self.up_conns[1..], ttid, &objs);
         ttid
     }
 
     /// Finishes stored transactions, all asked at once (their
     /// invalidations reach the backup master back to back): their tids.
     fn finish(&mut self, txns: &[(Tid, Objs)]) -> Vec<Tid> {
-        let m = self.up_conns[0];
-        let mut ids = Vec::new();
-        self.sim.poke::<Peer>(self.peer, |_, out| {
-            for (ttid, objs) in txns {
-                let ask = AskFinishTransaction {
-                    ttid: *ttid,
-                    oid_list: objs.iter().map(|o| Oid(o.0)).collect(),
-                    deleted: vec![],
-                    checked: vec![],
-                    pack: None,
-                };
-                ids.push(out.ask(m, ask));
-            }
-        });
-        self.sim.run();
-        let inbox = &mut self.sim.node_mut::<Peer>(self.peer).inbox;
-        ids.iter()
-            .map(|id| {
-                let pos = inbox
-                    .iter()
-                    .position(|(c, p)| *c == m && p.id == *id)
-                    .expect("an answer");
-                match inbox.remove(pos).1.body {
-                    Body::AnswerTransactionFinished(f) => f.tid,
-                    r => panic!("{r:?}"),
-                }
-            })
-            .collect()
-    }
-
-    /// The last serial of `oid` in the first storage of the cluster whose
-    /// master is `m` (ZERO_TID if none).
-    fn serial(&mut self, m: usize, oid: u64) -> Tid {
-        let s = if m == self.up {
-            self.up_storages[0]
-        } else {
-            self.bk_storages[0]
-        };
-        last_serial(self.sim.node_mut::<Sql>(s), oid).unwrap_or(ZERO_TID)
+        let txns: Vec<(Tid, Vec<u64>)> = txns
+            .iter()
+            .map(|(ttid, objs)| (*ttid, objs.iter().map(|o| o.0).collect()))
+            .collect();
+        self.sim.finish(self.peer, self.up_conns[0], &txns)
     }
 
     /// A read-only client of the backup cluster connected to its first
     /// storage: (master conn, storage conn).
     fn backup_reader(&mut self) -> (ConnId, ConnId) {
-        let m = self.connect(BK_MASTER);
-        let extra: Map<Bytes, Value> = [(Bytes::from_static(b"read_only"), Value::Bool(true))]
-            .into_iter()
-            .collect();
-        let ident = |uuid, id_timestamp| RequestIdentification {
-            node_type: NodeType::Client,
-            uuid,
-            address: None,
-            name: Bytes::from_static(b"bk"),
-            id_timestamp,
-            extra: extra.clone(),
+        let ident = |me| {
+            let mut r = identification(NodeType::Client, "bk", me);
+            r.extra = [(Bytes::from_static(b"read_only"), Value::Bool(true))]
+                .into_iter()
+                .collect();
+            r
         };
-        let r = self.request(m, ident(None, None));
-        let Body::AcceptIdentification(a) = r else {
-            panic!("{r:?}")
-        };
-        let ts = self.id_timestamp(a.your_uuid);
-        let s = self.connect(34101);
-        let r = self.request(s, ident(a.your_uuid, Some(ts)));
-        assert!(matches!(r, Body::AcceptIdentification(_)), "{r:?}");
+        let (m, me, ts) = self
+            .sim
+            .join(self.peer, addr(BK_MASTER), ident(None))
+            .expect("a reader");
+        let s = self
+            .sim
+            .attach(self.peer, addr(34101), ident(Some((me, ts))));
         (m, s)
     }
 
-    fn set_state(&mut self, state: ClusterState) -> Body {
+    /// `neoctl set cluster`: acknowledged.
+    fn set_state(&mut self, state: ClusterState) {
         let admin = self.admin;
-        self.request(admin, SetClusterState { state })
+        let r = self.request(admin, SetClusterState { state });
+        assert!(
+            matches!(&r, Body::Error(e) if e.code == ErrorCode::Ack),
+            "{r:?}"
+        );
     }
 
     fn bk_master(&self) -> &Master {
@@ -384,11 +205,7 @@ fn backup_follows_upstream_then_runs() {
     let t1 = w.commit(&[(0, b"a1"), (1, b"b1")]);
     assert_eq!(w.bk_master().backup_tid(), None);
 
-    let r = w.set_state(ClusterState::StartingBackup);
-    assert!(
-        matches!(&r, Body::Error(e) if e.code == ErrorCode::Ack),
-        "{r:?}"
-    );
+    w.set_state(ClusterState::StartingBackup);
     w.sim.advance(ms(100));
     assert_eq!(w.bk_master().cluster_state(), ClusterState::BackingUp);
     assert_eq!(w.bk_master().backup_tid(), Some(t1));
@@ -424,15 +241,11 @@ fn backup_follows_upstream_then_runs() {
     assert_eq!(a.backup_tid, Some(t4));
 
     // Writers are refused while backing up.
-    let c = w.connect(BK_MASTER);
-    let r = w.identify(c, NodeType::Client, "bk", None);
+    let writer = identification(NodeType::Client, "bk", None);
+    let (_, r) = w.sim.identify(w.peer, addr(BK_MASTER), writer);
     assert!(matches!(r, Body::Error(_)), "{r:?}");
 
-    let r = w.set_state(ClusterState::StoppingBackup);
-    assert!(
-        matches!(&r, Body::Error(e) if e.code == ErrorCode::Ack),
-        "{r:?}"
-    );
+    w.set_state(ClusterState::StoppingBackup);
     w.sim.advance(ms(300));
     assert_eq!(w.bk_master().cluster_state(), ClusterState::Running);
     assert_eq!(w.bk_master().backup_tid(), None);
@@ -443,15 +256,13 @@ fn backup_follows_upstream_then_runs() {
         assert_eq!(last_serial(n, 1), Some(t3));
     }
     // A client reads it through the backup cluster, now a normal one.
-    let c = w.connect(BK_MASTER);
-    let r = w.identify(c, NodeType::Client, "bk", None);
-    let Body::AcceptIdentification(a) = r else {
-        panic!("{r:?}")
-    };
-    let ts = w.id_timestamp(a.your_uuid);
-    let s = w.connect(34101);
-    let r = w.identify(s, NodeType::Client, "bk", a.your_uuid.map(|u| (u, ts)));
-    assert!(matches!(r, Body::AcceptIdentification(_)), "{r:?}");
+    let client = identification(NodeType::Client, "bk", None);
+    let (_, me, ts) = w
+        .sim
+        .join(w.peer, addr(BK_MASTER), client)
+        .expect("a client");
+    let client = identification(NodeType::Client, "bk", Some((me, ts)));
+    let s = w.sim.attach(w.peer, addr(34101), client);
     let r = w.request(
         s,
         AskObject {
@@ -473,11 +284,7 @@ fn backup_follows_upstream_then_runs() {
 fn stopping_backup_truncates_to_consistent_tid() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = World::new(dir.path(), true);
-    let r = w.set_state(ClusterState::StartingBackup);
-    assert!(
-        matches!(&r, Body::Error(e) if e.code == ErrorCode::Ack),
-        "{r:?}"
-    );
+    w.set_state(ClusterState::StartingBackup);
     w.sim.advance(ms(100));
     assert_eq!(w.bk_master().cluster_state(), ClusterState::BackingUp);
     assert_eq!(w.bk_master().backup_tid(), Some(ZERO_TID));
@@ -545,23 +352,15 @@ fn stopping_backup_truncates_to_consistent_tid() {
         "{r:?}"
     );
     w.sim.kill(w.bk);
-    w.bk = w.sim.add(
-        Some(addr(BK_MASTER)),
-        master("bk", BK_MASTER).with_upstream("up".into(), vec![addr(UP_MASTER)]),
-    );
+    w.bk = w.sim.add(Some(addr(BK_MASTER)), bk_master(2));
     w.sim.advance(ms(3000));
-    w.admin = w.connect(BK_MASTER);
-    let r = w.identify(w.admin, NodeType::Admin, "bk", None);
-    assert!(matches!(r, Body::AcceptIdentification(_)), "{r:?}");
+    let admin = identification(NodeType::Admin, "bk", None);
+    w.admin = w.sim.attach(w.peer, addr(BK_MASTER), admin);
     // Autostart (-A 2) with both storages back: no neoctl start.
     assert_eq!(w.bk_master().cluster_state(), ClusterState::BackingUp);
     assert_eq!(w.bk_master().backup_tid(), Some(before.unwrap_or(ZERO_TID)));
     assert_eq!(w.bk_master().last_transaction(), after);
-    let r = w.set_state(ClusterState::StoppingBackup);
-    assert!(
-        matches!(&r, Body::Error(e) if e.code == ErrorCode::Ack),
-        "{r:?}"
-    );
+    w.set_state(ClusterState::StoppingBackup);
     w.sim.advance(ms(300));
     assert_eq!(w.bk_master().cluster_state(), ClusterState::Running);
     assert_eq!(w.bk_master().last_transaction(), before.unwrap_or(ZERO_TID));
@@ -597,11 +396,7 @@ fn backup_at_once_on_an_empty_database() {
 fn lost_upstream_storage_orders_go_to_another() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = World::new(dir.path(), true);
-    let r = w.set_state(ClusterState::StartingBackup);
-    assert!(
-        matches!(&r, Body::Error(e) if e.code == ErrorCode::Ack),
-        "{r:?}"
-    );
+    w.set_state(ClusterState::StartingBackup);
     let t1 = w.commit(&[(0, b"a1"), (1, b"b1")]);
     w.sim.advance(ms(1500));
     // Partition 1 waits for the hidden storage: complete up to just
@@ -629,11 +424,7 @@ fn lost_upstream_storage_orders_go_to_another() {
 fn back_to_back_commits_leave_storages_up_to_date() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = World::build(dir.path(), false, false, 8);
-    let r = w.set_state(ClusterState::StartingBackup);
-    assert!(
-        matches!(&r, Body::Error(e) if e.code == ErrorCode::Ack),
-        "{r:?}"
-    );
+    w.set_state(ClusterState::StartingBackup);
     let objs: Vec<[(u64, &[u8]); 1]> = (0..6u64).map(|i| [(i, &b"xxxxxxxx"[..])]).collect();
     let ttids: Vec<Tid> = objs.iter().map(|o| w.store(o)).collect();
     let txns: Vec<(Tid, Objs)> = ttids.iter().zip(&objs).map(|(t, o)| (*t, &o[..])).collect();
@@ -659,11 +450,7 @@ fn backup_storage_back_after_a_failure_catches_up() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = World::new(dir.path(), false);
     let t1 = w.commit(&[(0, b"a1"), (1, b"b1")]);
-    let r = w.set_state(ClusterState::StartingBackup);
-    assert!(
-        matches!(&r, Body::Error(e) if e.code == ErrorCode::Ack),
-        "{r:?}"
-    );
+    w.set_state(ClusterState::StartingBackup);
     w.sim.advance(ms(100));
     assert_eq!(w.bk_master().backup_tid(), Some(t1));
 
@@ -679,10 +466,10 @@ fn backup_storage_back_after_a_failure_catches_up() {
     let other =
         SqliteBackend::open(&dir.path().join("spare.sqlite"), &SqliteOptions::default()).unwrap();
     drop(std::mem::replace(w.sim.node_mut::<Sql>(i2).db_mut(), other));
-    let back = w.sim.add(
-        Some(addr(34102)),
-        storage(dir.path(), "bk", BK_MASTER, 34102),
-    );
+    let bk_spec = spec("bk", BK_MASTER, 2);
+    let back = w
+        .sim
+        .add(Some(addr(34102)), bk_spec.sqlite_storage(dir.path(), 34102));
     w.bk_storages[1] = back;
     w.sim.advance(ms(1500));
     let t4 = w.commit(&[(3, b"d4")]);
@@ -701,11 +488,7 @@ fn backup_storage_back_after_a_failure_catches_up() {
         assert_eq!(n.db_mut().backup_tid().unwrap(), Some(t4));
     }
     // Leaving backup mode keeps everything.
-    let r = w.set_state(ClusterState::StoppingBackup);
-    assert!(
-        matches!(&r, Body::Error(e) if e.code == ErrorCode::Ack),
-        "{r:?}"
-    );
+    w.set_state(ClusterState::StoppingBackup);
     w.sim.advance(ms(300));
     assert_eq!(w.bk_master().cluster_state(), ClusterState::Running);
     assert_eq!(w.bk_master().last_transaction(), t4);

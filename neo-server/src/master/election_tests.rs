@@ -6,20 +6,18 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use fsformat::{Oid, Tid};
-use neo_proto::{
-    self as p, Address, Body, Bytes, Checksum, ClusterState, Map, NodeId, NodeState, NodeType,
-    Packet, PacketKind, ZERO_TID,
-};
+use fsformat::Tid;
+use neo_proto::{self as p, Address, Body, ClusterState, NodeId, NodeState, NodeType, ZERO_TID};
 
-use super::{Master, MasterConfig};
+use super::Master;
 use crate::admin::{Admin, AdminConfig};
-use crate::runtime::{ConnId, Event, Node, Outbox};
+use crate::runtime::ConnId;
+use crate::sim::testkit::{identification, ClusterSpec, Objects, Peer};
 use crate::sim::{ms, Sim};
-use crate::storage::node::{StorageConfig, StorageNode};
-use crate::storage::{make_checksum, MemoryBackend};
+use crate::storage::node::StorageNode;
+use crate::storage::MemoryBackend;
 
 const NP: u32 = 4;
 
@@ -36,33 +34,24 @@ fn m(n: u32) -> NodeId {
     NodeId::new(NodeType::Master, n)
 }
 
+/// The cluster as master `i` sees it: NP partitions, started by one
+/// storage.
+fn spec(i: usize) -> ClusterSpec {
+    ClusterSpec::new("test", maddr(i).port()).partitions(NP)
+}
+
+/// The storage node, in memory, knowing `masters`.
+fn storage(masters: Vec<SocketAddr>) -> Mem {
+    let mut cfg = spec(0).storage_config(saddr().port(), "memory");
+    cfg.masters = masters;
+    StorageNode::new(cfg, MemoryBackend::new(false)).expect("storage")
+}
+
 /// One wall clock for every master (1 ms per reading): who starts first
 /// has the smaller election key, and tids grow across fail-overs.
 fn shared_clock(t: &Arc<AtomicU64>) -> super::Clock {
     let t = t.clone();
     Box::new(move || 1_795_542_385.0 + t.fetch_add(1, Ordering::Relaxed) as f64 * 1e-3)
-}
-
-/// A scripted client: records what it gets.
-#[derive(Default)]
-struct Peer {
-    conns: Vec<ConnId>,
-    inbox: Vec<(ConnId, Packet)>,
-    closed: Vec<ConnId>,
-    failed: usize,
-}
-
-impl Node for Peer {
-    fn start(&mut self, _: Instant, _: &mut Outbox) {}
-    fn handle(&mut self, _: Instant, ev: Event, _: &mut Outbox) {
-        match ev {
-            Event::Connected { conn, .. } => self.conns.push(conn),
-            Event::Packet { conn, packet } => self.inbox.push((conn, packet)),
-            Event::Closed { conn, .. } => self.closed.push(conn),
-            Event::ConnectFailed { .. } => self.failed += 1,
-            _ => {}
-        }
-    }
 }
 
 struct World {
@@ -84,6 +73,24 @@ impl World {
     /// first), then a client.
     fn new(n: usize) -> World {
         let _ = env_logger::builder().is_test(true).try_init();
+        let mut w = World::masters(n);
+        w.sim.advance(ms(10));
+        let reversed: Vec<SocketAddr> = (0..n).rev().map(maddr).collect();
+        w.storage = w.sim.add(Some(saddr()), storage(reversed.clone()));
+        let acfg = AdminConfig {
+            cluster: "test".into(),
+            masters: reversed,
+            address: aaddr(),
+            nid: None,
+        };
+        w.admin = w.sim.add(Some(aaddr()), Admin::new(acfg));
+        w.client = w.sim.add(None, Peer::default());
+        w.sim.advance(Duration::from_secs(3));
+        w
+    }
+
+    /// `n` masters added in order, nothing else yet.
+    fn masters(n: usize) -> World {
         let mut w = World {
             sim: Sim::new(),
             clock: Arc::new(AtomicU64::new(0)),
@@ -97,41 +104,12 @@ impl World {
             let idx = w.add_master(i);
             w.masters.push(idx);
         }
-        w.sim.advance(ms(10));
-        let reversed: Vec<SocketAddr> = (0..n).rev().map(maddr).collect();
-        let scfg = StorageConfig {
-            cluster: "test".into(),
-            masters: reversed.clone(),
-            address: saddr(),
-            nid: None,
-            database: "memory".into(),
-            disable_pack: false,
-        };
-        let st = StorageNode::new(scfg, MemoryBackend::new(false)).expect("storage");
-        w.storage = w.sim.add(Some(saddr()), st);
-        let acfg = AdminConfig {
-            cluster: "test".into(),
-            masters: reversed,
-            address: aaddr(),
-            nid: None,
-        };
-        w.admin = w.sim.add(Some(aaddr()), Admin::new(acfg));
-        w.client = w.sim.add(None, Peer::default());
-        w.sim.advance(Duration::from_secs(3));
         w
     }
 
     fn add_master(&mut self, i: usize) -> usize {
-        let cfg = MasterConfig {
-            cluster: "test".into(),
-            address: Address::new("127.0.0.1", maddr(i).port()),
-            partitions: NP,
-            replicas: 0,
-            autostart: Some(1),
-            nid: None,
-        };
         let all = (0..self.n).map(maddr).collect();
-        let master = Master::with_clock(cfg, shared_clock(&self.clock))
+        let master = Master::with_clock(spec(i).master_config(), shared_clock(&self.clock))
             .expect("config")
             .with_masters(all);
         self.sim.add(Some(maddr(i)), master)
@@ -155,156 +133,35 @@ impl World {
     }
 
     fn connect(&mut self, to: SocketAddr) -> ConnId {
-        self.sim.poke::<Peer>(self.client, |_, out| {
-            out.connect(to, 0);
-        });
-        self.sim.run();
-        *self
-            .sim
-            .node::<Peer>(self.client)
-            .conns
-            .last()
-            .expect("connected")
+        self.sim.connect(self.client, to)
     }
 
     fn request(&mut self, conn: ConnId, body: impl Into<Body>) -> Body {
-        let body = body.into();
-        let mut id = 0;
-        self.sim
-            .poke::<Peer>(self.client, |_, out| id = out.ask(conn, body));
-        self.sim.run();
-        let inbox = &mut self.sim.node_mut::<Peer>(self.client).inbox;
-        let pos = inbox
-            .iter()
-            .position(|(c, p)| {
-                *c == conn
-                    && p.id == id
-                    && (matches!(p.body.kind(), PacketKind::Answer | PacketKind::Error)
-                        || matches!(p.body, Body::NotPrimaryMaster(_)))
-            })
-            .expect("an answer");
-        inbox.remove(pos).1.body
+        self.sim.request(self.client, conn, body)
     }
 
     /// Identifies the client with the master at `to`: its node id and
     /// id_timestamp.
     fn identify(&mut self, to: SocketAddr) -> Result<(ConnId, NodeId, f64), Box<Body>> {
-        let conn = self.connect(to);
-        let req = p::RequestIdentification {
-            node_type: NodeType::Client,
-            uuid: None,
-            address: None,
-            name: Bytes::from_static(b"test"),
-            id_timestamp: None,
-            extra: Map::new(),
-        };
-        let a = self.request(conn, req);
-        let Body::AcceptIdentification(a) = a else {
-            return Err(Box::new(a));
-        };
-        let me = a.your_uuid.expect("a node id");
-        let ts = self
-            .sim
-            .node::<Peer>(self.client)
-            .inbox
-            .iter()
-            .filter(|(c, _)| *c == conn)
-            .find_map(|(_, p)| match &p.body {
-                Body::NotifyNodeInformation(n) => n
-                    .node_list
-                    .iter()
-                    .find(|i| i.uuid == Some(me))
-                    .and_then(|i| i.id_timestamp),
-                _ => None,
-            })
-            .expect("our id_timestamp");
-        Ok((conn, me, ts))
+        let ident = identification(NodeType::Client, "test", None);
+        self.sim.join(self.client, to, ident)
     }
 
     /// A client session: master and storage connections.
     fn session(&mut self, to: SocketAddr) -> (ConnId, ConnId) {
         let (mc, me, ts) = self.identify(to).expect("accepted by the primary");
-        let sc = self.connect(saddr());
-        let req = p::RequestIdentification {
-            node_type: NodeType::Client,
-            uuid: Some(me),
-            address: None,
-            name: Bytes::from_static(b"test"),
-            id_timestamp: Some(ts),
-            extra: Map::new(),
-        };
-        let a = self.request(sc, req);
-        assert!(matches!(a, Body::AcceptIdentification(_)), "{a:?}");
+        let ident = identification(NodeType::Client, "test", Some((me, ts)));
+        let sc = self.sim.attach(self.client, saddr(), ident);
         (mc, sc)
     }
 
     /// One commit like NEO's client: begin, store, vote, finish.
-    fn commit(&mut self, (mc, sc): (ConnId, ConnId), objs: &[(u64, Tid, &[u8])]) -> Tid {
-        let b = self.request(mc, p::AskBeginTransaction { tid: None });
-        let Body::AnswerBeginTransaction(b) = b else {
-            panic!("{b:?}")
-        };
-        let ttid = b.ttid;
-        for &(oid, serial, data) in objs {
-            let a = self.request(
-                sc,
-                p::AskStoreObject {
-                    oid: Oid(oid),
-                    serial,
-                    compression: 0,
-                    checksum: Checksum(make_checksum(data)),
-                    data: Bytes::copy_from_slice(data),
-                    data_serial: None,
-                    ttid,
-                },
-            );
-            assert_eq!(
-                a,
-                Body::AnswerStoreObject(p::AnswerStoreObject { conflict: None })
-            );
-        }
-        let oid_list: Vec<Oid> = objs.iter().map(|o| Oid(o.0)).collect();
-        let a = self.request(
-            sc,
-            p::AskStoreTransaction {
-                ttid,
-                user: Bytes::from_static(b"/ alice"),
-                description: Bytes::from_static(b"election"),
-                extension: Bytes::new(),
-                oid_list: oid_list.clone(),
-                pack: None,
-            },
-        );
-        assert!(matches!(a, Body::AnswerStoreTransaction(_)), "{a:?}");
-        let a = self.request(
-            mc,
-            p::AskFinishTransaction {
-                ttid,
-                oid_list,
-                deleted: vec![],
-                checked: vec![],
-                pack: None,
-            },
-        );
-        let Body::AnswerTransactionFinished(f) = a else {
-            panic!("{a:?}")
-        };
-        f.tid
+    fn commit(&mut self, (mc, sc): (ConnId, ConnId), objs: &Objects) -> Tid {
+        self.sim.commit(self.client, mc, &[sc], objs)
     }
 
     fn load(&mut self, sc: ConnId, oid: u64) -> (Tid, Vec<u8>) {
-        let a = self.request(
-            sc,
-            p::AskObject {
-                oid: Oid(oid),
-                at: None,
-                before: None,
-            },
-        );
-        let Body::AnswerObject(o) = a else {
-            panic!("{a:?}")
-        };
-        (o.serial, o.data.to_vec())
+        self.sim.load(self.client, sc, oid)
     }
 
     fn close_session(&mut self, (mc, sc): (ConnId, ConnId)) {
@@ -449,20 +306,7 @@ fn three_masters_survive_two_fail_overs() {
 
 #[test]
 fn the_admin_follows_the_redirect_at_once() {
-    let clock = Arc::new(AtomicU64::new(0));
-    let mut w = World {
-        sim: Sim::new(),
-        clock,
-        n: 2,
-        masters: Vec::new(),
-        storage: 0,
-        admin: 0,
-        client: 0,
-    };
-    for i in 0..2 {
-        let idx = w.add_master(i);
-        w.masters.push(idx);
-    }
+    let mut w = World::masters(2);
     w.sim.run();
     assert_eq!(w.primaries(&[0, 1]), vec![0]);
     let acfg = AdminConfig {
@@ -515,14 +359,6 @@ fn masters_with_skewed_clocks_converge_on_one_primary() {
         let counter = Arc::new(AtomicU64::new(0));
         let mut idx = Vec::new();
         for i in 0..n {
-            let cfg = MasterConfig {
-                cluster: "test".into(),
-                address: Address::new("127.0.0.1", maddr(i).port()),
-                partitions: NP,
-                replicas: 0,
-                autostart: Some(1),
-                nid: None,
-            };
             let t = counter.clone();
             // Master i is i seconds behind: later ones look older.
             let skew = i as f64;
@@ -530,7 +366,7 @@ fn masters_with_skewed_clocks_converge_on_one_primary() {
                 1_795_542_385.0 - skew + t.fetch_add(1, Ordering::Relaxed) as f64 * 1e-3
             });
             let all = (0..n).map(maddr).collect();
-            let master = Master::with_clock(cfg, clock)
+            let master = Master::with_clock(spec(i).master_config(), clock)
                 .expect("config")
                 .with_masters(all);
             idx.push(sim.add(Some(maddr(i)), master));
@@ -553,16 +389,7 @@ fn masters_with_skewed_clocks_converge_on_one_primary() {
         uuids.dedup();
         assert_eq!(uuids.len(), n, "distinct node ids");
         // A storage that knows only the last master reaches the primary.
-        let scfg = StorageConfig {
-            cluster: "test".into(),
-            masters: vec![maddr(n - 1)],
-            address: saddr(),
-            nid: None,
-            database: "memory".into(),
-            disable_pack: false,
-        };
-        let st = StorageNode::new(scfg, MemoryBackend::new(false)).expect("storage");
-        let s = sim.add(Some(saddr()), st);
+        let s = sim.add(Some(saddr()), storage(vec![maddr(n - 1)]));
         sim.advance(Duration::from_secs(3));
         assert!(sim.node::<Mem>(s).is_operational(), "{n} masters");
         assert_eq!(

@@ -107,6 +107,13 @@ impl Sim {
         id
     }
 
+    /// Answers request `id` received on `conn`.
+    pub fn reply(&mut self, peer: usize, conn: ConnId, id: u32, body: impl Into<Body>) {
+        let body = body.into();
+        self.poke::<Peer>(peer, |_, out| out.answer(conn, id, body));
+        self.run();
+    }
+
     /// Takes the answer to request `id` on `conn`, if it came.
     pub fn answer(&mut self, peer: usize, conn: ConnId, id: u32) -> Option<Body> {
         let inbox = &mut self.node_mut::<Peer>(peer).inbox;

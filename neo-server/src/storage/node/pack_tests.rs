@@ -36,10 +36,10 @@ fn history(c: &mut Cluster, ci: usize, cc: ConnId) {
         data_serial: None,
         ttid,
     };
-    assert_eq!(c.request(ci, cc, del), stored(None));
-    assert_eq!(c.request(ci, cc, obj(1, T1, ttid, b"a2")), stored(None));
-    assert_eq!(c.request(ci, cc, obj(5, T1, ttid, b"e2")), stored(None));
-    c.request(ci, cc, meta(ttid, &[4, 1, 5]));
+    assert_eq!(c.sim.request(ci, cc, del), stored(None));
+    assert_eq!(c.sim.request(ci, cc, obj(1, T1, ttid, b"a2")), stored(None));
+    assert_eq!(c.sim.request(ci, cc, obj(5, T1, ttid, b"e2")), stored(None));
+    c.sim.request(ci, cc, meta(ttid, &[4, 1, 5]));
     lock_unlock(c, ttid, T2, false);
     commit(c, ci, cc, Tid(0x2f0), T3, &[(1, T2, b"a3"), (5, T2, b"e3")]);
 }
@@ -47,10 +47,11 @@ fn history(c: &mut Cluster, ci: usize, cc: ConnId) {
 fn lock_unlock(c: &mut Cluster, ttid: Tid, tid: Tid, pack: bool) {
     let (m, mconn) = (c.m, c.mconn);
     assert_eq!(
-        c.request(m, mconn, AskLockInformation { ttid, tid, pack }),
+        c.sim
+            .request(m, mconn, AskLockInformation { ttid, tid, pack }),
         Body::AnswerInformationLocked(AnswerInformationLocked { ttid })
     );
-    c.send(m, mconn, NotifyUnlockInformation { ttid });
+    c.sim.send(m, mconn, NotifyUnlockInformation { ttid });
 }
 
 /// A transaction with a pack order (NEO's client `pack`).
@@ -60,7 +61,7 @@ fn commit_pack(c: &mut Cluster, ci: usize, cc: ConnId, order: PackOrder) {
     m.description = Bytes::from_static(b"IStorage.pack");
     m.pack = Some(order);
     assert_eq!(
-        c.request(ci, cc, m),
+        c.sim.request(ci, cc, m),
         Body::AnswerStoreTransaction(AnswerStoreTransaction {})
     );
     lock_unlock(c, ttid, P, true);
@@ -84,7 +85,7 @@ fn sign_and_pack(
     entry: (Tid, Option<bool>, bool, Option<Value>, Tid),
 ) -> Vec<Body> {
     let (m, mconn) = (c.m, c.mconn);
-    c.send(
+    c.sim.send(
         m,
         mconn,
         NotifyPackSigned {
@@ -99,18 +100,12 @@ fn sign_and_pack(
     };
     assert_eq!(a.pack_id, Tid(1), "the first order after pack 0");
     let id = *id;
-    c.sim.poke::<Peer>(m, |_, out| {
-        out.answer(
-            mconn,
-            id,
-            AnswerPackOrders {
-                pack_list: vec![entry],
-            },
-        )
-    });
-    c.sim.run();
+    let orders = AnswerPackOrders {
+        pack_list: vec![entry],
+    };
+    c.sim.reply(m, mconn, id, orders);
     c.sim.advance(ms(1));
-    c.notifications(m)
+    c.sim.notifications(m)
 }
 
 fn whole_order() -> (Tid, Option<bool>, bool, Option<Value>, Tid) {
@@ -173,11 +168,11 @@ fn pack_order_is_executed_then_completed() {
     // Undo of T2 (back to T1's data, packed away): UNDO_PACK_ERROR.
     let mut undo = obj(1, T3, Tid(0x5f0), b"a1");
     undo.data_serial = Some(T1);
-    let a = c.request(ci, cc, undo);
+    let a = c.sim.request(ci, cc, undo);
     assert_eq!(error_code(&a), Some(ErrorCode::UndoPackError), "{a:?}");
     // Nothing more to do: a second signing of the same order is a no-op.
     let (m, mconn) = (c.m, c.mconn);
-    c.send(
+    c.sim.send(
         m,
         mconn,
         NotifyPackSigned {
@@ -187,7 +182,7 @@ fn pack_order_is_executed_then_completed() {
     );
     c.sim.advance(ms(1));
     assert!(master_requests(&mut c).is_empty());
-    assert!(c.notifications(m).is_empty());
+    assert!(c.sim.notifications(m).is_empty());
 }
 
 #[test]
@@ -223,26 +218,20 @@ fn partial_pack_only_touches_its_oids() {
 
 #[test]
 fn disable_pack_reports_signed_orders_completed() {
-    let (sim, m, s, mconn) = identified(MemoryBackend::new(false));
-    let mut c = Cluster {
-        sim,
-        m,
-        s,
-        mconn,
-        ts: 1000.0,
-    };
+    let mut c = identified(MemoryBackend::new(false));
+    let (m, mconn) = (c.m, c.mconn);
     c.storage().cfg.disable_pack = true;
-    c.send(m, mconn, full_pt(1));
-    let Body::AnswerLastIDs(_) = c.request(m, mconn, AskLastIDs {}) else {
+    c.sim.send(m, mconn, full_pt(1));
+    let Body::AnswerLastIDs(_) = c.sim.request(m, mconn, AskLastIDs {}) else {
         panic!()
     };
-    c.send(m, mconn, StartOperation { backup: false });
+    c.sim.send(m, mconn, StartOperation { backup: false });
     // No pack is reported at start.
-    assert_eq!(c.notifications(m), [Body::NotifyReady(NotifyReady {})]);
+    assert_eq!(c.sim.notifications(m), [Body::NotifyReady(NotifyReady {})]);
     let (ci, cc) = c.client(C1);
     history(&mut c, ci, cc);
     commit_pack(&mut c, ci, cc, (None, T2));
-    c.send(
+    c.sim.send(
         m,
         mconn,
         NotifyPackSigned {
@@ -253,7 +242,7 @@ fn disable_pack_reports_signed_orders_completed() {
     c.sim.advance(ms(1));
     assert!(master_requests(&mut c).is_empty());
     assert_eq!(
-        c.notifications(m),
+        c.sim.notifications(m),
         [Body::NotifyPackCompleted(NotifyPackCompleted {
             pack_id: P
         })]
@@ -269,29 +258,25 @@ fn disable_pack_reports_signed_orders_completed() {
 /// The storage restarts on `disk`: recovery, then operation; the master
 /// tells the signed orders when it is ready (NEO's `setStorageReady`).
 fn restarted(disk: &crate::storage::memory::MemoryDisk) -> Cluster {
-    let (sim, m, s, mconn) = identified(MemoryBackend::open(disk));
-    let mut c = Cluster {
-        sim,
-        m,
-        s,
-        mconn,
-        ts: 2000.0,
-    };
+    let mut c = identified(MemoryBackend::open(disk));
+    c.ts = 2000.0;
+    let (m, mconn) = (c.m, c.mconn);
     c.storage().set_pack_batch(1);
-    let Body::AnswerLockedTransactions(_) = c.request(m, mconn, AskLockedTransactions {}) else {
+    let Body::AnswerLockedTransactions(_) = c.sim.request(m, mconn, AskLockedTransactions {})
+    else {
         panic!()
     };
-    let Body::AnswerLastIDs(_) = c.request(m, mconn, AskLastIDs {}) else {
+    let Body::AnswerLastIDs(_) = c.sim.request(m, mconn, AskLastIDs {}) else {
         panic!()
     };
-    c.send(
+    c.sim.send(
         m,
         mconn,
         NotifyClusterInformation {
             state: ClusterState::Running,
         },
     );
-    c.send(m, mconn, StartOperation { backup: false });
+    c.sim.send(m, mconn, StartOperation { backup: false });
     assert!(c.storage().is_operational());
     c
 }
@@ -319,7 +304,7 @@ fn a_crash_at_any_point_of_the_pack_resumes_after_restart() {
         let completed = Body::NotifyPackCompleted(NotifyPackCompleted { pack_id: P });
         if stopped {
             crashes += 1;
-            if c.notifications(c.m).contains(&completed) {
+            if c.sim.notifications(c.m).contains(&completed) {
                 // Every partition was done before the crash.
                 check_packed(&mut c, ci, cc);
                 continue;
@@ -336,7 +321,7 @@ fn a_crash_at_any_point_of_the_pack_resumes_after_restart() {
                 pack_id: P
             })));
             // Restarted after a complete pack: completed at once.
-            assert!(c.notifications(c.m).contains(&completed));
+            assert!(c.sim.notifications(c.m).contains(&completed));
         }
         check_packed(&mut c, ci, cc);
         if !stopped {
@@ -362,21 +347,15 @@ fn pack_bench_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let db =
         SqliteBackend::open(&dir.path().join("bench.sqlite"), &SqliteOptions::default()).unwrap();
-    let (sim, m, s, mconn) = identified(db);
-    let mut c = Cluster {
-        sim,
-        m,
-        s,
-        mconn,
-        ts: 1000.0,
-    };
+    let mut c = identified(db);
+    let (m, mconn, s) = (c.m, c.mconn, c.s);
     // As `start`, for another backend.
-    c.send(m, mconn, full_pt(1));
-    let Body::AnswerLastIDs(_) = c.request(m, mconn, AskLastIDs {}) else {
+    c.sim.send(m, mconn, full_pt(1));
+    let Body::AnswerLastIDs(_) = c.sim.request(m, mconn, AskLastIDs {}) else {
         panic!()
     };
-    c.send(m, mconn, StartOperation { backup: false });
-    let _ = c.notifications(m);
+    c.sim.send(m, mconn, StartOperation { backup: false });
+    let _ = c.sim.notifications(m);
     let fill = Instant::now();
     {
         let node = c.sim.node_mut::<StorageNode<SqliteBackend>>(s);
@@ -407,7 +386,7 @@ fn pack_bench_sqlite() {
     }
     eprintln!("filled {n} oids x 3 revisions in {:?}", fill.elapsed());
     let t = Instant::now();
-    c.send(
+    c.sim.send(
         m,
         mconn,
         NotifyPackSigned {
@@ -420,20 +399,14 @@ fn pack_bench_sqlite() {
         panic!("{asked:?}")
     };
     let id = *id;
-    c.sim.poke::<Peer>(m, |_, out| {
-        out.answer(
-            mconn,
-            id,
-            AnswerPackOrders {
-                pack_list: vec![whole_order()],
-            },
-        )
-    });
-    c.sim.run();
+    let orders = AnswerPackOrders {
+        pack_list: vec![whole_order()],
+    };
+    c.sim.reply(m, mconn, id, orders);
     c.sim.advance(ms(1));
     let elapsed = t.elapsed();
     assert_eq!(
-        c.notifications(m),
+        c.sim.notifications(m),
         [Body::NotifyPackCompleted(NotifyPackCompleted {
             pack_id: P
         })]

@@ -3,13 +3,13 @@
 //! conversations 01, 02, 03 of `shared/neo-protocol`).
 
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use fsformat::{Oid, Tid};
 use neo_proto::*;
 
 use super::*;
-use crate::runtime::{ConnId, Event, Node, Outbox};
+use crate::runtime::ConnId;
+use crate::sim::testkit::{self, ClusterSpec, Peer};
 use crate::sim::{ms, Sim};
 use crate::storage::{
     make_checksum, Backend, CrashPlan, MemoryBackend, SqliteBackend, SqliteOptions,
@@ -26,28 +26,6 @@ pub(super) fn master_addr() -> SocketAddr {
 }
 pub(super) fn storage_addr() -> SocketAddr {
     "127.0.0.1:31100".parse().unwrap()
-}
-
-/// A scripted peer: records what it gets, sends what the test tells it.
-#[derive(Default)]
-struct Peer {
-    conns: Vec<ConnId>,
-    inbox: Vec<(ConnId, Packet)>,
-    closed: Vec<ConnId>,
-    failed: usize,
-}
-
-impl Node for Peer {
-    fn start(&mut self, _: Instant, _: &mut Outbox) {}
-    fn handle(&mut self, _: Instant, ev: Event, _: &mut Outbox) {
-        match ev {
-            Event::Accepted { conn, .. } | Event::Connected { conn, .. } => self.conns.push(conn),
-            Event::Packet { conn, packet } => self.inbox.push((conn, packet)),
-            Event::Closed { conn, .. } => self.closed.push(conn),
-            Event::ConnectFailed { .. } => self.failed += 1,
-            Event::Timer { .. } => {}
-        }
-    }
 }
 
 type Mem = StorageNode<MemoryBackend>;
@@ -67,7 +45,8 @@ pub(super) fn config() -> StorageConfig {
     }
 }
 
-/// The cluster under test: indexes of the nodes and their connections.
+/// The cluster under test: indexes of the nodes (the master is a scripted
+/// [`Peer`]) and the master's connection.
 struct Cluster {
     sim: Sim,
     m: usize,
@@ -77,44 +56,6 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn send(&mut self, i: usize, conn: ConnId, body: impl Into<Body>) {
-        let body = body.into();
-        self.sim.poke::<Peer>(i, |_, out| out.notify(conn, body));
-        self.sim.run();
-    }
-
-    fn ask(&mut self, i: usize, conn: ConnId, body: impl Into<Body>) -> u32 {
-        let body = body.into();
-        let mut id = 0;
-        self.sim.poke::<Peer>(i, |_, out| id = out.ask(conn, body));
-        self.sim.run();
-        id
-    }
-
-    /// The answer to request `id`, if it came.
-    fn answer(&mut self, i: usize, id: u32) -> Option<Body> {
-        let inbox = &mut self.sim.node_mut::<Peer>(i).inbox;
-        let pos = inbox.iter().position(|(_, p)| {
-            p.id == id && matches!(p.body.kind(), PacketKind::Answer | PacketKind::Error)
-        })?;
-        Some(inbox.remove(pos).1.body)
-    }
-
-    fn request(&mut self, i: usize, conn: ConnId, body: impl Into<Body>) -> Body {
-        let id = self.ask(i, conn, body);
-        self.answer(i, id).expect("an answer")
-    }
-
-    /// Takes the notifications received so far.
-    fn notifications(&mut self, i: usize) -> Vec<Body> {
-        let inbox = &mut self.sim.node_mut::<Peer>(i).inbox;
-        let (n, rest): (Vec<_>, Vec<_>) = std::mem::take(inbox)
-            .into_iter()
-            .partition(|(_, p)| p.body.kind() == PacketKind::Notification);
-        *inbox = rest;
-        n.into_iter().map(|(_, p)| p.body).collect()
-    }
-
     fn storage(&mut self) -> &mut Mem {
         self.sim.node_mut::<Mem>(self.s)
     }
@@ -129,7 +70,7 @@ impl Cluster {
             state,
             id_timestamp: Some(ts),
         };
-        self.send(
+        self.sim.send(
             self.m,
             self.mconn,
             NotifyNodeInformation {
@@ -144,12 +85,9 @@ impl Cluster {
     fn client(&mut self, nid: NodeId) -> (usize, ConnId) {
         let ts = self.client_info(nid, NodeState::Running);
         let c = self.sim.add(None, Peer::default());
-        self.sim.poke::<Peer>(c, |_, out| {
-            out.connect(storage_addr(), 0);
-        });
-        self.sim.run();
-        let conn = self.sim.node::<Peer>(c).conns[0];
-        let a = self.request(c, conn, identification(nid, ts));
+        let (conn, a) = self
+            .sim
+            .identify(c, storage_addr(), identification(nid, ts));
         let Body::AcceptIdentification(a) = a else {
             panic!("{a:?}")
         };
@@ -162,14 +100,7 @@ impl Cluster {
 }
 
 fn identification(nid: NodeId, ts: f64) -> RequestIdentification {
-    RequestIdentification {
-        node_type: NodeType::Client,
-        uuid: Some(nid),
-        address: None,
-        name: Bytes::from_static(b"test"),
-        id_timestamp: Some(ts),
-        extra: Map::new(),
-    }
+    testkit::identification(NodeType::Client, "test", Some((nid, ts)))
 }
 
 fn full_pt(ptid: u64) -> SendPartitionTable {
@@ -188,7 +119,7 @@ fn full_pt(ptid: u64) -> SendPartitionTable {
 }
 
 /// Master and storage, the storage connected and identified (S1).
-fn identified<B: Backend + Send + 'static>(db: B) -> (Sim, usize, usize, ConnId) {
+fn identified<B: Backend + Send + 'static>(db: B) -> Cluster {
     let mut sim = Sim::new();
     let m = sim.add(Some(master_addr()), Peer::default());
     let s = sim.add(
@@ -212,21 +143,19 @@ fn identified<B: Backend + Send + 'static>(db: B) -> (Sim, usize, usize, ConnId)
         uuid: Some(M1),
         your_uuid: Some(r.uuid.unwrap_or(S1)),
     };
-    sim.poke::<Peer>(m, |_, out| out.answer(mconn, p.id, reply));
-    sim.run();
-    (sim, m, s, mconn)
-}
-
-/// Bootstrap as in conversation 01, up to RUNNING.
-fn running() -> Cluster {
-    let (sim, m, s, mconn) = identified(MemoryBackend::new(false));
-    let mut c = Cluster {
+    sim.reply(m, mconn, p.id, reply);
+    Cluster {
         sim,
         m,
         s,
         mconn,
         ts: 1000.0,
-    };
+    }
+}
+
+/// Bootstrap as in conversation 01, up to RUNNING.
+fn running() -> Cluster {
+    let mut c = identified(MemoryBackend::new(false));
     start(&mut c, true);
     c
 }
@@ -235,7 +164,7 @@ fn running() -> Cluster {
 /// table.
 fn start(c: &mut Cluster, new: bool) {
     let (m, mconn) = (c.m, c.mconn);
-    let r = c.request(m, mconn, AskRecovery {});
+    let r = c.sim.request(m, mconn, AskRecovery {});
     if new {
         assert_eq!(
             r,
@@ -245,24 +174,25 @@ fn start(c: &mut Cluster, new: bool) {
                 truncate_tid: None
             })
         );
-        c.send(
+        c.sim.send(
             m,
             mconn,
             NotifyClusterInformation {
                 state: ClusterState::Verifying,
             },
         );
-        c.send(m, mconn, full_pt(1));
+        c.sim.send(m, mconn, full_pt(1));
     }
-    let Body::AnswerPartitionTable(pt) = c.request(m, mconn, AskPartitionTable {}) else {
+    let Body::AnswerPartitionTable(pt) = c.sim.request(m, mconn, AskPartitionTable {}) else {
         panic!()
     };
     assert_eq!(pt.ptid, Some(1));
     assert_eq!(pt.row_list, full_pt(1).row_list);
-    let Body::AnswerLockedTransactions(_) = c.request(m, mconn, AskLockedTransactions {}) else {
+    let Body::AnswerLockedTransactions(_) = c.sim.request(m, mconn, AskLockedTransactions {})
+    else {
         panic!()
     };
-    let ids = c.request(m, mconn, AskLastIDs {});
+    let ids = c.sim.request(m, mconn, AskLastIDs {});
     if new {
         assert_eq!(
             ids,
@@ -274,26 +204,26 @@ fn start(c: &mut Cluster, new: bool) {
         );
         // As recorded: readable cells have completed pack 0.
         assert_eq!(
-            c.notifications(m),
+            c.sim.notifications(m),
             [Body::NotifyPackCompleted(NotifyPackCompleted {
                 pack_id: ZERO_TID
             })]
         );
     }
-    let orders = c.request(m, mconn, AskPackOrders { pack_id: Tid(1) });
+    let orders = c.sim.request(m, mconn, AskPackOrders { pack_id: Tid(1) });
     assert_eq!(
         orders,
         Body::AnswerPackOrders(AnswerPackOrders { pack_list: vec![] })
     );
-    c.send(
+    c.sim.send(
         m,
         mconn,
         NotifyClusterInformation {
             state: ClusterState::Running,
         },
     );
-    c.send(m, mconn, StartOperation { backup: false });
-    let n = c.notifications(m);
+    c.sim.send(m, mconn, StartOperation { backup: false });
+    let n = c.sim.notifications(m);
     assert!(n.contains(&Body::NotifyReady(NotifyReady {})), "{n:?}");
     assert!(c.storage().is_operational());
 }
@@ -329,18 +259,18 @@ fn stored(conflict: Option<Tid>) -> Body {
 fn commit(c: &mut Cluster, ci: usize, cc: ConnId, ttid: Tid, tid: Tid, objs: &[(u64, Tid, &[u8])]) {
     for &(oid, serial, data) in objs {
         assert_eq!(
-            c.request(ci, cc, obj(oid, serial, ttid, data)),
+            c.sim.request(ci, cc, obj(oid, serial, ttid, data)),
             stored(None)
         );
     }
     let oids: Vec<u64> = objs.iter().map(|o| o.0).collect();
     assert_eq!(
-        c.request(ci, cc, meta(ttid, &oids)),
+        c.sim.request(ci, cc, meta(ttid, &oids)),
         Body::AnswerStoreTransaction(AnswerStoreTransaction {})
     );
     let (m, mconn) = (c.m, c.mconn);
     assert_eq!(
-        c.request(
+        c.sim.request(
             m,
             mconn,
             AskLockInformation {
@@ -351,7 +281,7 @@ fn commit(c: &mut Cluster, ci: usize, cc: ConnId, ttid: Tid, tid: Tid, objs: &[(
         ),
         Body::AnswerInformationLocked(AnswerInformationLocked { ttid })
     );
-    c.send(m, mconn, NotifyUnlockInformation { ttid });
+    c.sim.send(m, mconn, NotifyUnlockInformation { ttid });
 }
 
 fn load(
@@ -362,7 +292,7 @@ fn load(
     at: Option<Tid>,
     before: Option<Tid>,
 ) -> Body {
-    c.request(
+    c.sim.request(
         ci,
         cc,
         AskObject {
@@ -431,57 +361,39 @@ fn identification_of_clients() {
     let mut c = running();
     // Wrong cluster name.
     let x = c.sim.add(None, Peer::default());
-    c.sim.poke::<Peer>(x, |_, out| {
-        out.connect(storage_addr(), 0);
-    });
-    c.sim.run();
-    let xc = c.sim.node::<Peer>(x).conns[0];
+    let xc = c.sim.connect(x, storage_addr());
     let mut r = identification(C1, 1.0);
     r.name = Bytes::from_static(b"alien");
-    let a = c.request(x, xc, r);
+    let a = c.sim.request(x, xc, r);
     assert_eq!(error_code(&a), Some(ErrorCode::ProtocolError));
     assert_eq!(c.sim.node::<Peer>(x).closed, [xc]);
     // A client the master has not announced yet waits for the
     // announcement.
     let y = c.sim.add(None, Peer::default());
-    c.sim.poke::<Peer>(y, |_, out| {
-        out.connect(storage_addr(), 0);
-    });
-    c.sim.run();
-    let yc = c.sim.node::<Peer>(y).conns[0];
+    let yc = c.sim.connect(y, storage_addr());
     let ts = c.ts + 1.0;
-    let id = c.ask(y, yc, identification(C2, ts));
-    assert!(c.answer(y, id).is_none());
+    let id = c.sim.ask(y, yc, identification(C2, ts));
+    assert!(c.sim.answer(y, yc, id).is_none());
     c.client_info(C2, NodeState::Running);
-    let a = c.answer(y, id).unwrap();
+    let a = c.sim.answer(y, yc, id).unwrap();
     assert!(matches!(a, Body::AcceptIdentification(_)), "{a:?}");
     // An older timestamp the master does not know: NOT_READY.
     let z = c.sim.add(None, Peer::default());
-    c.sim.poke::<Peer>(z, |_, out| {
-        out.connect(storage_addr(), 0);
-    });
-    c.sim.run();
-    let zc = c.sim.node::<Peer>(z).conns[0];
-    let a = c.request(z, zc, identification(C1, 1.0));
+    let zc = c.sim.connect(z, storage_addr());
+    let a = c.sim.request(z, zc, identification(C1, 1.0));
     assert_eq!(error_code(&a), Some(ErrorCode::NotReady));
 }
 
 #[test]
 fn not_ready_before_start_operation() {
-    let (mut sim, _m, _s, _mconn) = identified(MemoryBackend::new(false));
-    let x = sim.add(None, Peer::default());
-    sim.poke::<Peer>(x, |_, out| {
-        out.connect(storage_addr(), 0);
-    });
-    sim.run();
-    let xc = sim.node::<Peer>(x).conns[0];
-    let mut id = 0;
-    sim.poke::<Peer>(x, |_, out| id = out.ask(xc, identification(C1, 1.0)));
-    sim.run();
-    let p = &sim.node::<Peer>(x).inbox[0].1;
+    let mut c = identified(MemoryBackend::new(false));
+    let x = c.sim.add(None, Peer::default());
+    let xc = c.sim.connect(x, storage_addr());
+    let id = c.sim.ask(x, xc, identification(C1, 1.0));
+    let p = &c.sim.node::<Peer>(x).inbox[0].1;
     assert_eq!(p.id, id);
     assert_eq!(error_code(&p.body), Some(ErrorCode::NotReady));
-    assert_eq!(sim.node::<Peer>(x).closed, [xc]);
+    assert_eq!(c.sim.node::<Peer>(x).closed, [xc]);
 }
 
 #[test]
@@ -542,14 +454,16 @@ fn commit_then_loads_with_neo_semantics() {
     assert_eq!(error_code(&a), Some(ErrorCode::OidDoesNotExist));
     // Transaction metadata, tids, history.
     let Body::AnswerTransactionInformation(t) =
-        c.request(ci, cc, AskTransactionInformation { tid: t1 })
+        c.sim.request(ci, cc, AskTransactionInformation { tid: t1 })
     else {
         panic!()
     };
     assert_eq!((t.user.as_ref(), t.oid_list.len()), (&b"/ alice"[..], 2));
-    let a = c.request(ci, cc, AskTransactionInformation { tid: Tid(0x150) });
+    let a = c
+        .sim
+        .request(ci, cc, AskTransactionInformation { tid: Tid(0x150) });
     assert_eq!(error_code(&a), Some(ErrorCode::TidNotFound));
-    let a = c.request(
+    let a = c.sim.request(
         ci,
         cc,
         AskTIDs {
@@ -564,7 +478,7 @@ fn commit_then_loads_with_neo_semantics() {
             tid_list: vec![t2, t1]
         })
     );
-    let a = c.request(
+    let a = c.sim.request(
         ci,
         cc,
         AskTIDsFrom {
@@ -580,7 +494,7 @@ fn commit_then_loads_with_neo_semantics() {
             tid_list: vec![t1, t2]
         })
     );
-    let a = c.request(
+    let a = c.sim.request(
         ci,
         cc,
         AskObjectHistory {
@@ -596,7 +510,7 @@ fn commit_then_loads_with_neo_semantics() {
             history_list: vec![(t2, 7), (t1, 7)]
         })
     );
-    let a = c.request(
+    let a = c.sim.request(
         ci,
         cc,
         AskObjectHistory {
@@ -606,7 +520,7 @@ fn commit_then_loads_with_neo_semantics() {
         },
     );
     assert_eq!(error_code(&a), Some(ErrorCode::OidNotFound));
-    let a = c.request(
+    let a = c.sim.request(
         ci,
         cc,
         AskOIDsFrom {
@@ -623,10 +537,10 @@ fn commit_then_loads_with_neo_semantics() {
             oid_list: vec![Oid(1)]
         })
     );
-    let a = c.request(ci, cc, AskFinalTID { ttid: Tid(0x1f0) });
+    let a = c.sim.request(ci, cc, AskFinalTID { ttid: Tid(0x1f0) });
     assert_eq!(a, Body::AnswerFinalTID(AnswerFinalTID { tid: Some(t2) }));
     // Ping.
-    assert_eq!(c.request(ci, cc, Ping {}), Body::Pong(Pong {}));
+    assert_eq!(c.sim.request(ci, cc, Ping {}), Body::Pong(Pong {}));
 }
 
 #[test]
@@ -635,12 +549,12 @@ fn loads_wait_between_lock_and_unlock() {
     let (ci, cc) = c.client(C1);
     let (ttid, tid) = (Tid(0x10), Tid(0x14));
     assert_eq!(
-        c.request(ci, cc, obj(5, ZERO_TID, ttid, b"five")),
+        c.sim.request(ci, cc, obj(5, ZERO_TID, ttid, b"five")),
         stored(None)
     );
-    c.request(ci, cc, meta(ttid, &[5]));
+    c.sim.request(ci, cc, meta(ttid, &[5]));
     let (m, mconn) = (c.m, c.mconn);
-    c.request(
+    c.sim.request(
         m,
         mconn,
         AskLockInformation {
@@ -649,7 +563,7 @@ fn loads_wait_between_lock_and_unlock() {
             pack: false,
         },
     );
-    let id = c.ask(
+    let id = c.sim.ask(
         ci,
         cc,
         AskObject {
@@ -658,10 +572,13 @@ fn loads_wait_between_lock_and_unlock() {
             before: None,
         },
     );
-    assert!(c.answer(ci, id).is_none(), "the load must wait for unlock");
+    assert!(
+        c.sim.answer(ci, cc, id).is_none(),
+        "the load must wait for unlock"
+    );
     assert_eq!(c.storage().queued(), 1);
-    c.send(m, mconn, NotifyUnlockInformation { ttid });
-    let Some(Body::AnswerObject(o)) = c.answer(ci, id) else {
+    c.sim.send(m, mconn, NotifyUnlockInformation { ttid });
+    let Some(Body::AnswerObject(o)) = c.sim.answer(ci, cc, id) else {
         panic!()
     };
     assert_eq!((o.serial, o.data.as_ref()), (tid, &b"five"[..]));
@@ -678,10 +595,10 @@ fn conflicts_lock_waits_and_abort() {
     commit(&mut c, ci, cc, Tid(0xfc), t1, &[(2, ZERO_TID, b"b1")]);
     // A store based on an old serial conflicts with the last one.
     assert_eq!(
-        c.request(di, dc, obj(2, ZERO_TID, Tid(0x200), b"b2")),
+        c.sim.request(di, dc, obj(2, ZERO_TID, Tid(0x200), b"b2")),
         stored(Some(t1))
     );
-    c.send(
+    c.sim.send(
         di,
         dc,
         AbortTransaction {
@@ -692,12 +609,12 @@ fn conflicts_lock_waits_and_abort() {
     assert!(c.storage().transactions().is_empty());
     // Older transaction A holds the lock; younger B waits for it.
     let (ta, tb) = (Tid(0x300), Tid(0x400));
-    assert_eq!(c.request(ci, cc, obj(2, t1, ta, b"A")), stored(None));
-    let id = c.ask(di, dc, obj(2, t1, tb, b"B"));
-    assert!(c.answer(di, id).is_none());
+    assert_eq!(c.sim.request(ci, cc, obj(2, t1, ta, b"A")), stored(None));
+    let id = c.sim.ask(di, dc, obj(2, t1, tb, b"B"));
+    assert!(c.sim.answer(di, dc, id).is_none());
     // A aborts (from the client, then the master, as recorded): B gets
     // the lock and its store goes through.
-    c.send(
+    c.sim.send(
         ci,
         cc,
         AbortTransaction {
@@ -705,9 +622,9 @@ fn conflicts_lock_waits_and_abort() {
             uuid_list: vec![],
         },
     );
-    assert_eq!(c.answer(di, id), Some(stored(None)));
+    assert_eq!(c.sim.answer(di, dc, id), Some(stored(None)));
     let (m, mconn) = (c.m, c.mconn);
-    c.send(
+    c.sim.send(
         m,
         mconn,
         AbortTransaction {
@@ -715,8 +632,8 @@ fn conflicts_lock_waits_and_abort() {
             uuid_list: vec![],
         },
     );
-    c.request(di, dc, meta(tb, &[2]));
-    c.request(
+    c.sim.request(di, dc, meta(tb, &[2]));
+    c.sim.request(
         m,
         mconn,
         AskLockInformation {
@@ -725,7 +642,7 @@ fn conflicts_lock_waits_and_abort() {
             pack: false,
         },
     );
-    c.send(m, mconn, NotifyUnlockInformation { ttid: tb });
+    c.sim.send(m, mconn, NotifyUnlockInformation { ttid: tb });
     let Body::AnswerObject(o) = load(&mut c, ci, cc, 2, None, None) else {
         panic!()
     };
@@ -750,7 +667,7 @@ fn read_current_check() {
     );
     // Another transaction read oid 1 before t1: conflict, no lock taken.
     let (di, dc) = c.client(C2);
-    let a = c.request(
+    let a = c.sim.request(
         di,
         dc,
         AskCheckCurrentSerial {
@@ -764,8 +681,8 @@ fn read_current_check() {
         Body::AnswerCheckCurrentSerial(AnswerCheckCurrentSerial { conflict: Some(t1) })
     );
     let ttid = Tid(0x200);
-    assert_eq!(c.request(ci, cc, obj(2, t1, ttid, b"b2")), stored(None));
-    let a = c.request(
+    assert_eq!(c.sim.request(ci, cc, obj(2, t1, ttid, b"b2")), stored(None));
+    let a = c.sim.request(
         ci,
         cc,
         AskCheckCurrentSerial {
@@ -779,7 +696,7 @@ fn read_current_check() {
         Body::AnswerCheckCurrentSerial(AnswerCheckCurrentSerial { conflict: None })
     );
     // Now oid 1 is locked by 0x200: a younger check waits for it.
-    let id = c.ask(
+    let id = c.sim.ask(
         di,
         dc,
         AskCheckCurrentSerial {
@@ -788,8 +705,8 @@ fn read_current_check() {
             serial: t1,
         },
     );
-    assert!(c.answer(di, id).is_none());
-    c.send(
+    assert!(c.sim.answer(di, dc, id).is_none());
+    c.sim.send(
         ci,
         cc,
         AbortTransaction {
@@ -798,7 +715,7 @@ fn read_current_check() {
         },
     );
     assert_eq!(
-        c.answer(di, id),
+        c.sim.answer(di, dc, id),
         Some(Body::AnswerCheckCurrentSerial(AnswerCheckCurrentSerial {
             conflict: None
         }))
@@ -811,7 +728,7 @@ fn invalid_checksum_and_compression_are_protocol_errors() {
     let (ci, cc) = c.client(C1);
     let mut o = obj(1, ZERO_TID, Tid(0x10), b"data");
     o.checksum = Checksum([7; 20]);
-    let a = c.request(ci, cc, o);
+    let a = c.sim.request(ci, cc, o);
     assert_eq!(
         a,
         Body::Error(neo_proto::Error::new(
@@ -825,7 +742,7 @@ fn invalid_checksum_and_compression_are_protocol_errors() {
     let (di, dc) = c.client(C2);
     let mut o = obj(1, ZERO_TID, Tid(0x20), b"data");
     o.compression = 2;
-    let a = c.request(di, dc, o);
+    let a = c.sim.request(di, dc, o);
     assert_eq!(error_code(&a), Some(ErrorCode::ProtocolError));
 }
 
@@ -845,7 +762,7 @@ fn undo_serials_and_undo_of_a_creation() {
     );
     // Undo t2, as in conversation 02.
     let ttid = Tid(0x300);
-    let a = c.request(
+    let a = c.sim.request(
         ci,
         cc,
         AskObjectUndoSerial {
@@ -863,7 +780,7 @@ fn undo_serials_and_undo_of_a_creation() {
     // The undo stores: a backpointer to t1's data, and a deletion.
     let mut undo = obj(1, t2, ttid, b"a1");
     undo.data_serial = Some(t1);
-    assert_eq!(c.request(ci, cc, undo), stored(None));
+    assert_eq!(c.sim.request(ci, cc, undo), stored(None));
     let del = AskStoreObject {
         oid: Oid(4),
         serial: t2,
@@ -873,11 +790,11 @@ fn undo_serials_and_undo_of_a_creation() {
         data_serial: None,
         ttid,
     };
-    assert_eq!(c.request(ci, cc, del), stored(None));
-    c.request(ci, cc, meta(ttid, &[1, 4]));
+    assert_eq!(c.sim.request(ci, cc, del), stored(None));
+    c.sim.request(ci, cc, meta(ttid, &[1, 4]));
     let (m, mconn) = (c.m, c.mconn);
     let t3 = Tid(0x304);
-    c.request(
+    c.sim.request(
         m,
         mconn,
         AskLockInformation {
@@ -886,7 +803,7 @@ fn undo_serials_and_undo_of_a_creation() {
             pack: false,
         },
     );
-    c.send(m, mconn, NotifyUnlockInformation { ttid });
+    c.sim.send(m, mconn, NotifyUnlockInformation { ttid });
     let Body::AnswerObject(o) = load(&mut c, ci, cc, 1, None, None) else {
         panic!()
     };
@@ -907,10 +824,13 @@ fn deadlock_avoidance_relock() {
     let (di, dc) = c.client(C2);
     // Younger B (0x400) locks oid 3 first; older A (0x300) then stores it.
     let (ta, tb) = (Tid(0x300), Tid(0x400));
-    assert_eq!(c.request(di, dc, obj(3, ZERO_TID, tb, b"B")), stored(None));
-    let id = c.ask(ci, cc, obj(3, ZERO_TID, ta, b"A"));
-    assert!(c.answer(ci, id).is_none());
-    let n = c.notifications(di);
+    assert_eq!(
+        c.sim.request(di, dc, obj(3, ZERO_TID, tb, b"B")),
+        stored(None)
+    );
+    let id = c.sim.ask(ci, cc, obj(3, ZERO_TID, ta, b"A"));
+    assert!(c.sim.answer(ci, cc, id).is_none());
+    let n = c.sim.notifications(di);
     assert_eq!(
         n,
         [Body::NotifyDeadlock(NotifyDeadlock {
@@ -919,7 +839,7 @@ fn deadlock_avoidance_relock() {
         })]
     );
     // B relocks: A gets the lock, B waits for A.
-    let rid = c.ask(
+    let rid = c.sim.ask(
         di,
         dc,
         AskRelockObject {
@@ -927,13 +847,13 @@ fn deadlock_avoidance_relock() {
             oid: Oid(3),
         },
     );
-    assert_eq!(c.answer(ci, id), Some(stored(None)));
-    assert!(c.answer(di, rid).is_none());
+    assert_eq!(c.sim.answer(ci, cc, id), Some(stored(None)));
+    assert!(c.sim.answer(di, dc, rid).is_none());
     // A commits; B's relock gets the conflict with its data back.
-    c.request(ci, cc, meta(ta, &[3]));
+    c.sim.request(ci, cc, meta(ta, &[3]));
     let (m, mconn) = (c.m, c.mconn);
     let t = Tid(0x304);
-    c.request(
+    c.sim.request(
         m,
         mconn,
         AskLockInformation {
@@ -942,8 +862,8 @@ fn deadlock_avoidance_relock() {
             pack: false,
         },
     );
-    c.send(m, mconn, NotifyUnlockInformation { ttid: ta });
-    let Some(Body::AnswerRelockObject(r)) = c.answer(di, rid) else {
+    c.sim.send(m, mconn, NotifyUnlockInformation { ttid: ta });
+    let Some(Body::AnswerRelockObject(r)) = c.sim.answer(di, dc, rid) else {
         panic!()
     };
     let (serial, conflict, data) = r.conflict.unwrap();
@@ -957,20 +877,20 @@ fn stop_operation_and_shutdown() {
     let mut c = running();
     let (ci, cc) = c.client(C1);
     let (m, mconn) = (c.m, c.mconn);
-    c.send(m, mconn, StopOperation {});
+    c.sim.send(m, mconn, StopOperation {});
     assert!(!c.storage().is_operational());
     assert_eq!(c.sim.node::<Peer>(ci).closed, [cc]);
     // Back to initialization: start again with the stored table.
     start(&mut c, false);
     // STOPPING, then told it is DOWN: exits (conversation 03).
-    c.send(
+    c.sim.send(
         m,
         mconn,
         NotifyClusterInformation {
             state: ClusterState::Stopping,
         },
     );
-    c.send(
+    c.sim.send(
         m,
         mconn,
         NotifyNodeInformation {
@@ -1015,16 +935,16 @@ fn commits_until_crash(c: &mut Cluster, ci: usize, cc: ConnId) -> Vec<(Tid, Tid)
         let ttid = Tid(0x1000 + 0x100 * i);
         let tid = Tid(ttid.0 + u64::from(NP));
         let data = format!("root {i}");
-        let id = c.ask(ci, cc, obj(0, last, ttid, data.as_bytes()));
-        if c.answer(ci, id) != Some(stored(None)) {
+        let id = c.sim.ask(ci, cc, obj(0, last, ttid, data.as_bytes()));
+        if c.sim.answer(ci, cc, id) != Some(stored(None)) {
             return locked;
         }
-        let id = c.ask(ci, cc, meta(ttid, &[0]));
-        if c.answer(ci, id).is_none() {
+        let id = c.sim.ask(ci, cc, meta(ttid, &[0]));
+        if c.sim.answer(ci, cc, id).is_none() {
             return locked;
         }
         let (m, mconn) = (c.m, c.mconn);
-        let id = c.ask(
+        let id = c.sim.ask(
             m,
             mconn,
             AskLockInformation {
@@ -1033,11 +953,11 @@ fn commits_until_crash(c: &mut Cluster, ci: usize, cc: ConnId) -> Vec<(Tid, Tid)
                 pack: false,
             },
         );
-        match c.answer(m, id) {
+        match c.sim.answer(m, mconn, id) {
             Some(Body::AnswerInformationLocked(_)) => locked.push((ttid, tid)),
             _ => return locked,
         }
-        c.send(m, mconn, NotifyUnlockInformation { ttid });
+        c.sim.send(m, mconn, NotifyUnlockInformation { ttid });
         if i % 2 == 1 {
             c.sim.advance(ms(1100)); // the deferred commit
         }
@@ -1052,20 +972,15 @@ fn commits_until_crash(c: &mut Cluster, ci: usize, cc: ConnId) -> Vec<(Tid, Tid)
 /// After a restart, NEO's recovery: the master validates the locked
 /// transactions, then every answered lock must be visible.
 fn check_recovered<B: Backend + Send + 'static>(db: B, locked: &[(Tid, Tid)]) {
-    let (sim, m, s, mconn) = identified(db);
-    let mut c = Cluster {
-        sim,
-        m,
-        s,
-        mconn,
-        ts: 1000.0,
-    };
-    let Body::AnswerLockedTransactions(l) = c.request(m, mconn, AskLockedTransactions {}) else {
+    let mut c = identified(db);
+    let (m, mconn, s) = (c.m, c.mconn, c.s);
+    let Body::AnswerLockedTransactions(l) = c.sim.request(m, mconn, AskLockedTransactions {})
+    else {
         panic!()
     };
     for (ttid, tid) in l.tid_dict.iter() {
         if let Some(tid) = tid {
-            c.send(
+            c.sim.send(
                 m,
                 mconn,
                 ValidateTransaction {
@@ -1075,14 +990,14 @@ fn check_recovered<B: Backend + Send + 'static>(db: B, locked: &[(Tid, Tid)]) {
             );
         }
     }
-    c.send(
+    c.sim.send(
         m,
         mconn,
         NotifyClusterInformation {
             state: ClusterState::Running,
         },
     );
-    c.send(m, mconn, StartOperation { backup: false });
+    c.sim.send(m, mconn, StartOperation { backup: false });
     let node = c.sim.node_mut::<StorageNode<B>>(s);
     assert!(node.is_operational());
     let db = node.db_mut();
@@ -1134,23 +1049,9 @@ fn sqlite_reopened_after_a_crash_keeps_locked_transactions() {
     let path = dir.path().join("s1.sqlite");
     let locked = {
         let db = SqliteBackend::open(&path, &SqliteOptions::default()).unwrap();
-        let (sim, m, s, mconn) = identified(db);
-        let mut c = Cluster {
-            sim,
-            m,
-            s,
-            mconn,
-            ts: 1000.0,
-        };
+        let mut c = identified(db);
         start_with::<SqliteBackend>(&mut c);
-        let ts = c.client_info(C1, NodeState::Running);
-        let ci = c.sim.add(None, Peer::default());
-        c.sim.poke::<Peer>(ci, |_, out| {
-            out.connect(storage_addr(), 0);
-        });
-        c.sim.run();
-        let cc = c.sim.node::<Peer>(ci).conns[0];
-        c.request(ci, cc, identification(C1, ts));
+        let (ci, cc) = c.client(C1);
         let locked = commits_until_sqlite(&mut c, ci, cc);
         // The process dies: nothing more is committed (the unlock of the
         // last transaction was not).
@@ -1165,11 +1066,11 @@ fn sqlite_reopened_after_a_crash_keeps_locked_transactions() {
 /// `start` for a node of another backend type.
 fn start_with<B: Backend + Send + 'static>(c: &mut Cluster) {
     let (m, mconn) = (c.m, c.mconn);
-    c.request(m, mconn, AskRecovery {});
-    c.send(m, mconn, full_pt(1));
-    c.request(m, mconn, AskLockedTransactions {});
-    c.request(m, mconn, AskLastIDs {});
-    c.send(m, mconn, StartOperation { backup: false });
+    c.sim.request(m, mconn, AskRecovery {});
+    c.sim.send(m, mconn, full_pt(1));
+    c.sim.request(m, mconn, AskLockedTransactions {});
+    c.sim.request(m, mconn, AskLastIDs {});
+    c.sim.send(m, mconn, StartOperation { backup: false });
     assert!(c.sim.node::<StorageNode<B>>(c.s).is_operational());
 }
 
@@ -1179,10 +1080,13 @@ fn commits_until_sqlite(c: &mut Cluster, ci: usize, cc: ConnId) -> Vec<(Tid, Tid
     for i in 0..3u64 {
         let ttid = Tid(0x1000 + 0x100 * i);
         let tid = Tid(ttid.0 + u64::from(NP));
-        assert_eq!(c.request(ci, cc, obj(0, last, ttid, b"x")), stored(None));
-        c.request(ci, cc, meta(ttid, &[0]));
+        assert_eq!(
+            c.sim.request(ci, cc, obj(0, last, ttid, b"x")),
+            stored(None)
+        );
+        c.sim.request(ci, cc, meta(ttid, &[0]));
         let (m, mconn) = (c.m, c.mconn);
-        let a = c.request(
+        let a = c.sim.request(
             m,
             mconn,
             AskLockInformation {
@@ -1193,7 +1097,7 @@ fn commits_until_sqlite(c: &mut Cluster, ci: usize, cc: ConnId) -> Vec<(Tid, Tid
         );
         assert!(matches!(a, Body::AnswerInformationLocked(_)));
         locked.push((ttid, tid));
-        c.send(m, mconn, NotifyUnlockInformation { ttid });
+        c.sim.send(m, mconn, NotifyUnlockInformation { ttid });
         last = tid;
     }
     locked
@@ -1203,82 +1107,36 @@ fn commits_until_sqlite(c: &mut Cluster, ci: usize, cc: ConnId) -> Vec<(Tid, Tid
 /// scripted client committing through both.
 #[test]
 fn with_the_real_master() {
-    use crate::master::{Master, MasterConfig};
+    let spec = ClusterSpec::new("test", master_addr().port()).partitions(NP);
     let mut sim = Sim::new();
-    let m = sim.add(
-        Some(master_addr()),
-        Master::new(MasterConfig {
-            cluster: "test".into(),
-            address: Address::new("127.0.0.1", 31000),
-            partitions: NP,
-            replicas: 0,
-            autostart: Some(1),
-            nid: None,
-        })
-        .unwrap(),
-    );
-    let s = sim.add(
-        Some(storage_addr()),
-        StorageNode::new(config(), MemoryBackend::new(false)).unwrap(),
-    );
-    sim.advance(ms(100));
-    assert!(sim.node::<Mem>(s).is_operational());
-    assert_eq!(sim.node::<Master>(m).cluster_state(), ClusterState::Running);
+    let storage = |_| StorageNode::new(config(), MemoryBackend::new(false)).unwrap();
+    let (m, s) = spec.start(&mut sim, [storage_addr().port()], storage, ms(100));
+    assert!(sim.node::<Mem>(s[0]).is_operational());
     // A client identifies with the master, then with the storage.
     let ci = sim.add(None, Peer::default());
-    sim.poke::<Peer>(ci, |_, out| {
-        out.connect(master_addr(), 0);
-    });
-    sim.run();
-    let mc = sim.node::<Peer>(ci).conns[0];
+    let ident = testkit::identification(NodeType::Client, "test", None);
+    let (mc, me, ts) = sim.join(ci, master_addr(), ident).expect("a client");
+    let sc = sim.attach(ci, storage_addr(), identification(me, ts));
     let mut c = Cluster {
         sim,
         m,
-        s,
+        s: s[0],
         mconn: 0,
         ts: 0.0,
     };
-    let r = RequestIdentification {
-        node_type: NodeType::Client,
-        uuid: None,
-        address: None,
-        name: Bytes::from_static(b"test"),
-        id_timestamp: None,
-        extra: Map::new(),
-    };
-    let Body::AcceptIdentification(a) = c.request(ci, mc, r) else {
-        panic!()
-    };
-    let me = a.your_uuid.unwrap();
-    let ts = c
-        .notifications(ci)
-        .iter()
-        .filter_map(|b| match b {
-            Body::NotifyNodeInformation(n) => n.node_list.iter().find(|i| i.uuid == Some(me)),
-            _ => None,
-        })
-        .find_map(|i| i.id_timestamp)
-        .expect("our id timestamp");
-    c.sim.poke::<Peer>(ci, |_, out| {
-        out.connect(storage_addr(), 0);
-    });
-    c.sim.run();
-    let sc = c.sim.node::<Peer>(ci).conns[1];
-    let a = c.request(ci, sc, identification(me, ts));
-    assert!(matches!(a, Body::AcceptIdentification(_)), "{a:?}");
     // A commit: begin with the master, store and vote on the storage,
     // finish with the master (which locks and unlocks on the storage).
-    let Body::AnswerBeginTransaction(b) = c.request(ci, mc, AskBeginTransaction { tid: None })
+    let Body::AnswerBeginTransaction(b) = c.sim.request(ci, mc, AskBeginTransaction { tid: None })
     else {
         panic!()
     };
     let ttid = b.ttid;
     assert_eq!(
-        c.request(ci, sc, obj(0, ZERO_TID, ttid, b"root")),
+        c.sim.request(ci, sc, obj(0, ZERO_TID, ttid, b"root")),
         stored(None)
     );
-    c.request(ci, sc, meta(ttid, &[0]));
-    let a = c.request(
+    c.sim.request(ci, sc, meta(ttid, &[0]));
+    let a = c.sim.request(
         ci,
         mc,
         AskFinishTransaction {
@@ -1296,7 +1154,7 @@ fn with_the_real_master() {
         panic!()
     };
     assert_eq!((o.serial, o.data.as_ref()), (f.tid, &b"root"[..]));
-    let Body::AnswerLastTransaction(l) = c.request(ci, mc, AskLastTransaction {}) else {
+    let Body::AnswerLastTransaction(l) = c.sim.request(ci, mc, AskLastTransaction {}) else {
         panic!()
     };
     assert_eq!(l.tid, f.tid);
@@ -1324,7 +1182,7 @@ fn serves_replication_and_checks() {
     c.ts += 1.0;
     let ts = c.ts;
     let (m, mconn) = (c.m, c.mconn);
-    c.send(
+    c.sim.send(
         m,
         mconn,
         NotifyNodeInformation {
@@ -1339,18 +1197,14 @@ fn serves_replication_and_checks() {
         },
     );
     let p = c.sim.add(None, Peer::default());
-    c.sim.poke::<Peer>(p, |_, out| {
-        out.connect(storage_addr(), 0);
-    });
-    c.sim.run();
-    let pc = c.sim.node::<Peer>(p).conns[0];
+    let pc = c.sim.connect(p, storage_addr());
     let mut r = identification(s2, ts);
     r.node_type = NodeType::Storage;
     r.address = Some(Address::new("127.0.0.1", 31111));
-    let a = c.request(p, pc, r);
+    let a = c.sim.request(p, pc, r);
     assert!(matches!(a, Body::AcceptIdentification(_)), "{a:?}");
     // Transactions of partition 0: S2 has t1 and an unknown 0x4 already.
-    let id = c.ask(
+    let id = c.sim.ask(
         p,
         pc,
         AskFetchTransactions {
@@ -1383,7 +1237,7 @@ fn serves_replication_and_checks() {
         (None, &[Tid(4)][..], Some(ZERO_TID))
     );
     // Objects of partition 1, 2 at a time: S2 has (t1, 1) already.
-    let id = c.ask(
+    let id = c.sim.ask(
         p,
         pc,
         AskFetchObjects {
@@ -1416,7 +1270,7 @@ fn serves_replication_and_checks() {
         (Some(t2), Some(Oid(1)), 0)
     );
     // Checks.
-    let a = c.request(
+    let a = c.sim.request(
         p,
         pc,
         AskCheckTIDRange {
@@ -1434,7 +1288,7 @@ fn serves_replication_and_checks() {
         r.checksum.0,
         crate::storage::hash_decimal_list([t1.0, t2.0])
     );
-    let a = c.request(
+    let a = c.sim.request(
         p,
         pc,
         AskCheckSerialRange {
@@ -1459,9 +1313,9 @@ fn truncate_during_recovery() {
     commit(&mut c, ci, cc, Tid(0xfc), t1, &[(0, ZERO_TID, b"r1")]);
     commit(&mut c, ci, cc, Tid(0x1fc), t2, &[(0, t1, b"r2")]);
     let (m, mconn) = (c.m, c.mconn);
-    c.send(m, mconn, StopOperation {});
-    c.send(m, mconn, Truncate { tid: t1 });
-    let a = c.request(m, mconn, AskRecovery {});
+    c.sim.send(m, mconn, StopOperation {});
+    c.sim.send(m, mconn, Truncate { tid: t1 });
+    let a = c.sim.request(m, mconn, AskRecovery {});
     assert_eq!(
         a,
         Body::AnswerRecovery(AnswerRecovery {
@@ -1471,7 +1325,7 @@ fn truncate_during_recovery() {
         })
     );
     // AskLastIDs applies the truncation.
-    let a = c.request(m, mconn, AskLastIDs {});
+    let a = c.sim.request(m, mconn, AskLastIDs {});
     let Body::AnswerLastIDs(ids) = a else {
         panic!("{a:?}")
     };
@@ -1479,11 +1333,11 @@ fn truncate_during_recovery() {
         (ids.last_tid, ids.last_oid, ids.first_tid),
         (Some(t1), Some(Oid(0)), Some(t1))
     );
-    let Body::AnswerRecovery(r) = c.request(m, mconn, AskRecovery {}) else {
+    let Body::AnswerRecovery(r) = c.sim.request(m, mconn, AskRecovery {}) else {
         panic!()
     };
     assert_eq!(r.truncate_tid, None);
-    c.send(m, mconn, StartOperation { backup: false });
+    c.sim.send(m, mconn, StartOperation { backup: false });
     let (ci, cc) = c.client(C2);
     let Body::AnswerObject(o) = load(&mut c, ci, cc, 0, None, None) else {
         panic!()
@@ -1495,9 +1349,9 @@ fn truncate_during_recovery() {
 fn wrong_partition_table_id_drops_the_master() {
     let mut c = running();
     let (m, mconn) = (c.m, c.mconn);
-    let id = c.ask(m, mconn, Ping {});
-    assert_eq!(c.answer(m, id), Some(Body::Pong(Pong {})));
-    c.send(
+    let id = c.sim.ask(m, mconn, Ping {});
+    assert_eq!(c.sim.answer(m, mconn, id), Some(Body::Pong(Pong {})));
+    c.sim.send(
         m,
         mconn,
         NotifyPartitionChanges {
@@ -1506,7 +1360,7 @@ fn wrong_partition_table_id_drops_the_master() {
             cell_list: vec![],
         },
     );
-    let n = c.notifications(m);
+    let n = c.sim.notifications(m);
     assert!(n.is_empty(), "{n:?}");
     let errors: Vec<_> = std::mem::take(&mut c.sim.node_mut::<Peer>(m).inbox)
         .into_iter()
@@ -1528,17 +1382,17 @@ fn discarded_partition_releases_locks_and_data() {
     let (ci, cc) = c.client(C1);
     let ta = Tid(0x100);
     assert_eq!(
-        c.request(ci, cc, obj(1, ZERO_TID, ta, b"one")),
+        c.sim.request(ci, cc, obj(1, ZERO_TID, ta, b"one")),
         stored(None)
     );
     assert_eq!(
-        c.request(ci, cc, obj(2, ZERO_TID, ta, b"two")),
+        c.sim.request(ci, cc, obj(2, ZERO_TID, ta, b"two")),
         stored(None)
     );
     // Partition 1 moves to S2: our cell is discarded.
     let s2 = NodeId::new(NodeType::Storage, 2);
     let (m, mconn) = (c.m, c.mconn);
-    c.send(
+    c.sim.send(
         m,
         mconn,
         NotifyPartitionChanges {
@@ -1555,7 +1409,7 @@ fn discarded_partition_releases_locks_and_data() {
     assert_eq!(c.storage().transactions().locking_tid(Oid(1)), None);
     // Stores to a partition we do not have anymore are ignored (ZERO_TID).
     assert_eq!(
-        c.request(ci, cc, obj(5, ZERO_TID, Tid(0x200), b"x")),
+        c.sim.request(ci, cc, obj(5, ZERO_TID, Tid(0x200), b"x")),
         stored(Some(ZERO_TID))
     );
     let a = load(&mut c, ci, cc, 1, None, None);
@@ -1579,23 +1433,9 @@ fn discarded_partition_releases_locks_and_data() {
 fn commit_rate() {
     let dir = tempfile::tempdir().unwrap();
     let db = SqliteBackend::open(&dir.path().join("s.sqlite"), &SqliteOptions::default()).unwrap();
-    let (sim, m, s, mconn) = identified(db);
-    let mut c = Cluster {
-        sim,
-        m,
-        s,
-        mconn,
-        ts: 1000.0,
-    };
+    let mut c = identified(db);
     start_with::<SqliteBackend>(&mut c);
-    let ts = c.client_info(C1, NodeState::Running);
-    let ci = c.sim.add(None, Peer::default());
-    c.sim.poke::<Peer>(ci, |_, out| {
-        out.connect(storage_addr(), 0);
-    });
-    c.sim.run();
-    let cc = c.sim.node::<Peer>(ci).conns[0];
-    c.request(ci, cc, identification(C1, ts));
+    let (ci, cc) = c.client(C1);
     let n = 300u64;
     let data = [b'x'; 100];
     let t0 = std::time::Instant::now();
@@ -1643,17 +1483,19 @@ fn vote_without_metadata() {
     let (ci, cc) = c.client(C1);
     let (ttid, tid) = (Tid(0x100), Tid(0x104));
     assert_eq!(
-        c.request(ci, cc, obj(3, ZERO_TID, ttid, b"three")),
+        c.sim.request(ci, cc, obj(3, ZERO_TID, ttid, b"three")),
         stored(None)
     );
-    let a = c.request(ci, cc, AskVoteTransaction { ttid });
+    let a = c.sim.request(ci, cc, AskVoteTransaction { ttid });
     assert_eq!(a, Body::AnswerVoteTransaction(AnswerVoteTransaction {}));
     // A vote for an unknown transaction is a protocol error.
     let (di, dc) = c.client(C2);
-    let a = c.request(di, dc, AskVoteTransaction { ttid: Tid(0x999) });
+    let a = c
+        .sim
+        .request(di, dc, AskVoteTransaction { ttid: Tid(0x999) });
     assert_eq!(error_code(&a), Some(ErrorCode::ProtocolError));
     let (m, mconn) = (c.m, c.mconn);
-    let a = c.request(
+    let a = c.sim.request(
         m,
         mconn,
         AskLockInformation {
@@ -1669,7 +1511,7 @@ fn vote_without_metadata() {
     // Voted objects are in tobj: recovery would report the ttid unlocked.
     let unfinished = c.storage().db_mut().unfinished_transactions().unwrap();
     assert_eq!(unfinished.get(&ttid), Some(&None));
-    c.send(m, mconn, NotifyUnlockInformation { ttid });
+    c.sim.send(m, mconn, NotifyUnlockInformation { ttid });
     let Body::AnswerObject(o) = load(&mut c, ci, cc, 3, None, None) else {
         panic!()
     };

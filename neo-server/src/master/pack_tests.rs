@@ -45,21 +45,14 @@ fn signed(sim: &Sim, st: usize) -> Vec<p::NotifyPackSigned> {
 #[test]
 fn wait_for_pack_is_answered_once_the_storages_completed_it() {
     let mut sim = Sim::new();
-    let m = add_master(&mut sim, 4, 1);
-    let s1 = sim.add(None, Fake::storage(None, 31100, StorageScript::empty()));
-    let s2 = sim.add(None, Fake::storage(None, 31101, StorageScript::empty()));
-    let ad = sim.add(None, Fake::new(NodeType::Admin, None, Some(31200), "test"));
-    sim.run();
-    ask(
+    let (_, st, _) = running(
         &mut sim,
-        ad,
-        p::SetClusterState {
-            state: ClusterState::Verifying,
-        },
+        4,
+        1,
+        &[StorageScript::empty(), StorageScript::empty()],
     );
-    assert_eq!(sim.node::<Master>(m).cluster_state(), ClusterState::Running);
-    let cl = sim.add(None, Fake::new(NodeType::Client, None, None, "test"));
-    sim.run();
+    let (s1, s2) = (st[0], st[1]);
+    let cl = client(&mut sim);
     let ttid = begin(&mut sim, cl);
     let t1 = finish(&mut sim, cl, ttid, &[0], None);
     sim.node_mut::<Fake>(s1).take();

@@ -273,21 +273,36 @@ fn up(n: u32) -> Cell {
     }
 }
 
-/// Master + one storage + admin, started with `neoctl start`: the packets
-/// of 01-bootstrap. Returns (master, storage, admin).
-fn bootstrap(sim: &mut Sim, np: u32) -> (usize, usize, usize) {
-    let m = add_master(sim, np, 0);
-    let st = sim.add(None, Fake::storage(None, 31100, StorageScript::empty()));
-    sim.run();
+/// A storage with an empty database, at `port`.
+fn empty_storage(port: u16) -> Fake {
+    Fake::storage(None, port, StorageScript::empty())
+}
+
+/// The admin (port 31200), connected and identified.
+fn admin(sim: &mut Sim) -> usize {
     let ad = sim.add(None, Fake::new(NodeType::Admin, None, Some(31200), "test"));
     sim.run();
-    let id = ask(
-        sim,
-        ad,
-        p::SetClusterState {
-            state: ClusterState::Verifying,
-        },
-    );
+    ad
+}
+
+/// A client, connected and identified.
+fn client(sim: &mut Sim) -> usize {
+    let cl = sim.add(None, Fake::new(NodeType::Client, None, None, "test"));
+    sim.run();
+    cl
+}
+
+/// `neoctl start` from admin `ad`: the request's id.
+fn neoctl_start(sim: &mut Sim, ad: usize) -> u32 {
+    let start = p::SetClusterState {
+        state: ClusterState::Verifying,
+    };
+    ask(sim, ad, start)
+}
+
+/// `neoctl start` acknowledged: master `m` runs.
+fn start(sim: &mut Sim, m: usize, ad: usize) {
+    let id = neoctl_start(sim, ad);
     let answer = fake(sim, ad)
         .log
         .iter()
@@ -297,7 +312,54 @@ fn bootstrap(sim: &mut Sim, np: u32) -> (usize, usize, usize) {
         answer.body,
         Body::Error(p::Error::new(ErrorCode::Ack, "Cluster state changed"))
     );
+    assert_eq!(sim.node::<Master>(m).cluster_state(), ClusterState::Running);
+}
+
+/// Master + one storage + admin, started with `neoctl start`: the packets
+/// of 01-bootstrap. Returns (master, storage, admin).
+fn bootstrap(sim: &mut Sim, np: u32) -> (usize, usize, usize) {
+    let m = add_master(sim, np, 0);
+    let st = sim.add(None, empty_storage(31100));
+    sim.run();
+    let ad = admin(sim);
+    start(sim, m, ad);
     (m, st, ad)
+}
+
+/// A master with `np` partitions and `nr` replicas, a storage per script
+/// (ports from 31100) and the admin, started: (master, storages, admin).
+fn running(
+    sim: &mut Sim,
+    np: u32,
+    nr: u32,
+    scripts: &[StorageScript],
+) -> (usize, Vec<usize>, usize) {
+    let m = add_master(sim, np, nr);
+    let storages = (31100..)
+        .zip(scripts)
+        .map(|(port, sc)| sim.add(None, Fake::storage(None, port, sc.clone())))
+        .collect();
+    let ad = admin(sim);
+    start(sim, m, ad);
+    (m, storages, ad)
+}
+
+/// The id of the last AskLockInformation storage `st` got.
+fn lock_asked(sim: &Sim, st: usize) -> u32 {
+    fake(sim, st)
+        .log
+        .iter()
+        .rev()
+        .find(|p| matches!(p.body, Body::AskLockInformation(_)))
+        .map(|p| p.id)
+        .expect("lock asked")
+}
+
+/// Storage `st` answers lock request `id` of transaction `ttid`.
+fn answer_lock(sim: &mut Sim, st: usize, id: u32, ttid: Tid) {
+    let locked = p::AnswerInformationLocked { ttid };
+    sim.poke::<Fake>(st, |f, out| out.answer(f.conn.unwrap(), id, locked));
+    sim.run();
 }
 
 #[test]
@@ -438,13 +500,7 @@ fn bootstrap_to_running_like_01() {
         Body::AnswerPrimary(p::AnswerPrimary { primary_uuid: m1() })
     );
     // A second start is refused.
-    ask(
-        &mut sim,
-        ad,
-        p::SetClusterState {
-            state: ClusterState::Verifying,
-        },
-    );
+    neoctl_start(&mut sim, ad);
     assert_eq!(
         last(&sim, ad).body,
         Body::Error(p::Error::new(
@@ -458,15 +514,8 @@ fn bootstrap_to_running_like_01() {
 fn start_refused_without_storage() {
     let mut sim = Sim::new();
     add_master(&mut sim, 4, 0);
-    let ad = sim.add(None, Fake::new(NodeType::Admin, None, Some(31200), "test"));
-    sim.run();
-    ask(
-        &mut sim,
-        ad,
-        p::SetClusterState {
-            state: ClusterState::Verifying,
-        },
-    );
+    let ad = admin(&mut sim);
+    neoctl_start(&mut sim, ad);
     assert_eq!(
         last(&sim, ad).body,
         Body::Error(p::Error::new(
@@ -498,8 +547,7 @@ fn wrong_cluster_name_refused() {
     // Nothing was registered.
     assert_eq!(sim.node::<Master>(m).nodes().len(), 1);
     // A client before the cluster runs: NOT_READY.
-    let cl = sim.add(None, Fake::new(NodeType::Client, None, None, "test"));
-    sim.run();
+    let cl = client(&mut sim);
     assert_eq!(
         last(&sim, cl).body,
         Body::Error(p::Error::new(ErrorCode::NotReady, "Retry Later"))
@@ -513,8 +561,7 @@ fn commit_with_two_clients_like_02() {
     let (_m, st, ad) = bootstrap(&mut sim, 4);
     sim.node_mut::<Fake>(st).take();
     sim.node_mut::<Fake>(ad).take();
-    let c1 = sim.add(None, Fake::new(NodeType::Client, None, None, "test"));
-    sim.run();
+    let c1 = client(&mut sim);
     // 02 lines 8-12: the storage and the admin hear of C1, C1 gets its id,
     // the nodes, the partition table.
     assert_eq!(fake(&sim, st).names(), [(10, "NotifyNodeInformation")]);
@@ -535,8 +582,7 @@ fn commit_with_two_clients_like_02() {
     assert!(nni.node_list.iter().all(|n| n.node_type != NodeType::Admin));
     assert!(nni.node_list.iter().any(|n| n.uuid == Some(s(1))));
 
-    let c2 = sim.add(None, Fake::new(NodeType::Client, None, None, "test"));
-    sim.run();
+    let c2 = client(&mut sim);
     let Body::AcceptIdentification(acc) = &fake(&sim, c2).log[0].body else {
         panic!()
     };
@@ -666,8 +712,7 @@ fn commit_with_two_clients_like_02() {
     assert_eq!(nni.node_list[0].uuid, Some(c(1)));
     assert_eq!(nni.node_list[0].state, NodeState::Unknown);
     // The id is free again.
-    let c3 = sim.add(None, Fake::new(NodeType::Client, None, None, "test"));
-    sim.run();
+    let c3 = client(&mut sim);
     let Body::AcceptIdentification(acc) = &fake(&sim, c3).log[0].body else {
         panic!()
     };
@@ -677,21 +722,10 @@ fn commit_with_two_clients_like_02() {
 #[test]
 fn commits_wait_for_every_lock_and_read_only_clients() {
     let mut sim = Sim::new();
-    let m = add_master(&mut sim, 2, 1);
     let mut script = StorageScript::empty();
     script.auto_lock = false;
-    let s1 = sim.add(None, Fake::storage(None, 31100, script.clone()));
-    let s2 = sim.add(None, Fake::storage(None, 31101, script));
-    let ad = sim.add(None, Fake::new(NodeType::Admin, None, Some(31200), "test"));
-    sim.run();
-    ask(
-        &mut sim,
-        ad,
-        p::SetClusterState {
-            state: ClusterState::Verifying,
-        },
-    );
-    assert_eq!(sim.node::<Master>(m).cluster_state(), ClusterState::Running);
+    let (m, st, _) = running(&mut sim, 2, 1, &[script.clone(), script]);
+    let (s1, s2) = (st[0], st[1]);
     assert_eq!(
         sim.node::<Master>(m).pt().row_list(),
         vec![vec![up(1), up(2)]; 2]
@@ -728,32 +762,10 @@ fn commits_wait_for_every_lock_and_read_only_clients() {
         },
     );
     // Both storages are asked; nothing is answered before both lock.
-    let lock_of = |sim: &Sim, i: usize| {
-        fake(sim, i)
-            .log
-            .iter()
-            .find(|p| matches!(p.body, Body::AskLockInformation(_)))
-            .map(|p| p.id)
-            .expect("AskLockInformation")
-    };
-    let (l1, l2) = (lock_of(&sim, s1), lock_of(&sim, s2));
-    sim.poke::<Fake>(s1, |f, out| {
-        out.answer(
-            f.conn.unwrap(),
-            l1,
-            p::AnswerInformationLocked { ttid: b.ttid },
-        )
-    });
-    sim.run();
+    let (l1, l2) = (lock_asked(&sim, s1), lock_asked(&sim, s2));
+    answer_lock(&mut sim, s1, l1, b.ttid);
     assert_ne!(last(&sim, c1).id, fin);
-    sim.poke::<Fake>(s2, |f, out| {
-        out.answer(
-            f.conn.unwrap(),
-            l2,
-            p::AnswerInformationLocked { ttid: b.ttid },
-        )
-    });
-    sim.run();
+    answer_lock(&mut sim, s2, l2, b.ttid);
     assert_eq!(last(&sim, c1).id, fin);
     assert!(matches!(
         last(&sim, c1).body,
@@ -766,19 +778,13 @@ fn commits_wait_for_every_lock_and_read_only_clients() {
 #[test]
 fn storage_lost_outdates_then_stops_and_restarts() {
     let mut sim = Sim::new();
-    let m = add_master(&mut sim, 4, 1);
-    let s1 = sim.add(None, Fake::storage(None, 31100, StorageScript::empty()));
-    let s2 = sim.add(None, Fake::storage(None, 31101, StorageScript::empty()));
-    let ad = sim.add(None, Fake::new(NodeType::Admin, None, Some(31200), "test"));
-    sim.run();
-    ask(
+    let (m, st, ad) = running(
         &mut sim,
-        ad,
-        p::SetClusterState {
-            state: ClusterState::Verifying,
-        },
+        4,
+        1,
+        &[StorageScript::empty(), StorageScript::empty()],
     );
-    assert_eq!(sim.node::<Master>(m).cluster_state(), ClusterState::Running);
+    let (s1, s2) = (st[0], st[1]);
     sim.node_mut::<Fake>(s1).take();
     sim.node_mut::<Fake>(ad).take();
 
@@ -918,10 +924,9 @@ fn shutdown_like_03() {
 fn admin_kill_add_and_tweak() {
     let mut sim = Sim::new();
     let m = add_master(&mut sim, 4, 1);
-    let s1 = sim.add(None, Fake::storage(None, 31100, StorageScript::empty()));
-    let s2 = sim.add(None, Fake::storage(None, 31101, StorageScript::empty()));
-    let ad = sim.add(None, Fake::new(NodeType::Admin, None, Some(31200), "test"));
-    sim.run();
+    let s1 = sim.add(None, empty_storage(31100));
+    let s2 = sim.add(None, empty_storage(31101));
+    let ad = admin(&mut sim);
     ask(&mut sim, ad, p::AddPendingNodes { uuid_list: vec![] });
     assert_eq!(
         last(&sim, ad).body,
@@ -930,16 +935,10 @@ fn admin_kill_add_and_tweak() {
             "addPendingNodes RPC can not be used in RECOVERING state"
         ))
     );
-    ask(
-        &mut sim,
-        ad,
-        p::SetClusterState {
-            state: ClusterState::Verifying,
-        },
-    );
+    start(&mut sim, m, ad);
 
     // A third storage joins a running cluster: PENDING, then added.
-    let s3 = sim.add(None, Fake::storage(None, 31102, StorageScript::empty()));
+    let s3 = sim.add(None, empty_storage(31102));
     sim.run();
     assert_eq!(
         sim.node::<Master>(m).nodes().state(s(3)),
@@ -1075,8 +1074,7 @@ fn autostart_and_storage_lost_during_commit() {
     sim.run();
     assert_eq!(sim.node::<Master>(m).cluster_state(), ClusterState::Running);
 
-    let c1 = sim.add(None, Fake::new(NodeType::Client, None, None, "test"));
-    sim.run();
+    let c1 = client(&mut sim);
     ask(&mut sim, c1, p::AskBeginTransaction { tid: None });
     let Body::AnswerBeginTransaction(b) = last(&sim, c1).body.clone() else {
         panic!()
@@ -1092,21 +1090,8 @@ fn autostart_and_storage_lost_during_commit() {
             pack: None,
         },
     );
-    let lock = fake(&sim, s1)
-        .log
-        .iter()
-        .rev()
-        .find(|p| matches!(p.body, Body::AskLockInformation(_)))
-        .map(|p| p.id)
-        .expect("lock asked");
-    sim.poke::<Fake>(s1, |f, out| {
-        out.answer(
-            f.conn.unwrap(),
-            lock,
-            p::AnswerInformationLocked { ttid: b.ttid },
-        )
-    });
-    sim.run();
+    let lock = lock_asked(&sim, s1);
+    answer_lock(&mut sim, s1, lock, b.ttid);
     assert_ne!(last(&sim, c1).id, fin);
     // S2 dies before locking: the master stops waiting for it.
     sim.kill(s2);
@@ -1161,12 +1146,9 @@ fn identification_conflicts() {
     // Same id, another address: refused while S1 is connected.
     let dup = sim.add(None, Fake::storage(Some(1), 31101, StorageScript::empty()));
     // Same address as S1: refused too.
-    let same_addr = sim.add(None, Fake::storage(None, 31100, StorageScript::empty()));
+    let same_addr = sim.add(None, empty_storage(31100));
     // The master's own address.
-    let mine = sim.add(
-        None,
-        Fake::storage(None, MASTER_PORT, StorageScript::empty()),
-    );
+    let mine = sim.add(None, empty_storage(MASTER_PORT));
     sim.run();
     for (i, msg) in [
         (dup, "already connected"),
@@ -1187,7 +1169,7 @@ fn identification_conflicts() {
     };
     assert_eq!(acc.your_uuid, Some(s(7)));
     // Without id: the first free one.
-    let s2 = sim.add(None, Fake::storage(None, 31102, StorageScript::empty()));
+    let s2 = sim.add(None, empty_storage(31102));
     sim.run();
     let Body::AcceptIdentification(acc) = &fake(&sim, s2).log[0].body else {
         panic!()

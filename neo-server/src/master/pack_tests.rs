@@ -45,12 +45,7 @@ fn signed(sim: &Sim, st: usize) -> Vec<p::NotifyPackSigned> {
 #[test]
 fn wait_for_pack_is_answered_once_the_storages_completed_it() {
     let mut sim = Sim::new();
-    let (_, st, _) = running(
-        &mut sim,
-        4,
-        1,
-        &[StorageScript::empty(), StorageScript::empty()],
-    );
+    let (_, st, _) = running(&mut sim, 4, 1, 2, &StorageScript::empty());
     let (s1, s2) = (st[0], st[1]);
     let cl = client(&mut sim);
     let ttid = begin(&mut sim, cl);

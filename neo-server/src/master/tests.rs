@@ -326,18 +326,19 @@ fn bootstrap(sim: &mut Sim, np: u32) -> (usize, usize, usize) {
     (m, st, ad)
 }
 
-/// A master with `np` partitions and `nr` replicas, a storage per script
-/// (ports from 31100) and the admin, started: (master, storages, admin).
+/// A master with `np` partitions and `nr` replicas, `n` storages
+/// following `script` (ports from 31100) and the admin, started:
+/// (master, storages, admin).
 fn running(
     sim: &mut Sim,
     np: u32,
     nr: u32,
-    scripts: &[StorageScript],
+    n: u16,
+    script: &StorageScript,
 ) -> (usize, Vec<usize>, usize) {
     let m = add_master(sim, np, nr);
-    let storages = (31100..)
-        .zip(scripts)
-        .map(|(port, sc)| sim.add(None, Fake::storage(None, port, sc.clone())))
+    let storages = (31100..31100 + n)
+        .map(|port| sim.add(None, Fake::storage(None, port, script.clone())))
         .collect();
     let ad = admin(sim);
     start(sim, m, ad);
@@ -724,7 +725,7 @@ fn commits_wait_for_every_lock_and_read_only_clients() {
     let mut sim = Sim::new();
     let mut script = StorageScript::empty();
     script.auto_lock = false;
-    let (m, st, _) = running(&mut sim, 2, 1, &[script.clone(), script]);
+    let (m, st, _) = running(&mut sim, 2, 1, 2, &script);
     let (s1, s2) = (st[0], st[1]);
     assert_eq!(
         sim.node::<Master>(m).pt().row_list(),
@@ -778,12 +779,7 @@ fn commits_wait_for_every_lock_and_read_only_clients() {
 #[test]
 fn storage_lost_outdates_then_stops_and_restarts() {
     let mut sim = Sim::new();
-    let (m, st, ad) = running(
-        &mut sim,
-        4,
-        1,
-        &[StorageScript::empty(), StorageScript::empty()],
-    );
+    let (m, st, ad) = running(&mut sim, 4, 1, 2, &StorageScript::empty());
     let (s1, s2) = (st[0], st[1]);
     sim.node_mut::<Fake>(s1).take();
     sim.node_mut::<Fake>(ad).take();

@@ -77,6 +77,20 @@ pub fn identification(
     }
 }
 
+/// NEO's client storing revision `data` of `oid`, based on `serial`, in
+/// transaction `ttid` (uncompressed).
+pub fn obj(oid: u64, serial: Tid, ttid: Tid, data: &[u8]) -> AskStoreObject {
+    AskStoreObject {
+        oid: Oid(oid),
+        serial,
+        compression: 0,
+        checksum: Checksum(make_checksum(data)),
+        data: Bytes::copy_from_slice(data),
+        data_serial: None,
+        ttid,
+    }
+}
+
 /// Objects of a transaction: (oid, serial it is based on, data).
 pub type Objects<'a> = [(u64, Tid, &'a [u8])];
 
@@ -207,19 +221,7 @@ impl Sim {
     pub fn store(&mut self, peer: usize, conns: &[ConnId], ttid: Tid, objs: &Objects) {
         for &conn in conns {
             for &(oid, serial, data) in objs {
-                let r = self.request(
-                    peer,
-                    conn,
-                    AskStoreObject {
-                        oid: Oid(oid),
-                        serial,
-                        compression: 0,
-                        checksum: Checksum(make_checksum(data)),
-                        data: Bytes::copy_from_slice(data),
-                        data_serial: None,
-                        ttid,
-                    },
-                );
+                let r = self.request(peer, conn, obj(oid, serial, ttid, data));
                 assert_eq!(
                     r,
                     Body::AnswerStoreObject(AnswerStoreObject { conflict: None })

@@ -9,7 +9,7 @@ use neo_proto::*;
 
 use super::*;
 use crate::runtime::ConnId;
-use crate::sim::testkit::{self, ClusterSpec, Peer};
+use crate::sim::testkit::{self, obj, ClusterSpec, Peer};
 use crate::sim::{ms, Sim};
 use crate::storage::{
     make_checksum, Backend, CrashPlan, MemoryBackend, SqliteBackend, SqliteOptions,
@@ -226,18 +226,6 @@ fn start(c: &mut Cluster, new: bool) {
     let n = c.sim.notifications(m);
     assert!(n.contains(&Body::NotifyReady(NotifyReady {})), "{n:?}");
     assert!(c.storage().is_operational());
-}
-
-fn obj(oid: u64, serial: Tid, ttid: Tid, data: &[u8]) -> AskStoreObject {
-    AskStoreObject {
-        oid: Oid(oid),
-        serial,
-        compression: 0,
-        checksum: Checksum(make_checksum(data)),
-        data: Bytes::copy_from_slice(data),
-        data_serial: None,
-        ttid,
-    }
 }
 
 fn meta(ttid: Tid, oids: &[u64]) -> AskStoreTransaction {

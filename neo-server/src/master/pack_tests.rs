@@ -97,19 +97,7 @@ fn wait_for_pack_is_answered_once_the_storages_completed_it() {
     // A storage that comes back hears of the completed pack when ready.
     sim.kill(s2);
     sim.run();
-    let mut script = StorageScript::empty();
-    script.ptid = Some(2);
-    script.nr = 1;
-    script.rows = vec![
-        vec![
-            up(1),
-            Cell {
-                uuid: s(2),
-                state: CellState::OutOfDate,
-            },
-        ];
-        4
-    ];
+    let script = after_s2_lost();
     let s2b = sim.add(None, Fake::storage(Some(2), 31101, script));
     sim.run();
     assert_eq!(signed(&sim, s2b), [order]);

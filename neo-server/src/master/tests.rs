@@ -345,6 +345,20 @@ fn running(
     (m, storages, ad)
 }
 
+/// What S1 or S2 stored once S2 was lost from a running cluster of the
+/// two (4 partitions, one replica): ptid 2, S2's cells OUT_OF_DATE.
+fn after_s2_lost() -> StorageScript {
+    let mut script = StorageScript::empty();
+    script.ptid = Some(2);
+    script.nr = 1;
+    let s2 = Cell {
+        uuid: s(2),
+        state: CellState::OutOfDate,
+    };
+    script.rows = vec![vec![up(1), s2]; 4];
+    script
+}
+
 /// The id of the last AskLockInformation storage `st` got.
 fn lock_asked(sim: &Sim, st: usize) -> u32 {
     fake(sim, st)
@@ -822,19 +836,7 @@ fn storage_lost_outdates_then_stops_and_restarts() {
         })));
 
     // S1 comes back with its table (ptid 2): the cluster restarts by itself.
-    let mut script = StorageScript::empty();
-    script.ptid = Some(2);
-    script.nr = 1;
-    script.rows = vec![
-        vec![
-            up(1),
-            Cell {
-                uuid: s(2),
-                state: CellState::OutOfDate
-            }
-        ];
-        4
-    ];
+    let script = after_s2_lost();
     let s1b = sim.add(None, Fake::storage(Some(1), 31100, script));
     sim.run();
     assert_eq!(sim.node::<Master>(m).cluster_state(), ClusterState::Running);

@@ -18,11 +18,21 @@
 //! connection's writer task), so an answer costs no hand-off back to the
 //! async threads.
 //!
+//!
 //! ```text
 //!   socket ─ reader task ──Event──▶ ┌────────────┐ ──frames──▶ socket (or its writer task)
 //!   socket ─ reader task ──Event──▶ │ node thread│ ──frames──▶ socket (or its writer task)
 //!            accept loop ──Event──▶ └────────────┘ ──connect─▶ connect task
+//!   socket ─ reader task ─▶ FastPath::answer ─▶ socket   (e.g. loads, on the I/O thread)
 //! ```
+//!
+//! Two latency tools, chosen by [`Shell`]: a [`FastPath`] answers the
+//! requests it can on the I/O thread itself (a storage node's loads: no
+//! hand-off to the node thread), and *busy polling* keeps the I/O thread
+//! polling its sockets for a short window after each packet instead of
+//! sleeping, because waking a sleeping thread costs more than the whole
+//! request (measured ~22 µs per wake-up on a VM, against a TCP round trip
+//! of ~9 µs between two polling threads).
 
 use std::collections::HashMap;
 use std::io;
@@ -36,6 +46,7 @@ use neo_proto::conn::{CloseReason, ConnConfig, Connection, Event as ConnEvent};
 use neo_proto::tls::TlsConfig;
 use neo_proto::{Body, ErrorCode, Packet};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 
 /// Identifies one connection of a node for its whole life.
 pub type ConnId = u64;
@@ -194,6 +205,62 @@ impl Outbox {
     }
 }
 
+/// Requests that the I/O thread answers itself, without waking the node
+/// thread: what it answers must not depend on the node's order of events
+/// (e.g. a load of committed data).
+pub trait FastPath: Send + Sync + 'static {
+    /// The answer to `packet` received on `conn`, or `None` to hand the
+    /// packet to the node as usual.
+    fn answer(&self, conn: ConnId, packet: &Packet) -> Option<Body>;
+}
+
+/// How [`spawn_with`] runs a node.
+#[derive(Clone, Default)]
+pub struct Shell {
+    /// TLS for every connection (NEO's `--ca/--cert/--key`).
+    pub tls: Option<TlsConfig>,
+    /// Requests answered on the I/O thread.
+    pub fast_path: Option<Arc<dyn FastPath>>,
+    /// How long the I/O thread keeps polling its sockets after a packet
+    /// before it sleeps (zero: it sleeps at once).
+    pub busy_poll: Duration,
+}
+
+/// When the last packet arrived, for busy polling.
+struct Activity {
+    start: Instant,
+    last_us: AtomicU64,
+    wake: Notify,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let us = self.start.elapsed().as_micros() as u64;
+        if self.last_us.swap(us, Ordering::Relaxed) != us {
+            self.wake.notify_one();
+        }
+    }
+
+    fn idle_for(&self) -> Duration {
+        let now = self.start.elapsed().as_micros() as u64;
+        Duration::from_micros(now.saturating_sub(self.last_us.load(Ordering::Relaxed)))
+    }
+}
+
+/// Busy polling: after each packet, until `window` passes without one,
+/// the task yields at once, so that the current-thread runtime polls the
+/// sockets (epoll with no timeout) instead of sleeping; the OS thread
+/// yields too, so that other threads still get the CPU.
+async fn busy_poll(activity: Arc<Activity>, window: Duration) {
+    loop {
+        activity.wake.notified().await;
+        while activity.idle_for() < window {
+            thread::yield_now();
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
 /// How a running node is reached and stopped.
 pub struct NodeHandle {
     /// The address the node listens on, if it listens.
@@ -236,10 +303,28 @@ enum WriterMsg {
 /// the node stops or [`NodeHandle::shutdown`] is called. `tls`, when
 /// given, wraps every connection in TLS (NEO's `--ca/--cert/--key`).
 pub fn spawn<N: Node>(
-    mut node: N,
+    node: N,
     listener: Option<std::net::TcpListener>,
     tls: Option<TlsConfig>,
 ) -> io::Result<NodeHandle> {
+    let shell = Shell {
+        tls,
+        ..Shell::default()
+    };
+    spawn_with(node, listener, shell)
+}
+
+/// [`spawn`] with a fast path and busy polling.
+pub fn spawn_with<N: Node>(
+    mut node: N,
+    listener: Option<std::net::TcpListener>,
+    shell: Shell,
+) -> io::Result<NodeHandle> {
+    let Shell {
+        tls,
+        fast_path,
+        busy_poll: window,
+    } = shell;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -264,12 +349,25 @@ pub fn spawn<N: Node>(
     // sent last (e.g. an answer before closing) is written.
     let live = Arc::new(AtomicU64::new(0));
     let tls = tls.map(Arc::new);
+    let activity = Arc::new(Activity {
+        start: Instant::now(),
+        last_us: AtomicU64::new(0),
+        wake: Notify::new(),
+    });
+    if !window.is_zero() {
+        rt.spawn(busy_poll(activity.clone(), window));
+    }
+    let io = Io {
+        tx: tx.clone(),
+        tls,
+        live: live.clone(),
+        fast_path,
+        activity,
+    };
     if let Some(l) = listener {
         l.set_nonblocking(true)?;
-        let tx = tx.clone();
         let ids = conn_ids.clone();
-        let tls = tls.clone();
-        let live = live.clone();
+        let io = io.clone();
         rt.spawn(async move {
             let listener = match TcpListener::from_std(l) {
                 Ok(l) => l,
@@ -283,7 +381,7 @@ pub fn spawn<N: Node>(
                     Ok((sock, peer)) => {
                         let conn = ids.fetch_add(1, Ordering::Relaxed);
                         let origin = Origin::Accepted(sock, peer);
-                        tokio::spawn(serve(conn, origin, tx.clone(), tls.clone(), live.clone()));
+                        tokio::spawn(serve(conn, origin, io.clone()));
                     }
                     Err(e) => {
                         log::warn!("accept: {e}");
@@ -320,7 +418,7 @@ pub fn spawn<N: Node>(
                         }
                         Action::Connect { conn, addr, token } => {
                             let origin = Origin::Connected(token, addr);
-                            rt.spawn(serve(conn, origin, tx.clone(), tls.clone(), live.clone()));
+                            rt.spawn(serve(conn, origin, io.clone()));
                         }
                         Action::Timer { at, token } => timers.push((at, token)),
                         Action::Stop => stop = true,
@@ -435,16 +533,28 @@ enum Origin {
     Connected(u64, SocketAddr),
 }
 
-/// One connection: `neo_proto::conn` does TLS, NEO's handshake and the
-/// framing; this forwards its events to the node thread and the node's
-/// packets to it, in order.
-async fn serve(
-    conn: ConnId,
-    origin: Origin,
+/// What every connection's task shares.
+#[derive(Clone)]
+struct Io {
     tx: mpsc::Sender<Msg>,
     tls: Option<Arc<TlsConfig>>,
+    /// Connections still open.
     live: Arc<AtomicU64>,
-) {
+    fast_path: Option<Arc<dyn FastPath>>,
+    activity: Arc<Activity>,
+}
+
+/// One connection: `neo_proto::conn` does TLS, NEO's handshake and the
+/// framing; this answers what the fast path can and forwards the other
+/// events to the node thread, in order.
+async fn serve(conn: ConnId, origin: Origin, io: Io) {
+    let Io {
+        tx,
+        tls,
+        live,
+        fast_path,
+        activity,
+    } = io;
     let config = ConnConfig::default();
     let (c, mut events, ev) = match origin {
         Origin::Accepted(sock, peer) => {
@@ -488,6 +598,13 @@ async fn serve(
     while let Some(ev) = events.recv().await {
         match ev {
             ConnEvent::Packet(packet) => {
+                activity.touch();
+                if let Some(body) = fast_path.as_ref().and_then(|f| f.answer(conn, &packet)) {
+                    if let Err(e) = c.send_now(&Packet::new(packet.id, body)) {
+                        log::debug!("answer to {} not sent: {e}", packet.body.name());
+                    }
+                    continue;
+                }
                 let delivered = tx.send(Msg::Event(Event::Packet { conn, packet }));
                 if delivered.is_err() {
                     c.abort().await;
@@ -631,6 +748,46 @@ mod tests {
         spawn(p, None, None).unwrap().join();
         assert_eq!(got.lock().unwrap().len(), 50);
         server.shutdown();
+    }
+
+    /// Answers pings on the I/O thread, counting them.
+    struct PingPath(AtomicU64);
+    impl FastPath for PingPath {
+        fn answer(&self, _: ConnId, packet: &Packet) -> Option<Body> {
+            match packet.body {
+                Body::Ping(_) => {
+                    self.0.fetch_add(1, Ordering::Relaxed);
+                    Some(Pong {}.into())
+                }
+                _ => None,
+            }
+        }
+    }
+
+    /// A node that never answers.
+    struct Mute;
+    impl Node for Mute {
+        fn start(&mut self, _: Instant, _: &mut Outbox) {}
+        fn handle(&mut self, _: Instant, _: Event, _: &mut Outbox) {}
+    }
+
+    #[test]
+    fn fast_path_answers_on_the_io_thread() {
+        for busy in [Duration::ZERO, Duration::from_micros(300)] {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let path = Arc::new(PingPath(AtomicU64::new(0)));
+            let shell = Shell {
+                fast_path: Some(path.clone()),
+                busy_poll: busy,
+                ..Shell::default()
+            };
+            let server = spawn_with(Mute, Some(l), shell).unwrap();
+            let (p, got) = pinger(server.local_addr.unwrap(), 40);
+            spawn(p, None, None).unwrap().join();
+            assert_eq!(*got.lock().unwrap(), (0..40).collect::<Vec<u32>>());
+            assert_eq!(path.0.load(Ordering::Relaxed), 40);
+            server.shutdown();
+        }
     }
 
     #[test]

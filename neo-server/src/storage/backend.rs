@@ -28,6 +28,38 @@ use fsformat::{Oid, Tid};
 
 use super::types::*;
 
+/// A read-only handle on a backend's database ([`Backend::object_reader`]):
+/// it sees what the backend committed, nothing else.
+pub trait ObjectReader: Send {
+    /// [`Backend::get_object`] for a partition `view` given by the caller
+    /// (the node's, as the backend last showed it).
+    fn get_object(
+        &mut self,
+        view: &PartitionView,
+        oid: Oid,
+        at: Option<Tid>,
+        before: Option<Tid>,
+    ) -> DbResult<ObjectLookup>;
+}
+
+/// [`Backend::get_object`]'s answer from the record `found` (if any):
+/// `bounded` when `at` or `before` was given; `last_tid` looks up the
+/// object's last revision, only when needed.
+pub fn object_lookup(
+    found: Option<ObjectRecord>,
+    bounded: bool,
+    last_tid: impl FnOnce() -> DbResult<Option<Tid>>,
+) -> DbResult<ObjectLookup> {
+    if let Some(r) = found {
+        return Ok(ObjectLookup::Found(r));
+    }
+    if bounded && last_tid()?.is_some() {
+        Ok(ObjectLookup::NotFoundAt)
+    } else {
+        Ok(ObjectLookup::DoesNotExist)
+    }
+}
+
 /// Volatile reference counts of data rows used by transactions that are not
 /// unlocked yet (NEO's `_uncommitted_data`): such rows must not be pruned
 /// although no `obj` row refers to them.
@@ -752,14 +784,23 @@ pub trait Backend {
         at: Option<Tid>,
         before: Option<Tid>,
     ) -> DbResult<ObjectLookup> {
-        if let Some(r) = self.find_object(oid, at, before)? {
-            return Ok(ObjectLookup::Found(r));
-        }
-        if (at.is_some() || before.is_some()) && self.last_object_tid(oid)?.is_some() {
-            Ok(ObjectLookup::NotFoundAt)
-        } else {
-            Ok(ObjectLookup::DoesNotExist)
-        }
+        let found = self.find_object(oid, at, before)?;
+        object_lookup(found, at.is_some() || before.is_some(), || {
+            self.last_object_tid(oid)
+        })
+    }
+
+    /// A second, read-only handle on the same database, with which the
+    /// node serves loads off its own thread (see
+    /// `crate::storage::node::LoadPath`); `None` if the backend has none.
+    fn object_reader(&mut self) -> DbResult<Option<Box<dyn ObjectReader>>> {
+        Ok(None)
+    }
+
+    /// Whether writes made through this handle are not committed yet
+    /// (a reader does not see them).
+    fn has_uncommitted(&self) -> bool {
+        true
     }
 
     /// The revision of `oid` at exactly `tid`, for replication

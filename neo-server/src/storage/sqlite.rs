@@ -45,7 +45,7 @@ use std::path::{Path, PathBuf};
 use fsformat::{Oid, Tid};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::backend::{Backend, HeldData};
+use super::backend::{object_lookup, Backend, HeldData, ObjectReader};
 use super::types::*;
 
 /// The statements creating NEO's tables; `{}` is the table name.
@@ -179,6 +179,8 @@ pub struct SqliteBackend {
     config_cache: HashMap<String, Option<String>>,
     data_last_ids: HashMap<u32, u64>,
     held: HeldData,
+    /// The URI's pragmas (a reader takes `cache_size` too).
+    pragmas: Vec<(String, String)>,
     _lock: Option<std::os::unix::net::UnixListener>,
 }
 
@@ -278,6 +280,7 @@ impl SqliteBackend {
             config_cache: HashMap::new(),
             data_last_ids: HashMap::new(),
             held: HeldData::default(),
+            pragmas: opts.pragmas.clone(),
             _lock: lock,
         };
         for (k, v) in &opts.pragmas {
@@ -571,10 +574,7 @@ impl SqliteBackend {
         params: P,
         f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     ) -> DbResult<Option<T>> {
-        self.conn
-            .prepare_cached(sql)
-            .and_then(|mut s| s.query_row(params, f).optional())
-            .map_err(sq(&self.path, "querying"))
+        query_row(&self.conn, &self.path, sql, params, f)
     }
 
     fn tids(&self, sql: &str, params: impl rusqlite::Params) -> DbResult<Vec<Tid>> {
@@ -723,6 +723,161 @@ fn trans_record(tid: u64, r: TransRaw) -> DbResult<TransactionRecord> {
         }),
     };
     Ok(TransactionRecord { meta, pack })
+}
+
+/// The object revision [`Backend::find_object`] reads, in partition `p`,
+/// on any connection to the database (the node's or a reader's).
+fn find_object_in(
+    conn: &Connection,
+    path: &Path,
+    p: u32,
+    oid: Oid,
+    at: Option<Tid>,
+    before: Option<Tid>,
+) -> DbResult<Option<ObjectRecord>> {
+    let soid = to_sql(oid.0, "oid")?;
+    // One statement per load (the next revision's tid in a subquery):
+    // each statement outside a write transaction takes and releases
+    // SQLite's file lock, which cost as much as the lookups.
+    macro_rules! select {
+        ($cond:literal) => {
+            concat!(
+                "SELECT tid, compression, data.hash, value, value_tid, \
+                 (SELECT n.tid FROM obj AS n WHERE n.partition=obj.partition \
+                 AND n.oid=obj.oid AND n.tid>obj.tid ORDER BY n.tid LIMIT 1) \
+                 FROM obj LEFT JOIN data ON obj.data_id = data.id \
+                 WHERE partition=? AND oid=?",
+                $cond
+            )
+        };
+    }
+    type Raw = (
+        i64,
+        Option<i64>,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        Option<i64>,
+        Option<i64>,
+    );
+    let get = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Raw> {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+        ))
+    };
+    let raw = if let Some(at) = at {
+        query_row(
+            conn,
+            path,
+            select!(" AND tid=?"),
+            params![p, soid, to_sql(at.0, "tid")?],
+            get,
+        )?
+    } else if let Some(before) = before {
+        query_row(
+            conn,
+            path,
+            select!(" AND tid<? ORDER BY tid DESC LIMIT 1"),
+            params![p, soid, to_sql(before.0, "tid")?],
+            get,
+        )?
+    } else {
+        query_row(
+            conn,
+            path,
+            select!(" ORDER BY tid DESC LIMIT 1"),
+            params![p, soid],
+            get,
+        )?
+    };
+    let Some((serial, comp, hash, data, value_tid, next)) = raw else {
+        return Ok(None);
+    };
+    Ok(Some(ObjectRecord {
+        serial: Tid(from_sql(serial, "tid")?),
+        next_serial: opt_u64(next, "tid")?.map(Tid),
+        compression: comp.map(compression).transpose()?,
+        checksum: hash.map(|h| checksum(h, "data")).transpose()?,
+        data,
+        data_serial: opt_u64(value_tid, "value_tid")?.map(Tid),
+    }))
+}
+
+/// The last revision's tid of `oid` in partition `p`.
+fn last_object_tid_in(conn: &Connection, path: &Path, p: u32, oid: Oid) -> DbResult<Option<Tid>> {
+    let v = query_row(
+        conn,
+        path,
+        "SELECT tid FROM obj WHERE partition=? AND oid=? ORDER BY tid DESC LIMIT 1",
+        params![p, to_sql(oid.0, "oid")?],
+        |r| r.get::<_, i64>(0),
+    )?;
+    Ok(opt_u64(v, "tid")?.map(Tid))
+}
+
+/// One row of a query, with the connection's statement cache.
+fn query_row<T, P: rusqlite::Params>(
+    conn: &Connection,
+    path: &Path,
+    sql: &str,
+    params: P,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> DbResult<Option<T>> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.query_row(params, f).optional())
+        .map_err(sq(path, "querying"))
+}
+
+/// A read-only connection to a node's SQLite database
+/// ([`Backend::object_reader`]): loads never wait for SQLite's locks (a
+/// busy database makes the load fail at once, and the node serves it).
+pub struct SqliteReader {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl SqliteReader {
+    fn open(path: &Path, pragmas: &[(String, String)]) -> DbResult<Self> {
+        use rusqlite::OpenFlags;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn =
+            Connection::open_with_flags(path, flags).map_err(sq(path, "opening a reader"))?;
+        conn.busy_timeout(std::time::Duration::ZERO)
+            .map_err(sq(path, "opening a reader"))?;
+        conn.set_prepared_statement_cache_capacity(8);
+        // Pages straight from the OS page cache, without a read(2) each.
+        let mut settings = vec![("mmap_size".to_owned(), (1u64 << 40).to_string())];
+        settings.extend(pragmas.iter().filter(|(k, _)| k == "cache_size").cloned());
+        for (k, v) in settings {
+            conn.query_row(&format!("PRAGMA {k} = {v}"), [], |_| Ok(()))
+                .optional()
+                .map_err(sq(path, "setting a pragma"))?;
+        }
+        Ok(SqliteReader {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl ObjectReader for SqliteReader {
+    fn get_object(
+        &mut self,
+        view: &PartitionView,
+        oid: Oid,
+        at: Option<Tid>,
+        before: Option<Tid>,
+    ) -> DbResult<ObjectLookup> {
+        let p = view.readable_partition(oid.0)?;
+        let found = find_object_in(&self.conn, &self.path, p, oid, at, before)?;
+        object_lookup(found, at.is_some() || before.is_some(), || {
+            last_object_tid_in(&self.conn, &self.path, p, oid)
+        })
+    }
 }
 
 impl Backend for SqliteBackend {
@@ -1266,76 +1421,21 @@ impl Backend for SqliteBackend {
         before: Option<Tid>,
     ) -> DbResult<Option<ObjectRecord>> {
         let p = self.view()?.readable_partition(oid.0)?;
-        let soid = to_sql(oid.0, "oid")?;
-        // One statement per load (the next revision's tid in a subquery):
-        // each statement outside a write transaction takes and releases
-        // SQLite's file lock, which cost as much as the lookups.
-        macro_rules! select {
-            ($cond:literal) => {
-                concat!(
-                    "SELECT tid, compression, data.hash, value, value_tid, \
-                     (SELECT n.tid FROM obj AS n WHERE n.partition=obj.partition \
-                     AND n.oid=obj.oid AND n.tid>obj.tid ORDER BY n.tid LIMIT 1) \
-                     FROM obj LEFT JOIN data ON obj.data_id = data.id \
-                     WHERE partition=? AND oid=?",
-                    $cond
-                )
-            };
-        }
-        type Raw = (
-            i64,
-            Option<i64>,
-            Option<Vec<u8>>,
-            Option<Vec<u8>>,
-            Option<i64>,
-            Option<i64>,
-        );
-        let get = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Raw> {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
-        };
-        let raw = if let Some(at) = at {
-            self.row(
-                select!(" AND tid=?"),
-                params![p, soid, to_sql(at.0, "tid")?],
-                get,
-            )?
-        } else if let Some(before) = before {
-            self.row(
-                select!(" AND tid<? ORDER BY tid DESC LIMIT 1"),
-                params![p, soid, to_sql(before.0, "tid")?],
-                get,
-            )?
-        } else {
-            self.row(select!(" ORDER BY tid DESC LIMIT 1"), params![p, soid], get)?
-        };
-        let Some((serial, comp, hash, data, value_tid, next)) = raw else {
-            return Ok(None);
-        };
-        Ok(Some(ObjectRecord {
-            serial: Tid(from_sql(serial, "tid")?),
-            next_serial: opt_u64(next, "tid")?.map(Tid),
-            compression: comp.map(compression).transpose()?,
-            checksum: hash.map(|h| checksum(h, "data")).transpose()?,
-            data,
-            data_serial: opt_u64(value_tid, "value_tid")?.map(Tid),
-        }))
+        find_object_in(&self.conn, &self.path, p, oid, at, before)
     }
 
     fn last_object_tid(&mut self, oid: Oid) -> DbResult<Option<Tid>> {
         let p = self.view()?.readable_partition(oid.0)?;
-        let v = self.row(
-            "SELECT tid FROM obj WHERE partition=? AND oid=? ORDER BY tid DESC LIMIT 1",
-            params![p, to_sql(oid.0, "oid")?],
-            |r| r.get::<_, i64>(0),
-        )?;
-        Ok(opt_u64(v, "tid")?.map(Tid))
+        last_object_tid_in(&self.conn, &self.path, p, oid)
+    }
+
+    fn object_reader(&mut self) -> DbResult<Option<Box<dyn ObjectReader>>> {
+        let r = SqliteReader::open(&self.path, &self.pragmas)?;
+        Ok(Some(Box::new(r)))
+    }
+
+    fn has_uncommitted(&self) -> bool {
+        self.in_tx
     }
 
     fn get_transaction(&mut self, tid: Tid, all: bool) -> DbResult<Option<TransactionRecord>> {

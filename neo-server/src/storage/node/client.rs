@@ -5,8 +5,8 @@
 use neo_proto::{
     AnswerCheckCurrentSerial, AnswerFinalTID, AnswerOIDsFrom, AnswerObject, AnswerObjectHistory,
     AnswerObjectUndoSerial, AnswerRelockObject, AnswerStoreObject, AnswerStoreTransaction,
-    AnswerTIDs, AnswerTIDsFrom, AnswerTransactionInformation, AnswerVoteTransaction, Body, Bytes,
-    Checksum as WireChecksum, ErrorCode, Map, NodeId, NotifyDeadlock, Packet, Pong,
+    AnswerTIDs, AnswerTIDsFrom, AnswerTransactionInformation, AnswerVoteTransaction, AskObject,
+    Body, Bytes, Checksum as WireChecksum, ErrorCode, Map, NodeId, NotifyDeadlock, Packet, Pong,
     INVALID_PARTITION, ZERO_HASH, ZERO_TID,
 };
 
@@ -14,6 +14,35 @@ use super::txn::{LockError, StoreData};
 use super::{Fail, Outcome, Retry, StorageNode};
 use crate::runtime::{ConnId, Outbox};
 use crate::storage::{make_checksum, Backend, DbError, ObjectLookup, TxnMeta};
+
+/// The answer to `AskObject` `a` (`askObject`) from the database's
+/// `lookup`: the record, or `OID_NOT_FOUND` / `OID_DOES_NOT_EXIST`.
+pub(super) fn object_answer(a: &AskObject, lookup: ObjectLookup) -> Body {
+    match lookup {
+        ObjectLookup::Found(r) => {
+            let (checksum, data) = match (r.checksum, r.data) {
+                (Some(h), Some(d)) => (WireChecksum(h), Bytes::from(d)),
+                _ => (ZERO_HASH, Bytes::new()),
+            };
+            AnswerObject {
+                oid: a.oid,
+                serial: r.serial,
+                next_serial: r.next_serial,
+                compression: r.compression.unwrap_or(0),
+                checksum,
+                data,
+                data_serial: r.data_serial,
+            }
+            .into()
+        }
+        ObjectLookup::NotFoundAt => {
+            neo_proto::Error::new(ErrorCode::OidNotFound, &a.oid.to_string()).into()
+        }
+        ObjectLookup::DoesNotExist => {
+            neo_proto::Error::new(ErrorCode::OidDoesNotExist, &a.oid.to_string()).into()
+        }
+    }
+}
 
 impl<B: Backend> StorageNode<B> {
     /// The tids of `AskTIDs` (`askTIDs`: a page of the readable
@@ -333,33 +362,8 @@ impl<B: Backend> StorageNode<B> {
                 if self.tm.load_locked(a.oid) {
                     return Ok(Outcome::Delay(None));
                 }
-                match self.db.get_object(a.oid, a.at, a.before)? {
-                    ObjectLookup::Found(r) => {
-                        let (checksum, data) = match (r.checksum, r.data) {
-                            (Some(h), Some(d)) => (WireChecksum(h), Bytes::from(d)),
-                            _ => (ZERO_HASH, Bytes::new()),
-                        };
-                        out.answer(
-                            conn,
-                            id,
-                            AnswerObject {
-                                oid: a.oid,
-                                serial: r.serial,
-                                next_serial: r.next_serial,
-                                compression: r.compression.unwrap_or(0),
-                                checksum,
-                                data,
-                                data_serial: r.data_serial,
-                            },
-                        );
-                    }
-                    ObjectLookup::NotFoundAt => {
-                        out.error(conn, id, ErrorCode::OidNotFound, &a.oid.to_string())
-                    }
-                    ObjectLookup::DoesNotExist => {
-                        out.error(conn, id, ErrorCode::OidDoesNotExist, &a.oid.to_string())
-                    }
-                }
+                let lookup = self.db.get_object(a.oid, a.at, a.before)?;
+                out.answer(conn, id, object_answer(a, lookup));
             }
             Body::AskObjectHistory(a) => {
                 if a.first >= a.last {

@@ -29,6 +29,7 @@
 //! Backup mode (Replicate orders from a backup master) is in `replicator.rs`.
 
 mod client;
+mod loads;
 mod monitor;
 mod pack;
 mod replicator;
@@ -38,13 +39,15 @@ pub mod txn;
 #[cfg(test)]
 mod backup_tests;
 #[cfg(test)]
+mod loads_tests;
+#[cfg(test)]
 mod replay;
 #[cfg(test)]
 mod replication_tests;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -60,6 +63,9 @@ use neo_proto::{
 
 use crate::runtime::{ConnId, Event, Node, Outbox};
 use crate::storage::{Backend, CellState, DbError};
+use fsformat::Oid;
+
+pub use loads::LoadPath;
 
 use self::pack::Packer;
 use self::replicator::Replicator;
@@ -320,6 +326,10 @@ pub struct StorageNode<B: Backend> {
     replicator: Replicator,
     /// Execution of pack orders.
     packer: Packer,
+    /// Loads served on the I/O thread, if the shell was given it.
+    load_path: Option<Arc<LoadPath>>,
+    /// Oids of unlocked transactions whose unlock is not committed yet.
+    unlocked: HashSet<Oid>,
 }
 
 impl<B: Backend> fmt::Debug for StorageNode<B> {
@@ -414,6 +424,8 @@ impl<B: Backend> StorageNode<B> {
             id_timestamp: None,
             replicator: Replicator::default(),
             packer: Packer::default(),
+            load_path: None,
+            unlocked: HashSet::new(),
         })
     }
 
@@ -1116,6 +1128,9 @@ impl<B: Backend> StorageNode<B> {
                 Ok(())
             }
             Body::NotifyUnlockInformation(n) => {
+                if self.load_path.is_some() {
+                    self.unlocked.extend(self.tm.stored_oids(n.ttid));
+                }
                 self.tm.unlock(&mut self.db, n.ttid)?;
                 self.arm_commit(out);
                 self.execute_queued(out);
@@ -1444,6 +1459,45 @@ impl<B: Backend> StorageNode<B> {
     }
 }
 
+impl<B: Backend> StorageNode<B> {
+    /// Lets the I/O thread serve loads ([`LoadPath`]) if the backend has a
+    /// reader: give the result to the shell (`runtime::Shell::fast_path`).
+    pub fn load_path(&mut self) -> Result<Option<Arc<LoadPath>>, DbError> {
+        let Some(reader) = self.db.object_reader()? else {
+            return Ok(None);
+        };
+        let lp = LoadPath::new(reader);
+        self.load_path = Some(lp.clone());
+        Ok(Some(lp))
+    }
+
+    /// Tells the load path what it may serve now (see `loads.rs`).
+    fn publish_loads(&mut self) {
+        let Some(lp) = self.load_path.clone() else {
+            return;
+        };
+        if !self.db.has_uncommitted() {
+            self.unlocked.clear();
+        }
+        let mut next = loads::Published::default();
+        if self.operational && matches!(self.db.backup_tid(), Ok(None)) {
+            if let Ok(view) = self.db.partition_view() {
+                next = loads::Published {
+                    enabled: true,
+                    view,
+                    clients: self.clients.values().copied().collect(),
+                    blocked: self
+                        .tm
+                        .load_locked_oids()
+                        .chain(self.unlocked.iter().copied())
+                        .collect(),
+                };
+            }
+        }
+        lp.publish(next);
+    }
+}
+
 impl<B: Backend + Send + 'static> Node for StorageNode<B> {
     fn start(&mut self, _now: Instant, out: &mut Outbox) {
         log::info!(
@@ -1460,5 +1514,6 @@ impl<B: Backend + Send + 'static> Node for StorageNode<B> {
             return;
         }
         self.on_event(event, out);
+        self.publish_loads();
     }
 }

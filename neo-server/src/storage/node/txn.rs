@@ -187,6 +187,19 @@ impl TxnManager {
         self.load_locks.contains_key(&oid)
     }
 
+    /// The oids whose loads wait for an unlock.
+    pub fn load_locked_oids(&self) -> impl Iterator<Item = Oid> + '_ {
+        self.load_locks.keys().copied()
+    }
+
+    /// The oids `ttid` stored.
+    pub fn stored_oids(&self, ttid: Tid) -> Vec<Oid> {
+        self.txns
+            .get(&ttid)
+            .map(|t| t.store_dict.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// Whether a transaction locked with a tid `<= tid` is not unlocked
     /// yet (`isLockedTid`).
     pub fn is_locked_tid(&self, tid: Tid) -> bool {

@@ -240,6 +240,20 @@ fn limit(length: Option<u64>) -> i64 {
     length.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX))
 }
 
+/// The node's busy handler: a commit waits for the reads in progress of
+/// the load path's reader ([`SqliteReader`]), which take microseconds, so
+/// it retries after 20 µs (SQLite's default handler sleeps 1 ms first), then
+/// every millisecond, and gives up after about 5 s as rusqlite's default.
+fn wait_for_readers(attempt: i32) -> bool {
+    use std::time::Duration;
+    match attempt {
+        0..200 => std::thread::sleep(Duration::from_micros(20)),
+        200..5200 => std::thread::sleep(Duration::from_millis(1)),
+        _ => return false,
+    }
+    true
+}
+
 /// Takes the lock NEO takes on a database file.
 fn lock_file(path: &Path) -> DbResult<Option<std::os::unix::net::UnixListener>> {
     use std::os::linux::net::SocketAddrExt;
@@ -270,6 +284,8 @@ impl SqliteBackend {
         let conn = Connection::open(path).map_err(sq(path, "opening the database"))?;
         let lock = lock_file(path)?;
         conn.set_prepared_statement_cache_capacity(64);
+        conn.busy_handler(Some(wait_for_readers))
+            .map_err(sq(path, "opening the database"))?;
         let mut db = SqliteBackend {
             conn,
             path: path.to_owned(),

@@ -1,25 +1,38 @@
 //! `neo-bench`: load and commit rates and latencies of a NEO cluster with
-//! several client processes, our storage against Python NEO's.
+//! several client processes, our storage against Python NEO's, and how
+//! many loads per second each storage could serve per core.
 //!
-//! The coordinator starts, for each storage implementation asked
-//! (`rust`: our `neomaster` + `neostorage -a SQLite`; `python`: NEO's), a
-//! master and one storage on loopback on the same SQLite database, then
-//! for each number of workers runs that many client PROCESSES at once for
-//! a fixed duration: our client (this binary with `--worker`) or NEO's
-//! (`scripts/bench/neo_worker.py`, `neo.client.Storage` without cache).
-//! Each worker mixes random loads of existing objects (oids `0..N`, every
-//! load goes to the storage: our client has no cache) with small commits
-//! of new objects, and prints a JSON line with its counts and latency
-//! histograms; the coordinator merges them, measures the storage's CPU
-//! time over the same window, and prints a table.
+//! The coordinator starts, for each database adapter asked (`SQLite`: one
+//! file; `MySQL`: one database on the private MariaDB server of
+//! `scripts/mysql-test-server.sh`) and each storage implementation
+//! (`rust`: our `neomaster` + `neostorage`; `python`: NEO's), a master and
+//! one storage on loopback on the same database, then for each step of
+//! W workers × K loads in flight runs W client PROCESSES at once for a
+//! fixed duration: our client (this binary with `--worker`, K concurrent
+//! tasks on one connection) or NEO's (`scripts/bench/neo_worker.py`,
+//! `neo.client.Storage` without cache, K threads). Each task mixes random
+//! loads of existing objects (oids `0..N`, every load goes to the storage:
+//! our client has no cache) with small commits of new objects, and each
+//! worker prints a JSON line with its counts and latency histograms; the
+//! coordinator merges them, measures the CPU time of the storage (and of
+//! the MySQL server) over the same window, and prints a table.
+//!
+//! Saturation: the workers share the machine's cores with the storage, so
+//! the loads/s measured can be bounded by the clients. Next to it the
+//! coordinator prints the storage's CPU seconds per load and its inverse,
+//! the capacity in loads/s per core the storage would serve if it had a
+//! core for itself; `--saturate` steps W × K (`--steps`) to show where the
+//! measured rate stops growing.
 //!
 //! A missing database is filled first through our client (`--fill N`
-//! objects of 100 B - 1 KiB, oids `0..N`, N noted in `DB.oids`); for
-//! another database, N is the first oid the master hands out.
+//! objects of 100 B - 1 KiB, oids `0..N`, N noted in `DB.oids`, or
+//! `DATABASE.oids` next to the MySQL socket); for another database, N is
+//! the first oid the master hands out.
 //!
 //! ```text
-//!   neo-bench ──spawn──▶ neomaster, neostorage (rust | python) on --db
-//!             ──spawn──▶ N × neo-bench --worker | neo_worker.py ──▶ JSON line each
+//!   neo-bench ──spawn──▶ [mysql-test-server.sh start] neomaster, neostorage (rust | python)
+//!             ──spawn──▶ W × neo-bench --worker | neo_worker.py (K loads in flight each)
+//!                                            ──▶ JSON line each
 //! ```
 
 use std::collections::BTreeMap;
@@ -34,27 +47,50 @@ use neo_server::client::{Client, ClientConfig, ClientError, TxnMeta};
 use serde_json::{json, Value};
 
 const USAGE: &str = "\
-usage: neo-bench [--db PATH] [--fill N] [--storages rust,python] [--clients rust,python]
-                 [--workers 1,4] [--duration SECS] [--commit-ratio R] [--objects-per-commit K]
-                 [--python PATH] [--logs DIR] [--bin-dir DIR]
+usage: neo-bench [--db PATH] [--adapter SQLite,MySQL] [--fill N] [--storages rust,python]
+                 [--clients rust,python] [--workers 1,4] [--inflight K] [--duration SECS]
+                 [--saturate [--steps 1x1,4x1,2x8,4x16]] [--commit-ratio R]
+                 [--objects-per-commit K] [--python PATH] [--logs DIR] [--bin-dir DIR]
+                 [--mysql-socket PATH] [--mysql-dir DIR] [--mysql-db NAME]
        neo-bench --masters ADDR --cluster NAME --oids N [--workers ...] [--storage-pid PID] ...
        neo-bench --worker --masters ADDR --cluster NAME --oids N --duration SECS
-                 --commit-ratio R --objects-per-commit K --seed S --start-at UNIX_MS
+                 --commit-ratio R --objects-per-commit K --inflight K --seed S --start-at UNIX_MS
 
   --db            SQLite database of the storage (default bench-data/bench.sqlite);
                   filled with --fill objects (default 100000) if missing
+  --adapter       database adapters of the storages, in order (default SQLite); MySQL
+                  uses a database (--mysql-db, default neo_bench) on the server of
+                  --mysql-socket, else $NEO_TEST_MYSQL_SOCKET, else a private server
+                  that scripts/mysql-test-server.sh starts in --mysql-dir (default
+                  bench-data/mysql) and stops at the end; filled like --db if empty
   --storages      storage implementations to measure, in order (default rust,python)
   --clients       client implementations driving each storage (default rust,python)
   --workers       numbers of concurrent client processes (default 1,4)
+  --inflight      loads each worker keeps in flight on its connection (default 1):
+                  K tasks on our client's one connection, K threads sharing one
+                  neo.client.Storage for NEO's client (its connection is thread-safe);
+                  each task or thread also commits at --commit-ratio
+  --saturate      measure the steps of --steps (WORKERSxINFLIGHT, default
+                  1x1,4x1,2x8,4x16) instead of --workers x --inflight, one line each,
+                  with the commit ratio 0 unless --commit-ratio is given
   --duration      seconds per measurement (default 5)
   --commit-ratio  fraction of operations that are commits (default 0.01)
   --objects-per-commit  new objects per commit, 100 B - 1 KiB each (default 3)
-  --python        interpreter with NEO importable (default /tmp/neovenv/bin/python)
+  --python        interpreter with NEO importable (default /tmp/neovenv/bin/python;
+                  NEO's MySQL adapter needs PyMySQL or MySQLdb there)
   --bin-dir       where our neomaster and neostorage are (default: next to neo-bench)
   --masters       drive an existing cluster instead (no daemons started)
+
+Saturation columns: CPU µs/load is the CPU time of the storage process (plus the
+MySQL server's) over the window divided by the loads served (commits included:
+use --commit-ratio 0 for loads alone); capacity = 1 / (CPU s per load), the
+loads/s one core would serve; stor/db/clients CPU % are shares of one core.
 ";
 
 const CLUSTER: &str = "bench";
+
+/// The default steps of `--saturate`: workers x loads in flight.
+const SATURATE_STEPS: &str = "1x1,4x1,2x8,4x16";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -78,20 +114,55 @@ fn main() {
 
 // ----- options -----
 
+/// The storage's database backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Adapter {
+    Sqlite,
+    Mysql,
+}
+
+impl Adapter {
+    fn parse(s: &str) -> Result<Adapter, String> {
+        if s.eq_ignore_ascii_case("sqlite") {
+            Ok(Adapter::Sqlite)
+        } else if s.eq_ignore_ascii_case("mysql") {
+            Ok(Adapter::Mysql)
+        } else {
+            Err(format!("--adapter: {s} is neither SQLite nor MySQL"))
+        }
+    }
+
+    /// The name `neostorage -a` takes.
+    fn name(self) -> &'static str {
+        match self {
+            Adapter::Sqlite => "SQLite",
+            Adapter::Mysql => "MySQL",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Opts {
     worker: bool,
     db: PathBuf,
+    adapters: Vec<Adapter>,
     fill: u64,
     storages: Vec<String>,
     clients: Vec<String>,
     workers: Vec<usize>,
+    inflight: usize,
+    saturate: bool,
+    steps: Vec<(usize, usize)>,
     duration: f64,
     commit_ratio: f64,
+    commit_ratio_given: bool,
     per_commit: usize,
     python: PathBuf,
     logs: PathBuf,
     bin_dir: Option<PathBuf>,
+    mysql_socket: Option<PathBuf>,
+    mysql_dir: PathBuf,
+    mysql_db: String,
     masters: Option<SocketAddr>,
     cluster: String,
     oids: Option<u64>,
@@ -107,22 +178,42 @@ fn list(v: &str) -> Vec<String> {
         .collect()
 }
 
+/// `WxK`: W workers with K loads in flight each, both at least 1.
+fn parse_step(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("--steps: bad step {s:?} (WORKERSxINFLIGHT, e.g. 2x8)");
+    let (w, k) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+    let w: usize = w.trim().parse().map_err(|_| bad())?;
+    let k: usize = k.trim().parse().map_err(|_| bad())?;
+    if w == 0 || k == 0 {
+        return Err(bad());
+    }
+    Ok((w, k))
+}
+
 impl Opts {
     fn parse(args: &[String]) -> Result<Opts, String> {
         let root = neo_e2e::repo_root();
         let mut o = Opts {
             worker: false,
             db: root.join("bench-data/bench.sqlite"),
+            adapters: vec![Adapter::Sqlite],
             fill: 100_000,
             storages: list("rust,python"),
             clients: list("rust,python"),
             workers: vec![1, 4],
+            inflight: 1,
+            saturate: false,
+            steps: Vec::new(),
             duration: 5.0,
             commit_ratio: 0.01,
+            commit_ratio_given: false,
             per_commit: 3,
             python: PathBuf::from("/tmp/neovenv/bin/python"),
             logs: root.join("bench-data/logs"),
             bin_dir: None,
+            mysql_socket: None,
+            mysql_dir: root.join("bench-data/mysql"),
+            mysql_db: "neo_bench".to_owned(),
             masters: None,
             cluster: CLUSTER.to_owned(),
             oids: None,
@@ -130,20 +221,34 @@ impl Opts {
             start_at: 0,
             storage_pid: None,
         };
+        let mut steps = None;
         let mut it = args.iter();
         while let Some(a) = it.next() {
-            if a == "--worker" {
-                o.worker = true;
-                continue;
-            }
-            if a == "-h" || a == "--help" {
-                print!("{USAGE}");
-                std::process::exit(0);
+            match a.as_str() {
+                "--worker" => {
+                    o.worker = true;
+                    continue;
+                }
+                "--saturate" => {
+                    o.saturate = true;
+                    continue;
+                }
+                "-h" | "--help" => {
+                    print!("{USAGE}");
+                    std::process::exit(0);
+                }
+                _ => {}
             }
             let v = it.next().ok_or_else(|| format!("{a} needs a value"))?;
             let num = |what: &str| format!("{a}: bad {what} {v:?}");
             match a.as_str() {
                 "--db" => o.db = PathBuf::from(v),
+                "--adapter" | "--adapters" => {
+                    o.adapters = list(v)
+                        .iter()
+                        .map(|s| Adapter::parse(s))
+                        .collect::<Result<_, _>>()?
+                }
                 "--fill" => o.fill = v.parse().map_err(|_| num("count"))?,
                 "--storages" => o.storages = list(v),
                 "--clients" => o.clients = list(v),
@@ -153,12 +258,27 @@ impl Opts {
                         .map(|s| s.parse().map_err(|_| num("count")))
                         .collect::<Result<_, _>>()?
                 }
+                "--inflight" => o.inflight = v.parse().map_err(|_| num("count"))?,
+                "--steps" => {
+                    steps = Some(
+                        list(v)
+                            .iter()
+                            .map(|s| parse_step(s))
+                            .collect::<Result<Vec<_>, _>>()?,
+                    )
+                }
                 "--duration" => o.duration = v.parse().map_err(|_| num("duration"))?,
-                "--commit-ratio" => o.commit_ratio = v.parse().map_err(|_| num("ratio"))?,
+                "--commit-ratio" => {
+                    o.commit_ratio = v.parse().map_err(|_| num("ratio"))?;
+                    o.commit_ratio_given = true;
+                }
                 "--objects-per-commit" => o.per_commit = v.parse().map_err(|_| num("count"))?,
                 "--python" => o.python = PathBuf::from(v),
                 "--logs" => o.logs = PathBuf::from(v),
                 "--bin-dir" => o.bin_dir = Some(PathBuf::from(v)),
+                "--mysql-socket" => o.mysql_socket = Some(PathBuf::from(v)),
+                "--mysql-dir" => o.mysql_dir = PathBuf::from(v),
+                "--mysql-db" => o.mysql_db = v.clone(),
                 "--masters" => o.masters = Some(v.parse().map_err(|_| num("address"))?),
                 "--cluster" => o.cluster = v.clone(),
                 "--oids" => o.oids = Some(v.parse().map_err(|_| num("count"))?),
@@ -181,6 +301,40 @@ impl Opts {
         if !(0.0..=1.0).contains(&o.commit_ratio) {
             return Err("--commit-ratio must be within 0..1".into());
         }
+        if o.inflight == 0 {
+            return Err("--inflight must be at least 1".into());
+        }
+        if o.workers.contains(&0) {
+            return Err("--workers: a step of 0 workers".into());
+        }
+        if o.mysql_db.is_empty()
+            || !o
+                .mysql_db
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(format!(
+                "--mysql-db: {:?} is no plain database name ([A-Za-z0-9_]+)",
+                o.mysql_db
+            ));
+        }
+        o.steps = if o.saturate {
+            if !o.commit_ratio_given {
+                o.commit_ratio = 0.0;
+            }
+            match steps {
+                Some(s) => s,
+                None => list(SATURATE_STEPS)
+                    .iter()
+                    .map(|s| parse_step(s))
+                    .collect::<Result<_, _>>()?,
+            }
+        } else {
+            if steps.is_some() {
+                return Err("--steps goes with --saturate".into());
+            }
+            o.workers.iter().map(|&w| (w, o.inflight)).collect()
+        };
         Ok(o)
     }
 }
@@ -383,6 +537,71 @@ async fn connect(master: SocketAddr, cluster: &str) -> Result<Client, ClientErro
 
 // ----- the worker -----
 
+/// What one task of a worker does: its seed, the oids it loads, when it stops.
+#[derive(Debug, Clone, Copy)]
+struct LaneSpec {
+    seed: u64,
+    oids: u64,
+    end: Instant,
+    commit_ratio: f64,
+    per_commit: usize,
+}
+
+/// The counts of one task.
+#[derive(Debug, Default)]
+struct Lane {
+    loads: Hist,
+    commits: Hist,
+    errors: u64,
+    first_error: Option<String>,
+    bytes: u64,
+}
+
+impl Lane {
+    fn merge(&mut self, other: Lane) {
+        self.loads.merge(&other.loads);
+        self.commits.merge(&other.commits);
+        self.errors += other.errors;
+        self.bytes += other.bytes;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// One sequence of operations, each timed from the end of the previous one
+/// until `s.end`; several run at once on the worker's one client.
+async fn lane(c: Client, s: LaneSpec) -> Lane {
+    let mut rng = Rng::new(s.seed);
+    let mut r = Lane::default();
+    let mut now = Instant::now();
+    while now < s.end {
+        let res = if rng.unit() < s.commit_ratio {
+            let res = commit(&c, &mut rng, s.per_commit).await;
+            let after = Instant::now();
+            if res.is_ok() {
+                r.commits.record(after - now);
+            }
+            now = after;
+            res
+        } else {
+            let res = c.load(Oid(rng.below(s.oids))).await;
+            let after = Instant::now();
+            let res = res.map(|l| {
+                r.loads.record(after - now);
+                r.bytes += l.data.len() as u64;
+            });
+            now = after;
+            res
+        };
+        if let Err(e) = res {
+            r.errors += 1;
+            r.first_error.get_or_insert_with(|| e.to_string());
+        }
+    }
+    r
+}
+
 fn worker(o: &Opts) -> Result<(), String> {
     let master = o.masters.ok_or("--worker needs --masters")?;
     let oids = o.oids.ok_or("--worker needs --oids")?;
@@ -396,39 +615,28 @@ fn worker(o: &Opts) -> Result<(), String> {
         c.load(Oid(rng.below(oids)))
             .await
             .map_err(|e| format!("first load: {e}"))?;
-        sleep_until_unix_ms(o.start_at);
+        // Asynchronous sleep: the client's connection tasks keep running.
+        let wait = o.start_at.saturating_sub(unix_ms());
+        tokio::time::sleep(Duration::from_millis(wait)).await;
         let cpu0 = cpu_seconds(std::process::id());
-        let (mut loads, mut commits) = (Hist::default(), Hist::default());
-        let mut errors = 0u64;
-        let mut first_error = None;
-        let mut bytes = 0u64;
         let t0 = Instant::now();
         let end = t0 + Duration::from_secs_f64(o.duration);
-        let mut now = t0;
-        while now < end {
-            let r = if rng.unit() < o.commit_ratio {
-                let r = commit(&c, &mut rng, o.per_commit).await;
-                let after = Instant::now();
-                if r.is_ok() {
-                    commits.record(after - now);
-                }
-                now = after;
-                r.map(|_| ())
-            } else {
-                let oid = rng.below(oids);
-                let r = c.load(Oid(oid)).await;
-                let after = Instant::now();
-                if let Ok(l) = &r {
-                    loads.record(after - now);
-                    bytes += l.data.len() as u64;
-                }
-                now = after;
-                r.map(|_| ())
-            };
-            if let Err(e) = r {
-                errors += 1;
-                first_error.get_or_insert_with(|| e.to_string());
-            }
+        let tasks: Vec<_> = (0..o.inflight)
+            .map(|k| {
+                let spec = LaneSpec {
+                    // Task 0 draws the same oids as a worker without --inflight.
+                    seed: o.seed ^ ((k as u64) << 32),
+                    oids,
+                    end,
+                    commit_ratio: o.commit_ratio,
+                    per_commit: o.per_commit,
+                };
+                tokio::spawn(lane(c.clone(), spec))
+            })
+            .collect();
+        let mut all = Lane::default();
+        for t in tasks {
+            all.merge(t.await.map_err(|e| format!("load task: {e}"))?);
         }
         let elapsed = t0.elapsed().as_secs_f64();
         let cpu = match (cpu0, cpu_seconds(std::process::id())) {
@@ -438,15 +646,16 @@ fn worker(o: &Opts) -> Result<(), String> {
         c.close().await;
         Ok::<_, String>(json!({
             "client": "rust",
+            "inflight": o.inflight,
             "elapsed_s": elapsed,
-            "loads": loads.total,
-            "commits": commits.total,
-            "errors": errors,
-            "first_error": first_error,
-            "bytes": bytes,
+            "loads": all.loads.total,
+            "commits": all.commits.total,
+            "errors": all.errors,
+            "first_error": all.first_error,
+            "bytes": all.bytes,
             "cpu_s": cpu,
-            "load_hist": loads.to_json(),
-            "commit_hist": commits.to_json(),
+            "load_hist": all.loads.to_json(),
+            "commit_hist": all.commits.to_json(),
         }))
     })?;
     println!("{result}");
@@ -532,7 +741,150 @@ fn wait_listening(p: &mut Proc, addr: SocketAddr) -> Result<(), String> {
     Err(format!("{} does not listen on {addr}", p.name))
 }
 
-/// A master and one storage on `--db`.
+/// The MySQL/MariaDB server the MySQL storages use: a given one
+/// (`--mysql-socket`, `$NEO_TEST_MYSQL_SOCKET`) or a private one started
+/// by `scripts/mysql-test-server.sh` and stopped when dropped.
+struct MysqlServer {
+    socket: PathBuf,
+    /// The directory given to `mysql-test-server.sh` when we started it.
+    started_in: Option<PathBuf>,
+}
+
+impl MysqlServer {
+    fn open(o: &Opts) -> Result<MysqlServer, String> {
+        let given = o
+            .mysql_socket
+            .clone()
+            .or_else(|| std::env::var_os("NEO_TEST_MYSQL_SOCKET").map(PathBuf::from));
+        if let Some(socket) = given {
+            return Ok(MysqlServer {
+                socket,
+                started_in: None,
+            });
+        }
+        let dir = &o.mysql_dir;
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        eprintln!("starting a MariaDB server in {}", dir.display());
+        let out = Command::new(mysql_script())
+            .arg("start")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("mysql-test-server.sh: {e}"))?;
+        let socket = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_owned();
+        if !out.status.success() || socket.is_empty() {
+            return Err(format!(
+                "mysql-test-server.sh start {} failed ({})",
+                dir.display(),
+                out.status
+            ));
+        }
+        Ok(MysqlServer {
+            socket: PathBuf::from(socket),
+            started_in: Some(dir.clone()),
+        })
+    }
+
+    /// The server's pid, from the pid file `mysql-test-server.sh` writes
+    /// next to its socket.
+    fn pid(&self) -> Option<u32> {
+        let f = self.socket.parent()?.join("mysqld.pid");
+        std::fs::read_to_string(f).ok()?.trim().parse().ok()
+    }
+
+    /// Runs `sql` with the command-line client; its tab-separated output.
+    fn sql(&self, sql: &str) -> Result<String, String> {
+        let mut last = String::from("no mariadb/mysql client found");
+        for prog in ["mariadb", "mysql"] {
+            let out = Command::new(prog)
+                .arg("--no-defaults")
+                .arg(format!("--socket={}", self.socket.display()))
+                .args(["-uroot", "-N", "-B", "-e", sql])
+                .stdin(Stdio::null())
+                .output();
+            match out {
+                Ok(out) if out.status.success() => {
+                    return Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+                }
+                Ok(out) => {
+                    return Err(format!(
+                        "{prog}: {sql}: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ))
+                }
+                Err(e) => last = format!("{prog}: {e}"),
+            }
+        }
+        Err(last)
+    }
+}
+
+impl Drop for MysqlServer {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.started_in {
+            let st = Command::new(mysql_script())
+                .arg("stop")
+                .arg(dir)
+                .stdin(Stdio::null())
+                .status();
+            if !st.is_ok_and(|s| s.success()) {
+                eprintln!(
+                    "neo-bench: could not stop the MariaDB server in {}",
+                    dir.display()
+                );
+            }
+        }
+    }
+}
+
+fn mysql_script() -> PathBuf {
+    neo_e2e::repo_root().join("scripts/mysql-test-server.sh")
+}
+
+/// Where the storages keep the objects.
+#[derive(Debug, Clone)]
+enum Backend {
+    Sqlite(PathBuf),
+    Mysql { socket: PathBuf, database: String },
+}
+
+impl Backend {
+    fn adapter(&self) -> Adapter {
+        match self {
+            Backend::Sqlite(_) => Adapter::Sqlite,
+            Backend::Mysql { .. } => Adapter::Mysql,
+        }
+    }
+
+    /// `neostorage -d`: a path, or NEO's `user@database/socket`.
+    fn database_arg(&self) -> String {
+        match self {
+            Backend::Sqlite(p) => p.display().to_string(),
+            Backend::Mysql { socket, database } => {
+                format!("root@{database}{}", socket.display())
+            }
+        }
+    }
+
+    /// The file noting how many objects `--fill` wrote.
+    fn oids_file(&self) -> PathBuf {
+        match self {
+            Backend::Sqlite(p) => oids_file(p),
+            Backend::Mysql { socket, database } => socket
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(format!("{database}.oids")),
+        }
+    }
+}
+
+/// A master and one storage on a database.
 struct Cluster {
     master_addr: SocketAddr,
     master: Proc,
@@ -564,7 +916,7 @@ fn python_cmd(o: &Opts, module: &str) -> Command {
     c
 }
 
-fn start_cluster(o: &Opts, kind: &str, tag: &str) -> Result<Cluster, String> {
+fn start_cluster(o: &Opts, kind: &str, tag: &str, backend: &Backend) -> Result<Cluster, String> {
     let master_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let storage_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let margs = [
@@ -587,9 +939,9 @@ fn start_cluster(o: &Opts, kind: &str, tag: &str) -> Result<Cluster, String> {
         "-b".to_owned(),
         storage_addr.to_string(),
         "-a".to_owned(),
-        "SQLite".to_owned(),
+        backend.adapter().name().to_owned(),
         "-d".to_owned(),
-        o.db.display().to_string(),
+        backend.database_arg(),
     ];
     let (mut mcmd, mut scmd) = match kind {
         "rust" => (
@@ -612,9 +964,10 @@ fn start_cluster(o: &Opts, kind: &str, tag: &str) -> Result<Cluster, String> {
 }
 
 /// Fills a new database with objects `0..n` through our client.
-fn fill(o: &Opts) -> Result<(), String> {
-    eprintln!("filling {} with {} objects", o.db.display(), o.fill);
-    let cluster = start_cluster(o, "rust", "fill")?;
+fn fill(o: &Opts, backend: &Backend) -> Result<(), String> {
+    eprintln!("filling {} with {} objects", backend.database_arg(), o.fill);
+    let tag = format!("fill-{}", backend.adapter().name());
+    let cluster = start_cluster(o, "rust", &tag, backend)?;
     let rt = runtime()?;
     let t0 = Instant::now();
     rt.block_on(async {
@@ -642,7 +995,7 @@ fn fill(o: &Opts) -> Result<(), String> {
         Ok::<_, String>(())
     })?;
     eprintln!("filled in {:.1} s", t0.elapsed().as_secs_f64());
-    let side = oids_file(&o.db);
+    let side = backend.oids_file();
     std::fs::write(&side, o.fill.to_string()).map_err(|e| format!("{}: {e}", side.display()))?;
     drop(cluster);
     Ok(())
@@ -690,9 +1043,11 @@ fn wait_operational(master: SocketAddr, cluster: &str) -> Result<(), String> {
 /// The merged results of one measurement.
 #[derive(Debug, Default)]
 struct Row {
+    adapter: String,
     storage: String,
     client: String,
     workers: usize,
+    inflight: usize,
     duration: f64,
     loads: Hist,
     commits: Hist,
@@ -701,6 +1056,8 @@ struct Row {
     errors: u64,
     first_error: Option<String>,
     storage_cpu: Option<f64>,
+    /// CPU seconds of the MySQL server over the window.
+    db_cpu: Option<f64>,
     storage_switches: Option<u64>,
     client_cpu: f64,
 }
@@ -713,7 +1070,40 @@ fn fmt_us(v: Option<f64>) -> String {
     }
 }
 
+fn fmt_pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.0} %"))
+}
+
 impl Row {
+    /// `rust/SQLite`: the storage and its adapter.
+    fn storage_label(&self) -> String {
+        if self.adapter.is_empty() {
+            self.storage.clone()
+        } else {
+            format!("{}/{}", self.storage, self.adapter)
+        }
+    }
+
+    /// `4` workers, or `4x16` with 16 loads in flight each.
+    fn step_label(&self) -> String {
+        if self.inflight == 1 {
+            self.workers.to_string()
+        } else {
+            format!("{}x{}", self.workers, self.inflight)
+        }
+    }
+
+    /// Storage (+ MySQL server) CPU seconds per load.
+    fn cpu_per_load(&self) -> Option<f64> {
+        let cpu = self.storage_cpu? + self.db_cpu.unwrap_or(0.0);
+        (self.loads.total > 0 && cpu > 0.0).then(|| cpu / self.loads.total as f64)
+    }
+
+    /// Loads/s one core would serve: 1 / CPU seconds per load.
+    fn capacity(&self) -> Option<f64> {
+        self.cpu_per_load().map(|c| 1.0 / c)
+    }
+
     fn line(&self) -> String {
         let ops = (self.loads.total + self.commits.total) as f64;
         let per_op = self
@@ -726,9 +1116,9 @@ impl Row {
             .map(|c| c as f64 / ops);
         format!(
             "| {:6} | {:6} | {:3} | {:>9.0} | {:>9} | {:>9} | {:>9} | {:>7.1} | {:>9} | {:>9} | {:>9} | {:>6} | {:>7} | {:>6} | {:>3} |",
-            self.storage,
+            self.storage_label(),
             self.client,
-            self.workers,
+            self.step_label(),
             self.load_rate,
             fmt_us(self.loads.quantile_us(0.5)),
             fmt_us(self.loads.quantile_us(0.99)),
@@ -744,20 +1134,54 @@ impl Row {
             self.errors,
         )
     }
+
+    /// The saturation figures: loads/s measured next to the capacity.
+    fn saturation_line(&self) -> String {
+        let share = |cpu: Option<f64>| cpu.map(|c| c / self.duration * 100.0);
+        format!(
+            "| {:12} | {:6} | {:>2}x{:<3} | {:>9.0} | {:>9} | {:>8} | {:>5} | {:>5} | {:>5} | {:>9} | {:>9} |",
+            self.storage_label(),
+            self.client,
+            self.workers,
+            self.inflight,
+            self.load_rate,
+            self.capacity()
+                .map_or_else(|| "-".into(), |c| format!("{c:.0}")),
+            self.cpu_per_load()
+                .map_or_else(|| "-".into(), |c| format!("{:.1}", c * 1e6)),
+            fmt_pct(share(self.storage_cpu)),
+            fmt_pct(share(self.db_cpu)),
+            fmt_pct(share(Some(self.client_cpu))),
+            fmt_us(self.loads.quantile_us(0.5)),
+            fmt_us(self.loads.quantile_us(0.99)),
+        )
+    }
 }
 
 const HEADER: &str = "\
 | storage | client | N | loads/s | load p50 | load p99 | load p999 | commits/s | commit p50 | commit p99 | commit p999 | stor CPU s | CPU µs/op | cs/op | err |
 |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
-fn measure(
-    o: &Opts,
+const SAT_HEADER: &str = "\
+| storage | client | W x K | loads/s | capacity loads/s/core | CPU µs/load | stor CPU | db CPU | clients CPU | load p50 | load p99 |
+|---|---|---|---|---|---|---|---|---|---|---|";
+
+/// The cluster a measurement drives.
+struct Target<'a> {
     master: SocketAddr,
     storage_pid: Option<u32>,
-    storage: &str,
-    client: &str,
-    workers: usize,
+    /// The MySQL server's pid, whose CPU counts with the storage's.
+    db_pid: Option<u32>,
+    storage: &'a str,
+    adapter: &'a str,
     oids: u64,
+}
+
+fn measure(
+    o: &Opts,
+    t: &Target,
+    client: &str,
+    (workers, inflight): (usize, usize),
 ) -> Result<Row, String> {
     let lead_ms = if client == "python" { 4000 } else { 1500 };
     let start_at = unix_ms() + lead_ms;
@@ -779,17 +1203,19 @@ fn measure(
         };
         cmd.args([
             "--masters",
-            &master.to_string(),
+            &t.master.to_string(),
             "--cluster",
             &o.cluster,
             "--oids",
-            &oids.to_string(),
+            &t.oids.to_string(),
             "--duration",
             &o.duration.to_string(),
             "--commit-ratio",
             &o.commit_ratio.to_string(),
             "--objects-per-commit",
             &o.per_commit.to_string(),
+            "--inflight",
+            &inflight.to_string(),
             "--seed",
             &(o.seed * 1000 + i as u64 + 1).to_string(),
             "--start-at",
@@ -805,17 +1231,22 @@ fn measure(
         );
     }
     sleep_until_unix_ms(start_at);
-    let cpu0 = storage_pid.and_then(cpu_seconds);
-    let cs0 = storage_pid.and_then(context_switches);
+    let cpu0 = t.storage_pid.and_then(cpu_seconds);
+    let db0 = t.db_pid.and_then(cpu_seconds);
+    let cs0 = t.storage_pid.and_then(context_switches);
     std::thread::sleep(Duration::from_secs_f64(o.duration));
-    let cpu1 = storage_pid.and_then(cpu_seconds);
-    let cs1 = storage_pid.and_then(context_switches);
+    let cpu1 = t.storage_pid.and_then(cpu_seconds);
+    let db1 = t.db_pid.and_then(cpu_seconds);
+    let cs1 = t.storage_pid.and_then(context_switches);
     let mut row = Row {
-        storage: storage.to_owned(),
+        adapter: t.adapter.to_owned(),
+        storage: t.storage.to_owned(),
         client: client.to_owned(),
         workers,
+        inflight,
         duration: o.duration,
         storage_cpu: cpu0.zip(cpu1).map(|(a, b)| b - a),
+        db_cpu: db0.zip(db1).map(|(a, b)| b - a),
         storage_switches: cs0.zip(cs1).map(|(a, b)| b.saturating_sub(a)),
         ..Row::default()
     };
@@ -847,6 +1278,112 @@ fn measure(
     Ok(row)
 }
 
+/// Prints a finished measurement: the full row (unless `--saturate`) and
+/// its saturation line.
+fn report(o: &Opts, row: &Row) {
+    if !o.saturate {
+        println!("{HEADER}\n{}", row.line());
+        println!("saturation: {}", row.saturation_line());
+    } else {
+        println!("{}", row.saturation_line());
+    }
+    if let Some(e) = &row.first_error {
+        println!("  first error: {e}");
+    }
+}
+
+/// Per adapter and client, each storage's peak loads/s and best capacity,
+/// and the ratio of the first storage's to the others'.
+fn comparison(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let mut groups: Vec<(&str, &str)> = Vec::new();
+    for r in rows {
+        if !groups.contains(&(r.adapter.as_str(), r.client.as_str())) {
+            groups.push((r.adapter.as_str(), r.client.as_str()));
+        }
+    }
+    for (adapter, client) in groups {
+        // (storage, peak loads/s, best capacity), storages in run order.
+        let mut best: Vec<(&str, f64, Option<f64>)> = Vec::new();
+        for r in rows
+            .iter()
+            .filter(|r| r.adapter == adapter && r.client == client)
+        {
+            let i = match best.iter().position(|b| b.0 == r.storage) {
+                Some(i) => i,
+                None => {
+                    best.push((r.storage.as_str(), 0.0, None));
+                    best.len() - 1
+                }
+            };
+            let b = &mut best[i];
+            b.1 = b.1.max(r.load_rate);
+            b.2 = match (b.2, r.capacity()) {
+                (Some(x), Some(y)) => Some(x.max(y)),
+                (x, y) => x.or(y),
+            };
+        }
+        let _ = write!(out, "{adapter} {client} clients:");
+        for (s, peak, cap) in &best {
+            let cap = cap.map_or_else(|| "-".into(), |c| format!("{c:.0}"));
+            let _ = write!(
+                out,
+                " {s} storage peak {peak:.0} loads/s, capacity {cap} loads/s/core;"
+            );
+        }
+        if let [(first, p0, c0), rest @ ..] = best.as_slice() {
+            for (s, p, c) in rest {
+                let _ = write!(out, " {first}/{s}: measured x{:.1}", p0 / p.max(1e-9));
+                if let (Some(c0), Some(c)) = (c0, c) {
+                    let _ = write!(out, ", capacity x{:.1}", c0 / c);
+                }
+                out.push(';');
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The databases to measure: the SQLite file, or a database on the MySQL
+/// server; filled when new. Returns the backend and the number of oids if
+/// known.
+fn prepare(
+    o: &Opts,
+    adapter: Adapter,
+    mysql: &mut Option<MysqlServer>,
+) -> Result<(Backend, Option<u64>), String> {
+    let (backend, new) = match adapter {
+        Adapter::Sqlite => (Backend::Sqlite(o.db.clone()), !o.db.exists()),
+        Adapter::Mysql => {
+            if mysql.is_none() {
+                *mysql = Some(MysqlServer::open(o)?);
+            }
+            let server = mysql.as_ref().ok_or("no MySQL server")?;
+            let db = &o.mysql_db;
+            let tables = server.sql(&format!(
+                "CREATE DATABASE IF NOT EXISTS {db}; \
+                 SELECT COUNT(*) FROM information_schema.tables \
+                 WHERE table_schema = '{db}' AND table_name = 'obj'"
+            ))?;
+            let backend = Backend::Mysql {
+                socket: server.socket.clone(),
+                database: db.clone(),
+            };
+            (backend, tables.trim() == "0")
+        }
+    };
+    if new {
+        fill(o, &backend)?;
+    }
+    let oids = o.oids.or_else(|| {
+        std::fs::read_to_string(backend.oids_file())
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    });
+    Ok((backend, oids))
+}
+
 fn coordinator(o: &Opts) -> Result<(), String> {
     let cmdline: Vec<String> = std::env::args().collect();
     println!("command: {}", cmdline.join(" "));
@@ -862,53 +1399,66 @@ fn coordinator(o: &Opts) -> Result<(), String> {
             Some(n) => n,
             None => probe_oids(master, &o.cluster)?,
         };
+        let target = Target {
+            master,
+            storage_pid: o.storage_pid,
+            db_pid: None,
+            storage: "given",
+            adapter: "",
+            oids,
+        };
         for client in &o.clients {
-            for &n in &o.workers {
-                let row = measure(o, master, o.storage_pid, "given", client, n, oids)?;
-                println!("{HEADER}\n{}", row.line());
+            if o.saturate {
+                println!("{SAT_HEADER}");
+            }
+            for &step in &o.steps {
+                let row = measure(o, &target, client, step)?;
+                report(o, &row);
                 rows.push(row);
             }
         }
     } else {
-        if !o.db.exists() {
-            fill(o)?;
-        }
-        let mut oids = o.oids.or_else(|| {
-            std::fs::read_to_string(oids_file(&o.db))
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-        });
-        for storage in &o.storages {
-            let mut cluster = start_cluster(o, storage, storage)?;
-            wait_operational(cluster.master_addr, CLUSTER)?;
-            let n = match oids {
-                Some(n) => n,
-                None => probe_oids(cluster.master_addr, CLUSTER)?,
+        let mut mysql = None;
+        for &adapter in &o.adapters {
+            let (backend, mut oids) = prepare(o, adapter, &mut mysql)?;
+            let db_pid = match adapter {
+                Adapter::Mysql => mysql.as_ref().and_then(MysqlServer::pid),
+                Adapter::Sqlite => None,
             };
-            oids = Some(n);
-            println!(
-                "{storage} storage (pid {}) on {}: {n} oids",
-                cluster.storage.pid(),
-                o.db.display()
-            );
-            for client in &o.clients {
-                for &w in &o.workers {
-                    let row = measure(
-                        o,
-                        cluster.master_addr,
-                        Some(cluster.storage.pid()),
-                        storage,
-                        client,
-                        w,
-                        n,
-                    )?;
-                    cluster.storage.check_running()?;
-                    cluster.master.check_running()?;
-                    println!("{HEADER}\n{}", row.line());
-                    if let Some(e) = &row.first_error {
-                        println!("  first error: {e}");
+            for storage in &o.storages {
+                let tag = format!("{storage}-{}", adapter.name());
+                let mut cluster = start_cluster(o, storage, &tag, &backend)?;
+                wait_operational(cluster.master_addr, CLUSTER)?;
+                let n = match oids {
+                    Some(n) => n,
+                    None => probe_oids(cluster.master_addr, CLUSTER)?,
+                };
+                oids = Some(n);
+                println!(
+                    "{storage} storage (pid {}) on {} {}: {n} oids",
+                    cluster.storage.pid(),
+                    adapter.name(),
+                    backend.database_arg()
+                );
+                let target = Target {
+                    master: cluster.master_addr,
+                    storage_pid: Some(cluster.storage.pid()),
+                    db_pid,
+                    storage,
+                    adapter: adapter.name(),
+                    oids: n,
+                };
+                for client in &o.clients {
+                    if o.saturate {
+                        println!("{SAT_HEADER}");
                     }
-                    rows.push(row);
+                    for &step in &o.steps {
+                        let row = measure(o, &target, client, step)?;
+                        cluster.storage.check_running()?;
+                        cluster.master.check_running()?;
+                        report(o, &row);
+                        rows.push(row);
+                    }
                 }
             }
         }
@@ -926,13 +1476,24 @@ fn coordinator(o: &Opts) -> Result<(), String> {
     for r in &rows {
         let _ = writeln!(table, "{}", r.line());
     }
+    let _ = writeln!(table, "\nsaturation:\n{SAT_HEADER}");
+    for r in &rows {
+        let _ = writeln!(table, "{}", r.saturation_line());
+    }
+    let _ = writeln!(table);
     for r in &rows {
         let _ = writeln!(
             table,
-            "{}/{} x{}: client CPU {:.2} s over {:.0} s",
-            r.storage, r.client, r.workers, r.client_cpu, r.duration
+            "{} {} {}: client CPU {:.2} s over {:.0} s",
+            r.storage_label(),
+            r.client,
+            r.step_label(),
+            r.client_cpu,
+            r.duration
         );
     }
+    table.push('\n');
+    table.push_str(&comparison(&rows));
     print!("{table}");
     Ok(())
 }
@@ -967,5 +1528,69 @@ mod tests {
         let back = Hist::from_json(&h.to_json()).unwrap();
         assert_eq!(back.total, 1000);
         assert_eq!(back.quantile_us(0.5), h.quantile_us(0.5));
+    }
+
+    #[test]
+    fn steps_and_inflight_options() {
+        let args = |s: &str| s.split(' ').map(str::to_owned).collect::<Vec<_>>();
+        let o = Opts::parse(&args("--workers 1,4 --inflight 8")).unwrap();
+        assert_eq!(o.steps, vec![(1, 8), (4, 8)]);
+        assert!((o.commit_ratio - 0.01).abs() < 1e-12);
+        let o = Opts::parse(&args("--saturate --steps 2x3,5X1")).unwrap();
+        assert_eq!(o.steps, vec![(2, 3), (5, 1)]);
+        assert_eq!(o.commit_ratio, 0.0);
+        let o = Opts::parse(&args("--saturate --commit-ratio 0.5")).unwrap();
+        assert_eq!(o.steps.len(), SATURATE_STEPS.split(',').count());
+        assert_eq!(o.commit_ratio, 0.5);
+        let o = Opts::parse(&args("--adapter mysql,SQLite --mysql-db b_1")).unwrap();
+        assert_eq!(o.adapters, vec![Adapter::Mysql, Adapter::Sqlite]);
+        for bad in [
+            "--inflight 0",
+            "--steps 2x2",
+            "--saturate --steps 0x4",
+            "--saturate --steps 4",
+            "--adapter Oracle",
+            "--mysql-db a;drop",
+        ] {
+            assert!(Opts::parse(&args(bad)).is_err(), "{bad} accepted");
+        }
+    }
+
+    fn row(storage: &str, loads: u64, rate: f64, cpu: f64, db: Option<f64>) -> Row {
+        let mut r = Row {
+            adapter: "MySQL".into(),
+            storage: storage.into(),
+            client: "rust".into(),
+            workers: 2,
+            inflight: 8,
+            duration: 5.0,
+            load_rate: rate,
+            storage_cpu: Some(cpu),
+            db_cpu: db,
+            ..Row::default()
+        };
+        for _ in 0..loads {
+            r.loads.record(Duration::from_micros(100));
+        }
+        r
+    }
+
+    #[test]
+    fn capacity_and_comparison() {
+        // 1000 loads for 0.5 s of storage + 0.5 s of MySQL: 1 ms each.
+        let a = row("rust", 1000, 200.0, 0.5, Some(0.5));
+        assert!((a.capacity().unwrap() - 1000.0).abs() < 1e-6);
+        assert!(a.saturation_line().contains("rust/MySQL"));
+        assert!(a.saturation_line().contains(" 2x8 "));
+        assert_eq!(a.step_label(), "2x8");
+        let b = row("python", 100, 20.0, 1.0, Some(1.0));
+        assert!((b.capacity().unwrap() - 50.0).abs() < 1e-9);
+        let idle = row("python", 0, 0.0, 0.0, None);
+        assert_eq!(idle.capacity(), None);
+        let c = comparison(&[a, b, idle]);
+        assert!(
+            c.contains("rust/python: measured x10.0, capacity x20.0"),
+            "{c}"
+        );
     }
 }

@@ -1323,7 +1323,8 @@ fn comparison(rows: &[Row]) -> String {
                 (x, y) => x.or(y),
             };
         }
-        let _ = write!(out, "{adapter} {client} clients:");
+        let on = if adapter.is_empty() { "given" } else { adapter };
+        let _ = write!(out, "{on} {client} clients:");
         for (s, peak, cap) in &best {
             let cap = cap.map_or_else(|| "-".into(), |c| format!("{c:.0}"));
             let _ = write!(

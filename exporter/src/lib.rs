@@ -1,6 +1,8 @@
 //! `neo-export`: a NEO cluster or a storage node's database back to a
 //! valid `Data.fs`, and `neomigrate` both ways (issue 6).
 //!
+//! - [`batch`]: [`Batch`], transactions read together with their record
+//!   data in shared buffers (what the export's threads pass around);
 //! - [`source`]: the [`Source`] trait (committed transactions in tid
 //!   order) and [`BackendSource`] over the storage layer's `Backend`
 //!   (offline export of a storage node's database);
@@ -17,6 +19,7 @@
 
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod cluster;
 pub mod error;
 pub mod export;
@@ -25,9 +28,10 @@ pub mod progress;
 pub mod source;
 pub mod sqlite;
 
+pub use batch::Batch;
 pub use cluster::ClusterSource;
 pub use error::ExportError;
 pub use export::{export, ExportOptions, NoProgress, Progress, Summary, MAX_TID};
 pub use migrate::{import_fs, MigrateError};
 pub use source::{BackendSource, Source, SourceError, SourceRecord, SourceTxn};
-pub use sqlite::SqliteSource;
+pub use sqlite::{SqliteSource, SCAN_ROWS};

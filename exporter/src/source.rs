@@ -13,6 +13,8 @@ use std::fmt;
 use fsformat::{Oid, Tid};
 use neo_server::storage::{Backend, DbError};
 
+use crate::batch::Batch;
+
 /// One object record of a transaction, as NEO stores it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceRecord {
@@ -141,6 +143,32 @@ pub trait Source {
             out.push(txn);
         }
         Ok(out)
+    }
+
+    /// The caller is about to read `[min, max]` in order with
+    /// [`read_batch`](Self::read_batch): the source may read ahead what
+    /// it needs for that. Nothing by default.
+    fn plan(&mut self, min: Tid, max: Tid) -> Result<(), SourceError> {
+        let _ = (min, max);
+        Ok(())
+    }
+
+    /// Appends to `out` up to `limit` transactions with
+    /// `min <= tid <= max`, ascending, their data as stored (what the
+    /// export reads). The default appends what
+    /// [`transactions`](Self::transactions) gives; sources that can avoid
+    /// a vector per record override it.
+    fn read_batch(
+        &mut self,
+        min: Tid,
+        max: Tid,
+        limit: usize,
+        out: &mut Batch,
+    ) -> Result<(), SourceError> {
+        for t in self.transactions(min, max, limit)? {
+            out.push_txn(&t);
+        }
+        Ok(())
     }
 
     /// Number of transactions with `min <= tid <= max` (for progress).

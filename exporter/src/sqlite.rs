@@ -3,25 +3,35 @@
 //! [`BackendSource`](crate::BackendSource) asks the storage layer one
 //! question per object record (NEO's `getObject`), which costs a few SQL
 //! statements each. This source reads a whole batch of transactions with
-//! two range scans per partition over NEO's schema (version 4, checked by
-//! [`SqliteBackend::open`]):
+//! two range scans per partition and one over `data` over NEO's schema
+//! (version 4, checked by [`SqliteBackend::open`]):
 //!
 //! | statement | index used |
 //! |---|---|
 //! | `SELECT tid, packed, oids, user, description, ext FROM trans WHERE partition=? AND tid BETWEEN ? AND ? ORDER BY tid LIMIT ?` | primary key `(partition, tid)` |
-//! | `SELECT tid, oid, data_id, value_tid, compression, value FROM obj LEFT JOIN data ON data.id = obj.data_id WHERE partition=? AND tid BETWEEN ? AND ?` | `_obj_i1 (partition, tid, oid)` |
+//! | `SELECT tid, oid, data_id, value_tid FROM obj WHERE partition=? AND tid BETWEEN ? AND ?` | `_obj_i1 (partition, tid, oid)` |
+//! | `SELECT id, compression, value FROM data WHERE id BETWEEN ? AND ? ORDER BY id` (the batch's ids are dense, as NEO assigns them) | rowid: one pass over consecutive pages |
+//! | else `SELECT compression, value FROM data WHERE id=?` per id, ascending | rowid |
 //!
-//! Records are then put in `trans.oids` order, as
-//! [`BackendSource`](crate::BackendSource) yields them (an oid of
-//! `trans.oids` without a record was only checked, not written; a record
-//! whose oid is not listed is an inconsistency).
+//! Before an export, [`Source::plan`] reads the `obj` rows of the whole
+//! range in one pass along the primary key instead (`... AND ?<=+tid AND
+//! +tid<=?`), when they are at most [`SCAN_ROWS`] and a quarter of the
+//! table or more: the per-row lookups of `_obj_i1` cost several times more.
+//!
+//! Data are copied once, from the mapped database into the [`Batch`]
+//! (read in place with `get_ref`, no vector per record); a data row used
+//! by several records of the batch is read once. Records are then put in
+//! `trans.oids` order, as [`BackendSource`](crate::BackendSource) yields
+//! them (an oid of `trans.oids` without a record was only checked, not
+//! written; a record whose oid is not listed is an inconsistency).
 
 use fsformat::{Oid, Tid};
 use neo_server::storage::{from_sql, split_oids, to_sql, DbError, SqliteBackend};
 use rusqlite::params;
 
+use crate::batch::{Batch, StoredData};
 use crate::source::{
-    check_partitions, db, list_tids, read_transaction, Source, SourceError, SourceRecord, SourceTxn,
+    check_partitions, db, list_tids, read_transaction, Source, SourceError, SourceTxn,
 };
 
 /// A storage node's SQLite database, read in ranges (see the module docs).
@@ -29,7 +39,30 @@ use crate::source::{
 pub struct SqliteSource {
     db: SqliteBackend,
     np: u32,
+    /// The batch's `obj` rows, sorted by `(tid, oid)` (reused).
+    objs: Vec<ObjRow>,
+    /// The batch's data ids, sorted, distinct (reused).
+    ids: Vec<i64>,
+    /// The data of `ids[i]` in the batch, once read (reused).
+    found: Vec<Option<StoredData>>,
+    /// Records of the current transaction already placed (reused).
+    taken: Vec<bool>,
+    /// Most `obj` rows [`Source::plan`] reads in one scan of the table.
+    scan_limit: usize,
+    /// The `obj` rows of the planned range, when read in one scan.
+    scanned: Option<Scanned>,
 }
+
+/// The `obj` rows with `min <= tid <= max`, sorted by `(tid, oid)`.
+#[derive(Debug)]
+struct Scanned {
+    min: i64,
+    max: i64,
+    rows: Vec<ObjRow>,
+}
+
+/// Default of [`SqliteSource::set_scan_limit`]: 4 Mi rows (about 200 MB).
+pub const SCAN_ROWS: usize = 4 << 20;
 
 /// One `trans` row.
 struct TransRow {
@@ -41,15 +74,18 @@ struct TransRow {
     extension: Vec<u8>,
 }
 
-/// One `obj` row joined with its `data` row.
-type ObjRow = (
-    i64,
-    i64,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-    Option<Vec<u8>>,
-);
+/// One `obj` row.
+#[derive(Clone, Copy, Debug)]
+struct ObjRow {
+    tid: u64,
+    oid: u64,
+    data_id: Option<i64>,
+    value_tid: Option<u64>,
+}
+
+/// Densest spread of data ids read with one range scan: at most this
+/// many rowids per id needed (plus a few), else one lookup per id.
+const DENSE: u64 = 2;
 
 fn db_ctx(what: &'static str) -> impl FnOnce(DbError) -> SourceError {
     db(move || what.to_owned())
@@ -61,6 +97,24 @@ fn sql_err(db: &SqliteBackend, context: &'static str) -> impl FnOnce(rusqlite::E
         path,
         context,
         error,
+    }
+}
+
+/// Column `i` of `r` as a blob, borrowed from SQLite.
+fn blob<'r>(r: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<&'r [u8]> {
+    let v = r.get_ref(i)?;
+    v.as_blob()
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, v.data_type(), Box::new(e)))
+}
+
+fn orphan(tid: u64, oid: u64) -> SourceError {
+    SourceError::Inconsistent {
+        what: format!(
+            "object {} has a record in {} that the transaction does not list \
+             (or that transaction is missing)",
+            Oid(oid),
+            Tid(tid)
+        ),
     }
 }
 
@@ -76,7 +130,112 @@ impl SqliteSource {
             .map_err(sql_err(&db, "setting mmap_size"))
             .map_err(db_ctx("setting up the database"))?;
         log::debug!("{}: mmap_size {mapped}", db.path().display());
-        Ok(SqliteSource { db, np })
+        Ok(SqliteSource {
+            db,
+            np,
+            objs: Vec::new(),
+            ids: Vec::new(),
+            found: Vec::new(),
+            taken: Vec::new(),
+            scan_limit: SCAN_ROWS,
+            scanned: None,
+        })
+    }
+
+    /// Sets the most `obj` rows that [`Source::plan`] reads in one scan
+    /// of the table (kept in memory, 48 bytes each); 0: never.
+    pub fn set_scan_limit(&mut self, rows: usize) {
+        self.scan_limit = rows;
+        self.scanned = None;
+    }
+
+    /// True when the planned range's `obj` rows were read in one scan.
+    pub fn scanned(&self) -> bool {
+        self.scanned.is_some()
+    }
+
+    /// One integer from `sql` with `params`.
+    fn count_rows(&self, sql: &str, params: impl rusqlite::Params) -> Result<u64, SourceError> {
+        let n: i64 = self
+            .db
+            .connection()
+            .prepare_cached(sql)
+            .and_then(|mut s| s.query_row(params, |r| r.get(0)))
+            .map_err(sql_err(&self.db, "counting obj rows"))
+            .map_err(db_ctx("planning the export"))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Reads the `obj` rows of `[min, max]` in one pass over the table
+    /// (primary key order) if they are at most [`Self::set_scan_limit`]
+    /// and at least a quarter of the table: that costs a fraction of
+    /// looking each one up from `_obj_i1` (its entries lack `data_id`).
+    fn scan(&mut self, min: i64, max: i64) -> Result<(), SourceError> {
+        let mut n = 0;
+        for p in 0..self.np {
+            n += self.count_rows(
+                "SELECT count(*) FROM obj WHERE partition=? AND ?<=tid AND tid<=?",
+                params![p, min, max],
+            )?;
+        }
+        if n == 0 || n > self.scan_limit as u64 {
+            return Ok(());
+        }
+        // The table's rows, counted up to 4n + 1.
+        let most = n.saturating_mul(4).saturating_add(1);
+        let total = self.count_rows(
+            "SELECT count(*) FROM (SELECT 1 FROM obj LIMIT ?)",
+            [i64::try_from(most).unwrap_or(i64::MAX)],
+        )?;
+        if total >= most {
+            return Ok(());
+        }
+        let mut rows = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+        for p in 0..self.np {
+            // `+tid`: not through _obj_i1, along the primary key.
+            self.obj_query(
+                "SELECT tid, oid, data_id, value_tid FROM obj \
+                 WHERE partition=? AND ?<=+tid AND +tid<=?",
+                p,
+                min,
+                max,
+                &mut rows,
+            )?;
+        }
+        rows.sort_unstable_by_key(|o| (o.tid, o.oid));
+        log::debug!("{} obj rows read in one scan of {total}", rows.len());
+        self.scanned = Some(Scanned { min, max, rows });
+        Ok(())
+    }
+
+    /// Appends the rows of an `obj` query (partition, min tid, max tid) to `out`.
+    fn obj_query(
+        &self,
+        sql: &str,
+        p: u32,
+        min: i64,
+        max: i64,
+        out: &mut Vec<ObjRow>,
+    ) -> Result<(), SourceError> {
+        let ctx = || format!("reading objects of partition {p}");
+        let err = |e| db(ctx)(sql_err(&self.db, "reading obj")(e));
+        let mut stmt = self.db.connection().prepare_cached(sql).map_err(err)?;
+        let mut rows = stmt.query(params![p, min, max]).map_err(err)?;
+        while let Some(r) = rows.next().map_err(err)? {
+            let row: (i64, i64, Option<i64>, Option<i64>) =
+                (|| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))().map_err(err)?;
+            let (tid, oid, data_id, value_tid) = row;
+            out.push(ObjRow {
+                tid: from_sql(tid, "tid").map_err(db(ctx))?,
+                oid: from_sql(oid, "oid").map_err(db(ctx))?,
+                data_id,
+                value_tid: value_tid
+                    .map(|v| from_sql(v, "value_tid"))
+                    .transpose()
+                    .map_err(db(ctx))?,
+            });
+        }
+        Ok(())
     }
 
     /// Gives the database back.
@@ -125,76 +284,98 @@ impl SqliteSource {
         Ok(out)
     }
 
-    fn obj_rows(&self, min: i64, max: i64) -> Result<Vec<(u64, SourceRecord)>, SourceError> {
-        let conn = self.db.connection();
-        let mut out = Vec::new();
-        for p in 0..self.np {
-            let ctx = || format!("reading objects of partition {p}");
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT tid, oid, data_id, value_tid, compression, value \
-                     FROM obj LEFT JOIN data ON data.id = obj.data_id \
-                     WHERE partition=? AND ?<=tid AND tid<=?",
-                )
-                .map_err(sql_err(&self.db, "reading obj"))
-                .map_err(db(ctx))?;
-            let mut rows = stmt
-                .query(params![p, min, max])
-                .map_err(sql_err(&self.db, "reading obj"))
-                .map_err(db(ctx))?;
-            while let Some(r) = rows
-                .next()
-                .map_err(sql_err(&self.db, "reading obj"))
-                .map_err(db(ctx))?
-            {
-                let row: ObjRow = (|| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    ))
-                })()
-                .map_err(sql_err(&self.db, "reading obj"))
-                .map_err(db(ctx))?;
-                let (tid, oid, data_id, value_tid, compression, value) = row;
-                let tid = from_sql(tid, "tid").map_err(db(ctx))?;
-                let oid = from_sql(oid, "oid").map_err(db(ctx))?;
-                let data = match (data_id, compression, value) {
-                    (None, _, _) => None,
-                    (Some(_), Some(c), Some(v)) => Some((
-                        u8::try_from(c).map_err(|_| SourceError::Inconsistent {
-                            what: format!("object {} of {}: compression {c}", Oid(oid), Tid(tid)),
-                        })?,
-                        v,
-                    )),
-                    (Some(id), _, _) => {
-                        return Err(SourceError::Inconsistent {
-                            what: format!(
-                                "object {} of {}: data row {id:#x} is missing",
-                                Oid(oid),
-                                Tid(tid)
-                            ),
-                        })
+    /// The `obj` rows with `min <= tid <= max` into `self.objs`, sorted by
+    /// `(tid, oid)`: from the planned scan when it covers them, else
+    /// through `_obj_i1`.
+    fn obj_rows(&mut self, min: i64, max: i64) -> Result<(), SourceError> {
+        let mut objs = std::mem::take(&mut self.objs);
+        objs.clear();
+        match &self.scanned {
+            Some(s) if s.min <= min && max <= s.max => {
+                let lo = s.rows.partition_point(|o| (o.tid as i64) < min);
+                let hi = s.rows.partition_point(|o| (o.tid as i64) <= max);
+                objs.extend_from_slice(s.rows.get(lo..hi).unwrap_or(&[]));
+            }
+            _ => {
+                for p in 0..self.np {
+                    let sql = "SELECT tid, oid, data_id, value_tid FROM obj \
+                               WHERE partition=? AND ?<=tid AND tid<=?";
+                    if let Err(e) = self.obj_query(sql, p, min, max, &mut objs) {
+                        self.objs = objs;
+                        return Err(e);
                     }
-                };
-                let value_tid = value_tid
-                    .map(|v| from_sql(v, "value_tid").map(Tid))
-                    .transpose()
-                    .map_err(db(ctx))?;
-                out.push((
-                    tid,
-                    SourceRecord {
-                        oid: Oid(oid),
-                        data,
-                        value_tid,
-                    },
-                ));
+                }
+                // Each partition's scan is in index order already: this
+                // merges partitions (and is linear on sorted input).
+                objs.sort_unstable_by_key(|o| (o.tid, o.oid));
             }
         }
-        Ok(out)
+        self.objs = objs;
+        Ok(())
+    }
+
+    /// The data rows of `self.objs` appended to `out`, `self.found[i]`
+    /// for `self.ids[i]` (`None`: no such row).
+    fn data_rows(&mut self, out: &mut Batch) -> Result<(), SourceError> {
+        self.ids.clear();
+        self.ids.extend(self.objs.iter().filter_map(|o| o.data_id));
+        self.ids.sort_unstable();
+        self.ids.dedup();
+        self.found.clear();
+        self.found.resize(self.ids.len(), None);
+        let (Some(&lo), Some(&hi)) = (self.ids.first(), self.ids.last()) else {
+            return Ok(());
+        };
+        let conn = self.db.connection();
+        let ctx = || "reading data".to_owned();
+        let err = |e| db(ctx)(sql_err(&self.db, "reading data")(e));
+        let compression = |id: i64, c: i64| {
+            u8::try_from(c).map_err(|_| SourceError::Inconsistent {
+                what: format!("data row {id:#x}: compression {c}"),
+            })
+        };
+        let spread = hi.abs_diff(lo).saturating_add(1);
+        if spread
+            <= (self.ids.len() as u64)
+                .saturating_mul(DENSE)
+                .saturating_add(64)
+        {
+            // One pass in rowid order, skipping the rows not needed.
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, compression, value FROM data \
+                     WHERE ?<=id AND id<=? ORDER BY id",
+                )
+                .map_err(err)?;
+            let mut rows = stmt.query(params![lo, hi]).map_err(err)?;
+            let mut j = 0;
+            while let Some(r) = rows.next().map_err(err)? {
+                let id: i64 = r.get(0).map_err(err)?;
+                while self.ids.get(j).is_some_and(|&x| x < id) {
+                    j += 1;
+                }
+                match self.ids.get(j) {
+                    None => break,
+                    Some(&x) if x != id => continue,
+                    Some(_) => {}
+                }
+                let c = compression(id, r.get(1).map_err(err)?)?;
+                self.found[j] = Some(out.push_stored(c, blob(r, 2).map_err(err)?));
+                j += 1;
+            }
+        } else {
+            let mut stmt = conn
+                .prepare_cached("SELECT compression, value FROM data WHERE id=?")
+                .map_err(err)?;
+            for (j, &id) in self.ids.iter().enumerate() {
+                let mut rows = stmt.query([id]).map_err(err)?;
+                if let Some(r) = rows.next().map_err(err)? {
+                    let c = compression(id, r.get(0).map_err(err)?)?;
+                    self.found[j] = Some(out.push_stored(c, blob(r, 1).map_err(err)?));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -213,8 +394,31 @@ impl Source for SqliteSource {
         max: Tid,
         limit: usize,
     ) -> Result<Vec<SourceTxn>, SourceError> {
+        let mut b = Batch::new();
+        self.read_batch(min, max, limit, &mut b)?;
+        Ok(b.to_source_txns())
+    }
+
+    fn plan(&mut self, min: Tid, max: Tid) -> Result<(), SourceError> {
+        self.scanned = None;
+        if min > max || self.scan_limit == 0 {
+            return Ok(());
+        }
+        let ctx = || "planning the export".to_owned();
+        let smin = to_sql(min.0, "tid").map_err(db(ctx))?;
+        let smax = to_sql(max.0.min(i64::MAX as u64), "tid").map_err(db(ctx))?;
+        self.scan(smin, smax)
+    }
+
+    fn read_batch(
+        &mut self,
+        min: Tid,
+        max: Tid,
+        limit: usize,
+        out: &mut Batch,
+    ) -> Result<(), SourceError> {
         if min > max || limit == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let ctx = || "reading a range of transactions".to_owned();
         let smin = to_sql(min.0, "tid").map_err(db(ctx))?;
@@ -222,55 +426,55 @@ impl Source for SqliteSource {
         let mut trans = self.trans_rows(smin, smax, i64::try_from(limit).unwrap_or(i64::MAX))?;
         trans.truncate(limit);
         let Some(last) = trans.last() else {
-            return Ok(Vec::new());
+            return Ok(());
         };
         let hi = to_sql(last.tid, "tid").map_err(db(ctx))?;
-        let mut objs = self.obj_rows(smin, hi)?;
-        // Sorted by (tid, oid): each partition's scan already is (the
-        // index order), so this only merges partitions.
-        objs.sort_unstable_by_key(|(t, r)| (*t, r.oid));
-        let orphan = |tid: u64, oid: Oid| SourceError::Inconsistent {
-            what: format!(
-                "object {oid} has a record in {} that the transaction does not list \
-                 (or that transaction is missing)",
-                Tid(tid)
-            ),
-        };
-        let mut rows = objs.into_iter().peekable();
-        let mut out = Vec::with_capacity(trans.len());
-        let mut run: Vec<(Oid, Option<SourceRecord>)> = Vec::new();
-        for t in trans {
-            // The records of t, sorted by oid.
-            run.clear();
-            while let Some((tid, r)) = rows.next_if(|(tid, _)| *tid <= t.tid) {
-                if tid < t.tid {
-                    return Err(orphan(tid, r.oid));
+        self.obj_rows(smin, hi)?;
+        self.data_rows(out)?;
+        let mut k = 0;
+        for t in &trans {
+            // The records of t: objs[start..k], sorted by oid.
+            let start = k;
+            while let Some(o) = self.objs.get(k).filter(|o| o.tid <= t.tid) {
+                if o.tid < t.tid {
+                    return Err(orphan(o.tid, o.oid));
                 }
-                run.push((r.oid, Some(r)));
+                k += 1;
             }
-            let oids = split_oids(t.tid, &t.oids).map_err(db(ctx))?;
-            let mut records = Vec::with_capacity(run.len());
-            for o in &oids {
-                let found = run.binary_search_by_key(o, |(oid, _)| *oid);
-                if let Some(r) = found.ok().and_then(|i| run[i].1.take()) {
-                    records.push(r);
+            let run = &self.objs[start..k];
+            self.taken.clear();
+            self.taken.resize(run.len(), false);
+            out.begin_txn(Tid(t.tid), t.packed, &t.user, &t.description, &t.extension);
+            for oid in split_oids(t.tid, &t.oids).map_err(db(ctx))? {
+                let Ok(i) = run.binary_search_by_key(&oid.0, |o| o.oid) else {
+                    continue;
+                };
+                if std::mem::replace(&mut self.taken[i], true) {
+                    continue;
                 }
+                let o = run[i];
+                let data = match o.data_id {
+                    None => None,
+                    Some(id) => {
+                        let found = self.ids.binary_search(&id).ok().and_then(|j| self.found[j]);
+                        Some(found.ok_or_else(|| SourceError::Inconsistent {
+                            what: format!(
+                                "object {} of {}: data row {id:#x} is missing",
+                                Oid(o.oid),
+                                Tid(o.tid)
+                            ),
+                        })?)
+                    }
+                };
+                out.push_record(Oid(o.oid), o.value_tid.map(Tid), data);
             }
-            if let Some(r) = run.iter().find_map(|(_, r)| r.as_ref()) {
-                return Err(orphan(t.tid, r.oid));
+            if let Some(i) = self.taken.iter().position(|&x| !x) {
+                return Err(orphan(t.tid, run[i].oid));
             }
-            out.push(SourceTxn {
-                tid: Tid(t.tid),
-                user: t.user,
-                description: t.description,
-                extension: t.extension,
-                packed: t.packed,
-                records,
-            });
         }
-        if let Some((tid, r)) = rows.next() {
-            return Err(orphan(tid, r.oid));
+        if let Some(o) = self.objs.get(k) {
+            return Err(orphan(o.tid, o.oid));
         }
-        Ok(out)
+        Ok(())
     }
 }

@@ -51,10 +51,11 @@ usage: neo-bench [--db PATH] [--adapter SQLite,MySQL] [--fill N] [--storages rus
                  [--clients rust,python] [--workers 1,4] [--inflight K] [--duration SECS]
                  [--saturate [--steps 1x1,4x1,2x8,4x16]] [--commit-ratio R]
                  [--objects-per-commit K] [--python PATH] [--logs DIR] [--bin-dir DIR]
-                 [--mysql-socket PATH] [--mysql-dir DIR] [--mysql-db NAME]
+                 [--mysql-socket PATH] [--mysql-dir DIR] [--mysql-db NAME] [--busy-poll US]
        neo-bench --masters ADDR --cluster NAME --oids N [--workers ...] [--storage-pid PID] ...
        neo-bench --worker --masters ADDR --cluster NAME --oids N --duration SECS
                  --commit-ratio R --objects-per-commit K --inflight K --seed S --start-at UNIX_MS
+                 [--busy-poll US]
 
   --db            SQLite database of the storage (default bench-data/bench.sqlite);
                   filled with --fill objects (default 100000) if missing
@@ -79,6 +80,10 @@ usage: neo-bench [--db PATH] [--adapter SQLite,MySQL] [--fill N] [--storages rus
   --python        interpreter with NEO importable (default /tmp/neovenv/bin/python;
                   NEO's MySQL adapter needs PyMySQL or MySQLdb there)
   --bin-dir       where our neomaster and neostorage are (default: next to neo-bench)
+  --busy-poll US  microseconds our storage's network thread and our client's loads
+                  poll before they sleep (neostorage --busy-poll, ClientConfig::
+                  busy_poll; default: theirs); a polling storage burns CPU while it
+                  waits, which raises its CPU per load below saturation
   --masters       drive an existing cluster instead (no daemons started)
 
 Saturation columns: CPU µs/load is the CPU time of the storage process (plus the
@@ -169,6 +174,7 @@ struct Opts {
     seed: u64,
     start_at: u64,
     storage_pid: Option<u32>,
+    busy_poll: Option<u64>,
 }
 
 fn list(v: &str) -> Vec<String> {
@@ -220,6 +226,7 @@ impl Opts {
             seed: 1,
             start_at: 0,
             storage_pid: None,
+            busy_poll: None,
         };
         let mut steps = None;
         let mut it = args.iter();
@@ -285,6 +292,7 @@ impl Opts {
                 "--seed" => o.seed = v.parse().map_err(|_| num("seed"))?,
                 "--start-at" => o.start_at = v.parse().map_err(|_| num("time"))?,
                 "--storage-pid" => o.storage_pid = Some(v.parse().map_err(|_| num("pid"))?),
+                "--busy-poll" => o.busy_poll = Some(v.parse().map_err(|_| num("duration"))?),
                 _ => return Err(format!("unknown option {a}")),
             }
         }
@@ -529,9 +537,16 @@ fn meta(what: &str) -> TxnMeta {
     }
 }
 
-async fn connect(master: SocketAddr, cluster: &str) -> Result<Client, ClientError> {
+async fn connect(
+    master: SocketAddr,
+    cluster: &str,
+    busy_poll: Option<u64>,
+) -> Result<Client, ClientError> {
     let mut cfg = ClientConfig::new(vec![master], cluster);
     cfg.connect_timeout = Duration::from_secs(60);
+    if let Some(us) = busy_poll {
+        cfg.busy_poll = Duration::from_micros(us);
+    }
     Client::connect(cfg).await
 }
 
@@ -607,7 +622,7 @@ fn worker(o: &Opts) -> Result<(), String> {
     let oids = o.oids.ok_or("--worker needs --oids")?;
     let rt = runtime()?;
     let result = rt.block_on(async {
-        let c = connect(master, &o.cluster)
+        let c = connect(master, &o.cluster, o.busy_poll)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let mut rng = Rng::new(o.seed);
@@ -952,6 +967,9 @@ fn start_cluster(o: &Opts, kind: &str, tag: &str, backend: &Backend) -> Result<C
     };
     mcmd.args(margs).env("RUST_LOG", "warn");
     scmd.args(sargs).env("RUST_LOG", "warn");
+    if let (Some(us), "rust") = (o.busy_poll, kind) {
+        scmd.arg("--busy-poll").arg(us.to_string());
+    }
     let mut master = Proc::spawn(&format!("{tag}-master"), &mut mcmd, &o.logs)?;
     wait_listening(&mut master, master_addr)?;
     let mut storage = Proc::spawn(&format!("{tag}-storage"), &mut scmd, &o.logs)?;
@@ -971,7 +989,7 @@ fn fill(o: &Opts, backend: &Backend) -> Result<(), String> {
     let rt = runtime()?;
     let t0 = Instant::now();
     rt.block_on(async {
-        let c = connect(cluster.master_addr, CLUSTER)
+        let c = connect(cluster.master_addr, CLUSTER, None)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let mut rng = Rng::new(42);
@@ -1014,7 +1032,7 @@ fn oids_file(db: &Path) -> PathBuf {
 /// learns the last oid from the storage when it starts).
 fn probe_oids(master: SocketAddr, cluster: &str) -> Result<u64, String> {
     runtime()?.block_on(async {
-        let c = connect(master, cluster)
+        let c = connect(master, cluster, None)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let first = c
@@ -1032,7 +1050,7 @@ fn probe_oids(master: SocketAddr, cluster: &str) -> Result<u64, String> {
 /// Waits until the cluster serves clients.
 fn wait_operational(master: SocketAddr, cluster: &str) -> Result<(), String> {
     runtime()?.block_on(async {
-        let c = connect(master, cluster)
+        let c = connect(master, cluster, None)
             .await
             .map_err(|e| format!("cluster not operational: {e}"))?;
         c.close().await;
@@ -1193,6 +1211,9 @@ fn measure(
             "rust" => {
                 let mut c = Command::new(&me);
                 c.arg("--worker");
+                if let Some(us) = o.busy_poll {
+                    c.arg("--busy-poll").arg(us.to_string());
+                }
                 c
             }
             _ => {
@@ -1545,6 +1566,9 @@ mod tests {
         assert_eq!(o.commit_ratio, 0.5);
         let o = Opts::parse(&args("--adapter mysql,SQLite --mysql-db b_1")).unwrap();
         assert_eq!(o.adapters, vec![Adapter::Mysql, Adapter::Sqlite]);
+        assert_eq!(o.busy_poll, None);
+        let o = Opts::parse(&args("--busy-poll 0")).unwrap();
+        assert_eq!(o.busy_poll, Some(0));
         for bad in [
             "--inflight 0",
             "--steps 2x2",

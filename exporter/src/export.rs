@@ -398,6 +398,23 @@ pub fn export(
     Ok(summary)
 }
 
+/// CPU time of the calling thread (for the debug log of each thread's
+/// share; zero if the clock cannot be read).
+fn thread_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid, writable timespec for the call's duration.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    if r != 0 {
+        return Duration::ZERO;
+    }
+    let secs = u64::try_from(t.tv_sec).unwrap_or(0);
+    let nanos = u32::try_from(t.tv_nsec).unwrap_or(0);
+    Duration::new(secs, nanos.min(999_999_999))
+}
+
 /// A batch on its way to the writer (or the error that ends the export).
 type Sent = Result<Batch, ExportError>;
 
@@ -405,6 +422,24 @@ type Sent = Result<Batch, ExportError>;
 /// the decompression threads in turn (`to[k % n]` for the k-th batch);
 /// batches come back through `free` once written, to reuse their buffers.
 fn read_ahead(
+    source: &mut (dyn Source + Send),
+    from: Tid,
+    max: Tid,
+    batch: usize,
+    to: Vec<mpsc::SyncSender<Sent>>,
+    free: mpsc::Receiver<Batch>,
+) {
+    let t = Instant::now();
+    read_batches(source, from, max, batch, to, free);
+    log::debug!(
+        "reader: {:.2}s CPU in {:.2}s",
+        thread_cpu().as_secs_f64(),
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// [`read_ahead`]'s loop.
+fn read_batches(
     source: &mut (dyn Source + Send),
     from: Tid,
     max: Tid,
@@ -453,9 +488,10 @@ fn inflate_ahead(rx: mpsc::Receiver<Sent>, tx: mpsc::SyncSender<Sent>) {
     for b in rx {
         let res = b.and_then(|mut b| b.inflate(&mut z).map(|()| b));
         if tx.send(res).is_err() {
-            return;
+            break;
         }
     }
+    log::debug!("inflater: {:.2}s CPU", thread_cpu().as_secs_f64());
 }
 
 /// Decompression threads: one per core (the reader and the writer
@@ -509,6 +545,7 @@ fn write_out(file: File, rx: mpsc::Receiver<(u64, u64)>) {
             log::debug!("sync_file_range: {}", std::io::Error::last_os_error());
         }
     }
+    log::debug!("write-out: {:.2}s CPU", thread_cpu().as_secs_f64());
 }
 
 fn copy(
@@ -522,12 +559,14 @@ fn copy(
 ) -> Result<(), ExportError> {
     let mut since_sync = 0u64;
     let n = inflaters();
+    let cpu0 = thread_cpu();
+    let t0 = Instant::now();
     let wb_file = pos.file.try_clone().map_err(|error| ExportError::Io {
         path: pos.path.clone(),
         op: "dup",
         error,
     })?;
-    std::thread::scope(|scope| {
+    let res = std::thread::scope(|scope| {
         let (wb_tx, wb_rx) = mpsc::channel();
         scope.spawn(move || write_out(wb_file, wb_rx));
         let mut wb = Writeback {
@@ -576,7 +615,13 @@ fn copy(
         }
         summary.complete = true;
         Ok(())
-    })
+    });
+    log::debug!(
+        "writer: {:.2}s CPU in {:.2}s, {n} inflaters",
+        (thread_cpu().saturating_sub(cpu0)).as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+    res
 }
 
 fn write_txn(

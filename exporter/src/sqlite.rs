@@ -15,8 +15,9 @@
 //!
 //! Before an export, [`Source::plan`] reads the `obj` rows of the whole
 //! range in one pass along the primary key instead (`... AND ?<=+tid AND
-//! +tid<=?`), when they are at most [`SCAN_ROWS`] and a quarter of the
-//! table or more: the per-row lookups of `_obj_i1` cost several times more.
+//! +tid<=?`), when the range holds a quarter of the transactions or more
+//! and at most [`SCAN_ROWS`] records: the per-row lookups of `_obj_i1`
+//! cost several times more.
 //!
 //! Data are copied once, from the mapped database into the [`Batch`]
 //! (read in place with `get_ref`, no vector per record); a data row used
@@ -161,67 +162,70 @@ impl SqliteSource {
             .connection()
             .prepare_cached(sql)
             .and_then(|mut s| s.query_row(params, |r| r.get(0)))
-            .map_err(sql_err(&self.db, "counting obj rows"))
+            .map_err(sql_err(&self.db, "counting rows"))
             .map_err(db_ctx("planning the export"))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// Reads the `obj` rows of `[min, max]` in one pass over the table
-    /// (primary key order) if they are at most [`Self::set_scan_limit`]
-    /// and at least a quarter of the table: that costs a fraction of
-    /// looking each one up from `_obj_i1` (its entries lack `data_id`).
+    /// (primary key order) if the range holds a quarter of the
+    /// transactions or more (a scan costs a fraction of looking each row
+    /// up from `_obj_i1`, whose entries lack `data_id`) and its rows are
+    /// at most [`Self::set_scan_limit`] (else the scan is dropped).
     fn scan(&mut self, min: i64, max: i64) -> Result<(), SourceError> {
-        let mut n = 0;
+        let t = std::time::Instant::now();
+        // The range's share of the history, from `trans` (small next to
+        // `obj`, and read anyway).
+        let (mut in_range, mut all) = (0, 0);
         for p in 0..self.np {
-            n += self.count_rows(
-                "SELECT count(*) FROM obj WHERE partition=? AND ?<=tid AND tid<=?",
+            in_range += self.count_rows(
+                "SELECT count(*) FROM trans WHERE partition=? AND ?<=tid AND tid<=?",
                 params![p, min, max],
             )?;
+            all += self.count_rows("SELECT count(*) FROM trans WHERE partition=?", [p])?;
         }
-        if n == 0 || n > self.scan_limit as u64 {
+        if in_range == 0 || in_range.saturating_mul(4) < all {
             return Ok(());
         }
-        // The table's rows, counted up to 4n + 1.
-        let most = n.saturating_mul(4).saturating_add(1);
-        let total = self.count_rows(
-            "SELECT count(*) FROM (SELECT 1 FROM obj LIMIT ?)",
-            [i64::try_from(most).unwrap_or(i64::MAX)],
-        )?;
-        if total >= most {
-            return Ok(());
-        }
-        let mut rows = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+        let mut rows = Vec::new();
         for p in 0..self.np {
             // `+tid`: not through _obj_i1, along the primary key.
-            self.obj_query(
-                "SELECT tid, oid, data_id, value_tid FROM obj \
-                 WHERE partition=? AND ?<=+tid AND +tid<=?",
-                p,
-                min,
-                max,
-                &mut rows,
-            )?;
+            let sql = "SELECT tid, oid, data_id, value_tid FROM obj \
+                       WHERE partition=? AND ?<=+tid AND +tid<=?";
+            if !self.obj_query(sql, p, min, max, self.scan_limit, &mut rows)? {
+                log::debug!("more than {} obj rows: no scan", self.scan_limit);
+                return Ok(());
+            }
         }
         rows.sort_unstable_by_key(|o| (o.tid, o.oid));
-        log::debug!("{} obj rows read in one scan of {total}", rows.len());
+        log::debug!(
+            "{} obj rows read in one scan in {:.3}s",
+            rows.len(),
+            t.elapsed().as_secs_f64()
+        );
         self.scanned = Some(Scanned { min, max, rows });
         Ok(())
     }
 
-    /// Appends the rows of an `obj` query (partition, min tid, max tid) to `out`.
+    /// Appends the rows of an `obj` query (partition, min tid, max tid) to
+    /// `out`; false (and stops) when `out` would exceed `limit` rows.
     fn obj_query(
         &self,
         sql: &str,
         p: u32,
         min: i64,
         max: i64,
+        limit: usize,
         out: &mut Vec<ObjRow>,
-    ) -> Result<(), SourceError> {
+    ) -> Result<bool, SourceError> {
         let ctx = || format!("reading objects of partition {p}");
         let err = |e| db(ctx)(sql_err(&self.db, "reading obj")(e));
         let mut stmt = self.db.connection().prepare_cached(sql).map_err(err)?;
         let mut rows = stmt.query(params![p, min, max]).map_err(err)?;
         while let Some(r) = rows.next().map_err(err)? {
+            if out.len() >= limit {
+                return Ok(false);
+            }
             let row: (i64, i64, Option<i64>, Option<i64>) =
                 (|| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))().map_err(err)?;
             let (tid, oid, data_id, value_tid) = row;
@@ -235,7 +239,7 @@ impl SqliteSource {
                     .map_err(db(ctx))?,
             });
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Gives the database back.
@@ -300,7 +304,7 @@ impl SqliteSource {
                 for p in 0..self.np {
                     let sql = "SELECT tid, oid, data_id, value_tid FROM obj \
                                WHERE partition=? AND ?<=tid AND tid<=?";
-                    if let Err(e) = self.obj_query(sql, p, min, max, &mut objs) {
+                    if let Err(e) = self.obj_query(sql, p, min, max, usize::MAX, &mut objs) {
                         self.objs = objs;
                         return Err(e);
                     }

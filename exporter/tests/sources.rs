@@ -1,11 +1,109 @@
 //! The range-reading SQLite source yields exactly what the generic
-//! `Backend` source yields, batch boundaries and tid ranges included.
+//! `Backend` source yields, batch boundaries and tid ranges included, by
+//! each of its ways (planned scan or index lookups; data rows in one pass
+//! or one by one).
 
 mod common;
 
 use common::{load, new_db, synthetic, LoadOptions};
 use fsformat::Tid;
-use neo_exporter::{BackendSource, Source, SourceError, SqliteSource};
+use neo_exporter::{
+    export, BackendSource, Batch, ExportOptions, NoProgress, Source, SourceError, SourceTxn,
+    SqliteSource, SCAN_ROWS,
+};
+
+/// Every transaction of `[lo, hi]` read with `read_batch`, `limit` at a time.
+fn read_all(src: &mut SqliteSource, lo: Tid, hi: Tid, limit: usize) -> Vec<SourceTxn> {
+    let mut got = Vec::new();
+    let mut from = lo;
+    loop {
+        let mut b = Batch::new();
+        src.read_batch(from, hi, limit, &mut b).unwrap();
+        got.extend(b.to_source_txns());
+        match b.txns().last() {
+            Some(t) if b.len() == limit && t.tid < hi => from = Tid(t.tid.0 + 1),
+            _ => return got,
+        }
+    }
+}
+
+#[test]
+fn every_way_of_reading_batches_equals_generic_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = dir.path().join("src.fs");
+    synthetic(&fs, 300);
+    let mut db = new_db(&dir.path().join("db.sqlite"), 3);
+    let opts = LoadOptions {
+        compress: true,
+        ..LoadOptions::default()
+    };
+    assert_eq!(load(&fs, &mut db, opts), 300);
+    let mut generic = BackendSource::new(db).unwrap();
+    let all = generic.tids(Tid(0), Tid(u64::MAX >> 1), 1000).unwrap();
+    let want: Vec<_> = all
+        .iter()
+        .map(|&t| generic.transaction(t).unwrap().unwrap())
+        .collect();
+    let mut db = generic.into_inner();
+    for sparse in [false, true] {
+        if sparse {
+            // Data ids far apart (as after deletions): one lookup per id.
+            for sql in [
+                "UPDATE data SET id = -id - 1",
+                "UPDATE data SET id = (-id - 1) * 1000 + 7",
+                "UPDATE obj SET data_id = data_id * 1000 + 7",
+            ] {
+                db.connection().execute(sql, []).unwrap();
+            }
+        }
+        for limit in [SCAN_ROWS, 10, 0] {
+            let mut src = SqliteSource::new(db).unwrap();
+            src.set_scan_limit(limit);
+            for (lo, hi, batch) in [(0, 299, 7), (10, 200, 50), (250, 270, 4), (5, 5, 3)] {
+                src.plan(all[lo], all[hi]).unwrap();
+                // A scan when the range has a quarter of the transactions
+                // and its rows fit the limit.
+                let scan = limit == SCAN_ROWS && (hi - lo + 1) * 4 >= all.len();
+                assert_eq!(src.scanned(), scan, "{lo}..={hi} limit {limit}");
+                let got = read_all(&mut src, all[lo], all[hi], batch);
+                assert!(
+                    got == want[lo..=hi],
+                    "{lo}..={hi} by {batch}, limit {limit}, sparse {sparse}"
+                );
+            }
+            db = src.into_inner();
+        }
+    }
+}
+
+#[test]
+fn export_by_scan_equals_export_by_lookups() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = dir.path().join("src.fs");
+    synthetic(&fs, 120);
+    let mut db = new_db(&dir.path().join("db.sqlite"), 2);
+    let opts = LoadOptions {
+        compress: true,
+        ..LoadOptions::default()
+    };
+    assert_eq!(load(&fs, &mut db, opts), 120);
+    let mut outs = Vec::new();
+    for limit in [SCAN_ROWS, 0] {
+        let mut src = SqliteSource::new(db).unwrap();
+        src.set_scan_limit(limit);
+        let out = dir.path().join(format!("out{limit}.fs"));
+        let opts = ExportOptions {
+            batch: 16,
+            ..ExportOptions::default()
+        };
+        let s = export(&mut src, &out, &opts, &mut NoProgress).unwrap();
+        assert_eq!(s.transactions, 120);
+        assert_eq!(src.scanned(), limit != 0);
+        outs.push(std::fs::read(&out).unwrap());
+        db = src.into_inner();
+    }
+    assert!(outs[0] == outs[1]);
+}
 
 #[test]
 fn sqlite_source_equals_backend_source() {

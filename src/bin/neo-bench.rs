@@ -89,7 +89,9 @@ usage: neo-bench [--db PATH] [--adapter SQLite,MySQL] [--fill N] [--storages rus
 Saturation columns: CPU µs/load is the CPU time of the storage process (plus the
 MySQL server's) over the window divided by the loads served (commits included:
 use --commit-ratio 0 for loads alone); capacity = 1 / (CPU s per load), the
-loads/s one core would serve; stor/db/clients CPU % are shares of one core.
+loads/s one core would serve; stor/db/clients/machine CPU % are shares of one
+core (machine: every process, on all cores); limit: storage when it used 90 %
+of a core or more, cores when the machine was 90 % busy, else latency.
 ";
 
 const CLUSTER: &str = "bench";
@@ -514,6 +516,23 @@ fn context_switches(pid: u32) -> Option<u64> {
         }
     }
     Some(n)
+}
+
+/// CPU seconds all cores of the machine spent busy (neither idle nor
+/// waiting for I/O) since boot, from the first line of `/proc/stat`.
+fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    // user nice system idle iowait irq softirq steal (guest time is
+    // counted in user already).
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3)? + ticks.get(4).copied().unwrap_or(0);
+    Some(total.saturating_sub(idle) as f64 / clock_ticks())
 }
 
 fn loadavg() -> String {
@@ -1076,6 +1095,9 @@ struct Row {
     storage_cpu: Option<f64>,
     /// CPU seconds of the MySQL server over the window.
     db_cpu: Option<f64>,
+    /// Busy CPU seconds of the whole machine over the window (every
+    /// process, ours or not).
+    machine_cpu: Option<f64>,
     storage_switches: Option<u64>,
     client_cpu: f64,
 }
@@ -1153,11 +1175,27 @@ impl Row {
         )
     }
 
+    /// What most likely bounds the loads/s measured: the storage (it used
+    /// 90 % of a core or more: NEO's storage runs on one thread), the
+    /// machine's cores (90 % busy or more, whoever used them), else the
+    /// latency of K loads in flight per worker.
+    fn limit(&self) -> &'static str {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let busy = |cpu: Option<f64>, of: f64| cpu.is_some_and(|c| c >= 0.9 * of * self.duration);
+        if busy(self.storage_cpu, 1.0) {
+            "storage"
+        } else if busy(self.machine_cpu, cores) {
+            "cores"
+        } else {
+            "latency"
+        }
+    }
+
     /// The saturation figures: loads/s measured next to the capacity.
     fn saturation_line(&self) -> String {
         let share = |cpu: Option<f64>| cpu.map(|c| c / self.duration * 100.0);
         format!(
-            "| {:12} | {:6} | {:>2}x{:<3} | {:>9.0} | {:>9} | {:>8} | {:>5} | {:>5} | {:>5} | {:>9} | {:>9} |",
+            "| {:12} | {:6} | {:>2}x{:<3} | {:>9.0} | {:>9} | {:>8} | {:>5} | {:>5} | {:>5} | {:>5} | {:7} | {:>9} | {:>9} |",
             self.storage_label(),
             self.client,
             self.workers,
@@ -1170,6 +1208,8 @@ impl Row {
             fmt_pct(share(self.storage_cpu)),
             fmt_pct(share(self.db_cpu)),
             fmt_pct(share(Some(self.client_cpu))),
+            fmt_pct(share(self.machine_cpu)),
+            self.limit(),
             fmt_us(self.loads.quantile_us(0.5)),
             fmt_us(self.loads.quantile_us(0.99)),
         )
@@ -1181,8 +1221,8 @@ const HEADER: &str = "\
 |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 const SAT_HEADER: &str = "\
-| storage | client | W x K | loads/s | capacity loads/s/core | CPU µs/load | stor CPU | db CPU | clients CPU | load p50 | load p99 |
-|---|---|---|---|---|---|---|---|---|---|---|";
+| storage | client | W x K | loads/s | capacity loads/s/core | CPU µs/load | stor CPU | db CPU | clients CPU | machine CPU | limit | load p50 | load p99 |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 /// The cluster a measurement drives.
 struct Target<'a> {
@@ -1255,7 +1295,9 @@ fn measure(
     let cpu0 = t.storage_pid.and_then(cpu_seconds);
     let db0 = t.db_pid.and_then(cpu_seconds);
     let cs0 = t.storage_pid.and_then(context_switches);
+    let m0 = machine_busy_seconds();
     std::thread::sleep(Duration::from_secs_f64(o.duration));
+    let m1 = machine_busy_seconds();
     let cpu1 = t.storage_pid.and_then(cpu_seconds);
     let db1 = t.db_pid.and_then(cpu_seconds);
     let cs1 = t.storage_pid.and_then(context_switches);
@@ -1268,6 +1310,7 @@ fn measure(
         duration: o.duration,
         storage_cpu: cpu0.zip(cpu1).map(|(a, b)| b - a),
         db_cpu: db0.zip(db1).map(|(a, b)| b - a),
+        machine_cpu: m0.zip(m1).map(|(a, b)| b - a),
         storage_switches: cs0.zip(cs1).map(|(a, b)| b.saturating_sub(a)),
         ..Row::default()
     };
@@ -1314,7 +1357,7 @@ fn report(o: &Opts, row: &Row) {
 }
 
 /// Per adapter and client, each storage's peak loads/s and best capacity,
-/// and the ratio of the first storage's to the others'.
+/// and the ratios of ours (`rust`, else the first storage) to the others'.
 fn comparison(rows: &[Row]) -> String {
     let mut out = String::new();
     let mut groups: Vec<(&str, &str)> = Vec::new();
@@ -1353,8 +1396,13 @@ fn comparison(rows: &[Row]) -> String {
                 " {s} storage peak {peak:.0} loads/s, capacity {cap} loads/s/core;"
             );
         }
-        if let [(first, p0, c0), rest @ ..] = best.as_slice() {
-            for (s, p, c) in rest {
+        // Ratios of ours (else of the first storage) to the others.
+        let reference = best.iter().position(|b| b.0 == "rust").unwrap_or(0);
+        if let Some(&(first, p0, c0)) = best.get(reference) {
+            for (i, (s, p, c)) in best.iter().enumerate() {
+                if i == reference {
+                    continue;
+                }
                 let _ = write!(out, " {first}/{s}: measured x{:.1}", p0 / p.max(1e-9));
                 if let (Some(c0), Some(c)) = (c0, c) {
                     let _ = write!(out, ", capacity x{:.1}", c0 / c);
@@ -1610,11 +1658,20 @@ mod tests {
         assert_eq!(a.step_label(), "2x8");
         let b = row("python", 100, 20.0, 1.0, Some(1.0));
         assert!((b.capacity().unwrap() - 50.0).abs() < 1e-9);
+        assert_eq!(a.limit(), "latency");
+        // 4.6 s of storage CPU in 5 s: 92 % of a core.
+        let busy = row("python", 10, 2.0, 4.6, None);
+        assert_eq!(busy.limit(), "storage");
         let idle = row("python", 0, 0.0, 0.0, None);
         assert_eq!(idle.capacity(), None);
-        let c = comparison(&[a, b, idle]);
+        // Ours is the reference whatever the order of the runs.
+        let c = comparison(&[b, a, idle]);
         assert!(
             c.contains("rust/python: measured x10.0, capacity x20.0"),
+            "{c}"
+        );
+        assert!(
+            c.contains("python storage peak 20 loads/s, capacity 50 loads/s/core"),
             "{c}"
         );
     }

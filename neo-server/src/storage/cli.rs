@@ -241,6 +241,14 @@ pub fn serve_builtin(args: StorageArgs) -> Result<Option<StorageArgs>, String> {
             warn!("--engine is for MySQL only: ignored");
         }
         let (path, mut opts) = SqliteOptions::parse_database(&args.database)?;
+        if !opts.pragmas.iter().any(|(k, _)| k == "journal_mode") {
+            // Our one default that is not NEO's (NEO leaves SQLite's rollback
+            // journal): write-ahead logging, as durable with synchronous=FULL,
+            // and a commit costs one sync instead of four syncs and an unlink;
+            // the file stays NEO's (a `file:` URI with journal_mode=DELETE
+            // turns it back).
+            opts.pragmas.push(("journal_mode".into(), "WAL".into()));
+        }
         opts.reset = args.reset;
         opts.dedup = args.dedup;
         let db = SqliteBackend::open(&path, &opts).map_err(|e| e.to_string())?;

@@ -30,7 +30,11 @@
 //! `synchronous=FULL`, which syncs the journal and the database at each
 //! commit. Hence a transaction whose [`Backend::commit`] returned survives a
 //! SIGKILL (and a power loss, if the disk honours fsync). Uncommitted work
-//! is rolled back when the process dies.
+//! is rolled back when the process dies. `neostorage` (not this type) makes
+//! one change to these defaults: `journal_mode=WAL` unless the URI names a
+//! journal mode (see `storage::cli`): with `synchronous=FULL` as durable,
+//! one sync per commit instead of four plus an unlink and a directory
+//! sync, and loads read while a commit is written.
 //!
 //! Like NEO, the file is locked against a second storage node by binding
 //! the abstract Unix socket `\0neostorage:<st_dev>:<st_ino>`, so Python NEO

@@ -400,7 +400,7 @@ pub fn export(
 
 /// CPU time of the calling thread (for the debug log of each thread's
 /// share; zero if the clock cannot be read).
-fn thread_cpu() -> Duration {
+pub(crate) fn thread_cpu() -> Duration {
     let mut t = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -28,7 +28,10 @@
 
 use fsformat::{Oid, Tid};
 use neo_server::storage::{from_sql, split_oids, to_sql, DbError, SqliteBackend};
-use rusqlite::params;
+use rusqlite::{params, Connection, OpenFlags};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 
 use crate::batch::{Batch, StoredData};
 use crate::source::{
@@ -52,6 +55,46 @@ pub struct SqliteSource {
     scan_limit: usize,
     /// The `obj` rows of the planned range, when read in one scan.
     scanned: Option<Scanned>,
+    /// That scan while a thread of its own does it.
+    pending: Option<PendingScan>,
+}
+
+/// A scan of `obj` by a thread with its own (read-only) connection: the
+/// batches read meanwhile look their rows up. Dropped, it stops the
+/// thread and waits for it (so that its read lock is gone).
+#[derive(Debug)]
+struct PendingScan {
+    min: i64,
+    max: i64,
+    rx: mpsc::Receiver<Option<Vec<ObjRow>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PendingScan {
+    /// The rows if the scan is over (`Some(None)`: it failed or gave up);
+    /// waits for it with `wait`.
+    fn take(&mut self, wait: bool) -> Option<Option<Vec<ObjRow>>> {
+        let got = if wait {
+            self.rx.recv().map_err(|_| mpsc::TryRecvError::Disconnected)
+        } else {
+            self.rx.try_recv()
+        };
+        match got {
+            Ok(rows) => Some(rows),
+            Err(mpsc::TryRecvError::Empty) => None,
+            Err(mpsc::TryRecvError::Disconnected) => Some(None),
+        }
+    }
+}
+
+impl Drop for PendingScan {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The `obj` rows with `min <= tid <= max`, sorted by `(tid, oid)`.
@@ -84,6 +127,103 @@ struct ObjRow {
     value_tid: Option<u64>,
 }
 
+/// Appends the rows of an `obj` query (partition, min tid, max tid) to
+/// `out`; false (and stops) when `out` would exceed `limit` rows or `stop`
+/// is set.
+#[allow(clippy::too_many_arguments)]
+fn obj_query(
+    conn: &Connection,
+    path: &Path,
+    sql: &str,
+    p: u32,
+    (min, max): (i64, i64),
+    limit: usize,
+    stop: Option<&AtomicBool>,
+    out: &mut Vec<ObjRow>,
+) -> Result<bool, SourceError> {
+    let ctx = || format!("reading objects of partition {p}");
+    let err = |e| db(ctx)(sql_err_at(path, "reading obj")(e));
+    let mut stmt = conn.prepare_cached(sql).map_err(err)?;
+    let mut rows = stmt.query(params![p, min, max]).map_err(err)?;
+    while let Some(r) = rows.next().map_err(err)? {
+        if out.len() >= limit || stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+            return Ok(false);
+        }
+        let row: (i64, i64, Option<i64>, Option<i64>) =
+            (|| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))().map_err(err)?;
+        let (tid, oid, data_id, value_tid) = row;
+        out.push(ObjRow {
+            tid: from_sql(tid, "tid").map_err(db(ctx))?,
+            oid: from_sql(oid, "oid").map_err(db(ctx))?,
+            data_id,
+            value_tid: value_tid
+                .map(|v| from_sql(v, "value_tid"))
+                .transpose()
+                .map_err(db(ctx))?,
+        });
+    }
+    Ok(true)
+}
+
+/// The scan thread of [`SqliteSource`]: every `obj` row with
+/// `min <= tid <= max` along the primary key, through a read-only
+/// connection of its own, sorted by `(tid, oid)`; `None` past `limit`
+/// rows, when stopped, or on an error (then the rows are looked up).
+fn scan_obj(
+    path: &Path,
+    np: u32,
+    min: i64,
+    max: i64,
+    limit: usize,
+    stop: &AtomicBool,
+) -> Option<Vec<ObjRow>> {
+    let (t, cpu) = (std::time::Instant::now(), crate::export::thread_cpu());
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .and_then(|c| {
+            c.query_row("PRAGMA mmap_size = 1099511627776", [], |r| {
+                r.get::<_, i64>(0)
+            })?;
+            Ok(c)
+        })
+        .map_err(|e| log::debug!("{}: no scan: {e}", path.display()))
+        .ok()?;
+    let mut rows = Vec::new();
+    for p in 0..np {
+        // `+tid`: not through _obj_i1, along the primary key.
+        let sql = "SELECT tid, oid, data_id, value_tid FROM obj \
+                   WHERE partition=? AND ?<=+tid AND +tid<=?";
+        match obj_query(
+            &conn,
+            path,
+            sql,
+            p,
+            (min, max),
+            limit,
+            Some(stop),
+            &mut rows,
+        ) {
+            Ok(true) => {}
+            Ok(false) => {
+                log::debug!("obj scan stopped (over {limit} rows, or not needed)");
+                return None;
+            }
+            Err(e) => {
+                log::debug!("obj scan failed: {e}");
+                return None;
+            }
+        }
+    }
+    rows.sort_unstable_by_key(|o| (o.tid, o.oid));
+    log::debug!(
+        "{} obj rows read in one scan: {:.3}s CPU in {:.3}s",
+        rows.len(),
+        (crate::export::thread_cpu().saturating_sub(cpu)).as_secs_f64(),
+        t.elapsed().as_secs_f64()
+    );
+    Some(rows)
+}
+
 /// Densest spread of data ids read with one range scan: at most this
 /// many rowids per id needed (plus a few), else one lookup per id.
 const DENSE: u64 = 2;
@@ -93,7 +233,11 @@ fn db_ctx(what: &'static str) -> impl FnOnce(DbError) -> SourceError {
 }
 
 fn sql_err(db: &SqliteBackend, context: &'static str) -> impl FnOnce(rusqlite::Error) -> DbError {
-    let path = db.path().to_owned();
+    sql_err_at(db.path(), context)
+}
+
+fn sql_err_at(path: &Path, context: &'static str) -> impl FnOnce(rusqlite::Error) -> DbError {
+    let path = path.to_owned();
     move |error| DbError::Sqlite {
         path,
         context,
@@ -140,6 +284,7 @@ impl SqliteSource {
             taken: Vec::new(),
             scan_limit: SCAN_ROWS,
             scanned: None,
+            pending: None,
         })
     }
 
@@ -148,11 +293,23 @@ impl SqliteSource {
     pub fn set_scan_limit(&mut self, rows: usize) {
         self.scan_limit = rows;
         self.scanned = None;
+        self.pending = None;
     }
 
-    /// True when the planned range's `obj` rows were read in one scan.
-    pub fn scanned(&self) -> bool {
+    /// True when the planned range's `obj` rows were read in one scan
+    /// (waits for the scan to end).
+    pub fn scanned(&mut self) -> bool {
+        self.poll_scan(true);
         self.scanned.is_some()
+    }
+
+    /// Takes the rows of the pending scan if it is over (or waits).
+    fn poll_scan(&mut self, wait: bool) {
+        let Some(p) = &mut self.pending else { return };
+        let Some(rows) = p.take(wait) else { return };
+        let (min, max) = (p.min, p.max);
+        self.pending = None;
+        self.scanned = rows.map(|rows| Scanned { min, max, rows });
     }
 
     /// One integer from `sql` with `params`.
@@ -167,13 +324,12 @@ impl SqliteSource {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    /// Reads the `obj` rows of `[min, max]` in one pass over the table
-    /// (primary key order) if the range holds a quarter of the
-    /// transactions or more (a scan costs a fraction of looking each row
-    /// up from `_obj_i1`, whose entries lack `data_id`) and its rows are
-    /// at most [`Self::set_scan_limit`] (else the scan is dropped).
+    /// Starts reading the `obj` rows of `[min, max]` in one pass over the
+    /// table (primary key order), by a thread with its own connection, if
+    /// the range holds a quarter of the transactions or more (a scan costs
+    /// a fraction of looking each row up from `_obj_i1`, whose entries
+    /// lack `data_id`); it gives up past [`Self::set_scan_limit`] rows.
     fn scan(&mut self, min: i64, max: i64) -> Result<(), SourceError> {
-        let t = std::time::Instant::now();
         // The range's share of the history, from `trans` (small next to
         // `obj`, and read anyway).
         let (mut in_range, mut all) = (0, 0);
@@ -187,62 +343,33 @@ impl SqliteSource {
         if in_range == 0 || in_range.saturating_mul(4) < all {
             return Ok(());
         }
-        let mut rows = Vec::new();
-        for p in 0..self.np {
-            // `+tid`: not through _obj_i1, along the primary key.
-            let sql = "SELECT tid, oid, data_id, value_tid FROM obj \
-                       WHERE partition=? AND ?<=+tid AND +tid<=?";
-            if !self.obj_query(sql, p, min, max, self.scan_limit, &mut rows)? {
-                log::debug!("more than {} obj rows: no scan", self.scan_limit);
-                return Ok(());
-            }
-        }
-        rows.sort_unstable_by_key(|o| (o.tid, o.oid));
-        log::debug!(
-            "{} obj rows read in one scan in {:.3}s",
-            rows.len(),
-            t.elapsed().as_secs_f64()
+        let (tx, rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (path, np, limit, halt) = (
+            self.db.path().to_owned(),
+            self.np,
+            self.scan_limit,
+            Arc::clone(&stop),
         );
-        self.scanned = Some(Scanned { min, max, rows });
+        let thread = std::thread::Builder::new()
+            .name("obj-scan".into())
+            .spawn(move || {
+                let rows = scan_obj(&path, np, min, max, limit, &halt);
+                let _ = tx.send(rows);
+            })
+            .map_err(|e| log::debug!("no scan thread: {e}"))
+            .ok();
+        self.pending = Some(PendingScan {
+            min,
+            max,
+            rx,
+            stop,
+            thread,
+        });
         Ok(())
     }
 
-    /// Appends the rows of an `obj` query (partition, min tid, max tid) to
-    /// `out`; false (and stops) when `out` would exceed `limit` rows.
-    fn obj_query(
-        &self,
-        sql: &str,
-        p: u32,
-        min: i64,
-        max: i64,
-        limit: usize,
-        out: &mut Vec<ObjRow>,
-    ) -> Result<bool, SourceError> {
-        let ctx = || format!("reading objects of partition {p}");
-        let err = |e| db(ctx)(sql_err(&self.db, "reading obj")(e));
-        let mut stmt = self.db.connection().prepare_cached(sql).map_err(err)?;
-        let mut rows = stmt.query(params![p, min, max]).map_err(err)?;
-        while let Some(r) = rows.next().map_err(err)? {
-            if out.len() >= limit {
-                return Ok(false);
-            }
-            let row: (i64, i64, Option<i64>, Option<i64>) =
-                (|| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))().map_err(err)?;
-            let (tid, oid, data_id, value_tid) = row;
-            out.push(ObjRow {
-                tid: from_sql(tid, "tid").map_err(db(ctx))?,
-                oid: from_sql(oid, "oid").map_err(db(ctx))?,
-                data_id,
-                value_tid: value_tid
-                    .map(|v| from_sql(v, "value_tid"))
-                    .transpose()
-                    .map_err(db(ctx))?,
-            });
-        }
-        Ok(true)
-    }
-
-    /// Gives the database back.
+    /// Gives the database back (after stopping a pending scan).
     pub fn into_inner(self) -> SqliteBackend {
         self.db
     }
@@ -292,6 +419,7 @@ impl SqliteSource {
     /// `(tid, oid)`: from the planned scan when it covers them, else
     /// through `_obj_i1`.
     fn obj_rows(&mut self, min: i64, max: i64) -> Result<(), SourceError> {
+        self.poll_scan(false);
         let mut objs = std::mem::take(&mut self.objs);
         objs.clear();
         match &self.scanned {
@@ -304,7 +432,18 @@ impl SqliteSource {
                 for p in 0..self.np {
                     let sql = "SELECT tid, oid, data_id, value_tid FROM obj \
                                WHERE partition=? AND ?<=tid AND tid<=?";
-                    if let Err(e) = self.obj_query(sql, p, min, max, usize::MAX, &mut objs) {
+                    let path = self.db.path();
+                    let got = obj_query(
+                        self.db.connection(),
+                        path,
+                        sql,
+                        p,
+                        (min, max),
+                        usize::MAX,
+                        None,
+                        &mut objs,
+                    );
+                    if let Err(e) = got {
                         self.objs = objs;
                         return Err(e);
                     }
@@ -405,6 +544,7 @@ impl Source for SqliteSource {
 
     fn plan(&mut self, min: Tid, max: Tid) -> Result<(), SourceError> {
         self.scanned = None;
+        self.pending = None;
         if min > max || self.scan_limit == 0 {
             return Ok(());
         }

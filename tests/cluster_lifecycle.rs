@@ -90,6 +90,14 @@ fn bootstrap_commit_stop_restart(db: Db) {
         b.close().await;
         (t1, t2, t3, other)
     }));
+    if db == Db::Sqlite {
+        // Our default, not NEO's: SQLite's write-ahead log.
+        let conn = rusqlite::Connection::open(c.storage_db(0)).expect("storage database");
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .expect("journal mode");
+        assert_eq!(mode, "wal");
+    }
     let (code, ids, err) = c.neoctl(&["print", "ids"]);
     assert_eq!(code, 0, "{err}");
     // The master's last oid is the last one it handed out (a batch of 100).

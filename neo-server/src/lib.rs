@@ -25,3 +25,4 @@ pub mod pt;
 pub mod runtime;
 pub mod sim;
 pub mod storage;
+pub mod zlib;

@@ -918,35 +918,7 @@ impl Client {
 fn decompress(compression: u8, data: &[u8]) -> std::result::Result<Vec<u8>, String> {
     match compression {
         0 => Ok(data.to_vec()),
-        // One decompressor per thread, reset for each load: a new one
-        // per call allocates and clears its large state, which cost more
-        // than the inflating itself.
-        1 => {
-            use flate2::{Decompress, FlushDecompress, Status};
-            thread_local! {
-                static INFLATE: std::cell::RefCell<Decompress> =
-                    std::cell::RefCell::new(Decompress::new(true));
-            }
-            INFLATE.with(|z| {
-                let mut z = z.borrow_mut();
-                z.reset(true);
-                let mut out = Vec::with_capacity(data.len().saturating_mul(3).max(64));
-                loop {
-                    let before = (z.total_in(), z.total_out());
-                    let consumed = usize::try_from(before.0).unwrap_or(usize::MAX);
-                    let input = data.get(consumed..).unwrap_or(&[]);
-                    match z.decompress_vec(input, &mut out, FlushDecompress::None) {
-                        Ok(Status::StreamEnd) => return Ok(out),
-                        Ok(_) if out.len() == out.capacity() => out.reserve(out.capacity()),
-                        Ok(_) if (z.total_in(), z.total_out()) == before => {
-                            return Err("zlib: truncated stream".to_owned())
-                        }
-                        Ok(_) => {}
-                        Err(e) => return Err(format!("zlib: {e}")),
-                    }
-                }
-            })
-        }
+        1 => crate::zlib::inflate(data).map_err(|e| format!("zlib: {e}")),
         n => Err(format!("unknown compression {n}")),
     }
 }

@@ -40,6 +40,13 @@ pub trait ObjectReader: Send {
         at: Option<Tid>,
         before: Option<Tid>,
     ) -> DbResult<ObjectLookup>;
+
+    /// Forgets the snapshot it reads from, if older than `older_than`:
+    /// the next read sees everything committed by then (called by the node
+    /// whenever what it lets the reader serve changes).
+    fn release(&mut self, older_than: std::time::Duration) {
+        let _ = older_than;
+    }
 }
 
 /// [`Backend::get_object`]'s answer from the record `found` (if any):

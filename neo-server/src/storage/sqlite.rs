@@ -45,6 +45,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use fsformat::{Oid, Tid};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -855,10 +856,24 @@ fn query_row<T, P: rusqlite::Params>(
 /// A read-only connection to a node's SQLite database
 /// ([`Backend::object_reader`]): loads never wait for SQLite's locks (a
 /// busy database makes the load fail at once, and the node serves it).
+///
+/// With the write-ahead log, reads share one read transaction (a
+/// snapshot) until [`ObjectReader::release`] or [`SNAPSHOT_AGE`]: starting
+/// one per statement cost as much as the lookup itself. Readers do not
+/// block the writer in that mode; with a rollback journal they would, so
+/// there each read is its own transaction.
 pub struct SqliteReader {
     conn: Connection,
     path: PathBuf,
+    /// Whether reads share a snapshot (WAL mode).
+    snapshots: bool,
+    /// When the open snapshot began.
+    since: Option<Instant>,
 }
+
+/// How long a reader keeps a snapshot at most (a snapshot also keeps
+/// SQLite from checkpointing the log past it).
+pub const SNAPSHOT_AGE: Duration = Duration::from_millis(50);
 
 impl SqliteReader {
     fn open(path: &Path, pragmas: &[(String, String)]) -> DbResult<Self> {
@@ -866,7 +881,7 @@ impl SqliteReader {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn =
             Connection::open_with_flags(path, flags).map_err(sq(path, "opening a reader"))?;
-        conn.busy_timeout(std::time::Duration::ZERO)
+        conn.busy_timeout(Duration::ZERO)
             .map_err(sq(path, "opening a reader"))?;
         conn.set_prepared_statement_cache_capacity(8);
         // Pages straight from the OS page cache, without a read(2) each.
@@ -877,9 +892,33 @@ impl SqliteReader {
                 .optional()
                 .map_err(sq(path, "setting a pragma"))?;
         }
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(sq(path, "opening a reader"))?;
         Ok(SqliteReader {
             conn,
             path: path.to_owned(),
+            snapshots: mode.eq_ignore_ascii_case("wal"),
+            since: None,
+        })
+    }
+
+    fn lookup(
+        &mut self,
+        p: u32,
+        oid: Oid,
+        at: Option<Tid>,
+        before: Option<Tid>,
+    ) -> DbResult<ObjectLookup> {
+        if self.snapshots && self.since.is_none() {
+            self.conn
+                .execute_batch("BEGIN")
+                .map_err(sq(&self.path, "reading"))?;
+            self.since = Some(Instant::now());
+        }
+        let found = find_object_in(&self.conn, &self.path, p, oid, at, before)?;
+        object_lookup(found, at.is_some() || before.is_some(), || {
+            last_object_tid_in(&self.conn, &self.path, p, oid)
         })
     }
 }
@@ -893,10 +932,21 @@ impl ObjectReader for SqliteReader {
         before: Option<Tid>,
     ) -> DbResult<ObjectLookup> {
         let p = view.readable_partition(oid.0)?;
-        let found = find_object_in(&self.conn, &self.path, p, oid, at, before)?;
-        object_lookup(found, at.is_some() || before.is_some(), || {
-            last_object_tid_in(&self.conn, &self.path, p, oid)
-        })
+        self.release(SNAPSHOT_AGE);
+        let r = self.lookup(p, oid, at, before);
+        if r.is_err() {
+            self.release(Duration::ZERO);
+        }
+        r
+    }
+
+    fn release(&mut self, older_than: Duration) {
+        if self.since.is_some_and(|t| t.elapsed() >= older_than) {
+            self.since = None;
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                log::debug!("{}: ending a read: {e}", self.path.display());
+            }
+        }
     }
 }
 

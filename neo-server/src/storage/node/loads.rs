@@ -14,16 +14,21 @@
 //!
 //! The node publishes before the shell sends what the event produced, so a
 //! client cannot learn of a transaction (its tid, an invalidation) before
-//! its oids are blocked here.
+//! its oids are blocked here. Every change of the published state makes the
+//! reader drop its snapshot ([`ObjectReader::release`]): data becomes
+//! visible only through a commit, and every commit of object data (the
+//! deferred commit of an unlock) unblocks oids, a change.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use neo_proto::{Body, Packet};
 
 use super::client::object_answer;
 use crate::runtime::{ConnId, FastPath};
 use crate::storage::backend::ObjectReader;
+use crate::storage::sqlite::SNAPSHOT_AGE;
 use crate::storage::PartitionView;
 use fsformat::Oid;
 
@@ -56,11 +61,17 @@ impl LoadPath {
         })
     }
 
-    /// Replaces what may be served (called by the node thread).
+    /// Replaces what may be served (called by the node thread after each
+    /// event). Any change makes the reader take a new snapshot (what the
+    /// node committed is visible from then on); an unchanged state lets it
+    /// keep its snapshot a while ([`SNAPSHOT_AGE`]).
     pub(super) fn publish(&self, next: Published) {
         if let Ok(mut st) = self.state.lock() {
             if st.published != next {
                 st.published = next;
+                st.reader.release(Duration::ZERO);
+            } else {
+                st.reader.release(SNAPSHOT_AGE);
             }
         }
     }

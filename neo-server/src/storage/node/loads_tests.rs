@@ -13,7 +13,7 @@ use super::{LoadPath, StorageNode};
 use crate::runtime::{ConnId, FastPath};
 use crate::sim::testkit::{addr, identification, ClusterSpec, Peer};
 use crate::sim::Sim;
-use crate::storage::SqliteBackend;
+use crate::storage::{SqliteBackend, SqliteOptions};
 
 type Node = StorageNode<SqliteBackend>;
 
@@ -31,10 +31,16 @@ struct Setup {
     _dir: tempfile::TempDir,
 }
 
-fn setup() -> Setup {
+/// A cluster of one storage whose database uses `journal` mode.
+fn setup(journal: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let spec = ClusterSpec::new("loads", 33100).partitions(3);
-    let mut node = spec.sqlite_storage(dir.path(), 33101);
+    let opts = SqliteOptions {
+        pragmas: vec![("journal_mode".into(), journal.into())],
+        ..SqliteOptions::default()
+    };
+    let db = SqliteBackend::open(&dir.path().join("loads.sqlite"), &opts).unwrap();
+    let mut node = StorageNode::new(spec.storage_config(33101, "loads"), db).unwrap();
     let lp = node.load_path().unwrap().expect("SQLite has a reader");
     let mut node = Some(node);
     let mut sim = Sim::new();
@@ -98,7 +104,13 @@ impl Setup {
 
 #[test]
 fn serves_what_the_node_answers() {
-    let mut t = setup();
+    for journal in ["DELETE", "WAL"] {
+        serves_what_the_node_answers_in(journal);
+    }
+}
+
+fn serves_what_the_node_answers_in(journal: &str) {
+    let mut t = setup(journal);
     // Nothing yet: OID_DOES_NOT_EXIST from both.
     let b = t.same(&ask(1, None, None));
     assert!(matches!(b, Body::Error(_)), "{b:?}");
@@ -139,7 +151,13 @@ fn serves_what_the_node_answers() {
 
 #[test]
 fn leaves_to_the_node_what_it_must_not_serve() {
-    let mut t = setup();
+    for journal in ["DELETE", "WAL"] {
+        leaves_to_the_node_what_it_must_not_serve_in(journal);
+    }
+}
+
+fn leaves_to_the_node_what_it_must_not_serve_in(journal: &str) {
+    let mut t = setup(journal);
     let t1 = t
         .sim
         .commit(t.client, t.mconn, &[t.cconn], &[(4, ZERO_TID, b"x")]);

@@ -2110,7 +2110,6 @@ fn sqlite_reader_during_commits_in(journal: &str) {
     reader.release(std::time::Duration::ZERO);
     let r = found(reader.get_object(&view, Oid(1), None, None).unwrap());
     assert_eq!(r.serial, Tid(tid + 10));
-    let tid = tid + 10;
     // Not readable here: an error, as from the node's handle.
     let mut view = view;
     view.readable.clear();

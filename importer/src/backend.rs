@@ -26,12 +26,15 @@
 //! refused during the import, as NEO does.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use fsformat::{DataHeader, Oid, Tid, TxnStatus};
+use neo_server::storage::backend::ObjectReader;
 use neo_server::storage::{
     make_checksum, serial_range_check, Backend, Checksum, DataId, DbError, DbResult, DropStep,
-    HeldData, ObjectRecord, ObjectRef, PackOrder, PackScope, PartitionView, PtChange, PtRow,
-    SerialRangeCheck, TransactionRecord, TxnMeta, MAX_TID,
+    HeldData, ObjectLookup, ObjectRecord, ObjectRef, PackOrder, PackScope, PartitionView, PtChange,
+    PtRow, SerialRangeCheck, TransactionRecord, TxnMeta, MAX_TID,
 };
 
 use crate::importer::{decompress, Importer};
@@ -271,9 +274,48 @@ impl<B: Backend> Importer<B> {
     }
 }
 
+/// The destination's reader, once everything is imported (before, most
+/// objects are still in the source: the node serves every load).
+struct ImportedReader {
+    inner: Box<dyn ObjectReader>,
+    finished: Arc<AtomicBool>,
+}
+
+impl ObjectReader for ImportedReader {
+    fn get_object(
+        &mut self,
+        view: &PartitionView,
+        oid: Oid,
+        at: Option<Tid>,
+        before: Option<Tid>,
+    ) -> DbResult<ObjectLookup> {
+        if !self.finished.load(Ordering::Acquire) {
+            return Err(DbError::ReaderUnavailable("import in progress"));
+        }
+        self.inner.get_object(view, oid, at, before)
+    }
+
+    fn release(&mut self, older_than: std::time::Duration) {
+        self.inner.release(older_than)
+    }
+}
+
 impl<B: Backend> Backend for Importer<B> {
     fn commit(&mut self) -> DbResult<()> {
         self.commit_all().map_err(|e| e.into_db())
+    }
+
+    fn object_reader(&mut self) -> DbResult<Option<Box<dyn ObjectReader>>> {
+        Ok(self.db.object_reader()?.map(|inner| {
+            Box::new(ImportedReader {
+                inner,
+                finished: self.finished_flag.clone(),
+            }) as Box<dyn ObjectReader>
+        }))
+    }
+
+    fn has_uncommitted(&self) -> bool {
+        self.db.has_uncommitted()
     }
 
     /// The import itself, a step at a time while the node is idle.

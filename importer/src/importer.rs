@@ -118,6 +118,8 @@ pub struct Importer<B: Backend> {
     /// The last imported tid (zero before the first).
     pub(crate) zodb_tid: Tid,
     pub(crate) finished: bool,
+    /// `finished`, for the load path's reader (set once committed).
+    pub(crate) finished_flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Whether the destination may hold transactions above `ltid`
     /// (`None`: not known yet).
     pub(crate) has_new: Option<bool>,
@@ -270,6 +272,7 @@ impl<B: Backend> Importer<B> {
             loid,
             zodb_tid,
             finished: false,
+            finished_flag: Default::default(),
             has_new: None,
             source_path: path,
             compress: config.compress,
@@ -373,6 +376,8 @@ impl<B: Backend> Importer<B> {
 
     fn finish(&mut self) {
         self.finished = true;
+        self.finished_flag
+            .store(true, std::sync::atomic::Ordering::Release);
         if let Some((_, end)) = &mut self.run {
             end.get_or_insert_with(Instant::now);
         }

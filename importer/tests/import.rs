@@ -345,3 +345,34 @@ fn dedup_destination_stores_equal_data_once() {
     assert_eq!(data, 2);
     assert_eq!(data, distinct, "one row per distinct data");
 }
+
+/// The load path's reader (`object_reader`, the storage node's loads off
+/// its thread): refused while importing (most objects are still in the
+/// source), then the destination's answers, equal to the Importer's.
+#[test]
+fn reader_serves_once_imported() {
+    use neo_server::storage::ObjectLookup;
+    let dir = tempfile::tempdir().unwrap();
+    let mut imp = open(
+        &config(&fixture("basic"), ""),
+        sqlite_db(&dir.path().join("neo.sqlite")),
+    );
+    let mut reader = imp.object_reader().unwrap().expect("SQLite has a reader");
+    let view = imp.partition_view().unwrap();
+    let oid = fsformat::Oid(0);
+    let e = reader.get_object(&view, oid, None, None).unwrap_err();
+    assert!(e.to_string().contains("import in progress"), "{e}");
+    imp.import_some(1).unwrap();
+    assert!(reader.get_object(&view, oid, None, None).is_err());
+    while !imp.is_finished() {
+        imp.import_some(16).unwrap();
+    }
+    let ObjectLookup::Found(theirs) = imp.get_object(oid, None, None).unwrap() else {
+        panic!("the root is imported")
+    };
+    reader.release(std::time::Duration::ZERO);
+    let ObjectLookup::Found(ours) = reader.get_object(&view, oid, None, None).unwrap() else {
+        panic!("the reader finds the root")
+    };
+    assert_eq!(ours, theirs);
+}

@@ -27,6 +27,7 @@ use neo_server::admin::{Admin, AdminConfig};
 use neo_server::config::parse_address;
 use neo_server::master::{Master, MasterConfig};
 use neo_server::runtime::{self, NodeHandle};
+use neo_server::storage::cli::DEFAULT_BUSY_POLL;
 use neo_server::storage::node::{StorageConfig, StorageNode};
 use neo_server::storage::{Backend, MysqlBackend, MysqlOptions, SqliteOptions};
 
@@ -99,7 +100,7 @@ fn storage<B: Backend + Send + 'static>(
     listener: TcpListener,
 ) -> Result<NodeHandle, String> {
     let node = StorageNode::new(cfg, db).map_err(|e| e.to_string())?;
-    runtime::spawn(node, Some(listener), None).map_err(|e| e.to_string())
+    neo_server::storage::cli::spawn_node(node, listener, None, DEFAULT_BUSY_POLL)
 }
 
 fn run(args: &Args) -> Result<(), String> {

@@ -11,6 +11,7 @@
 
 use std::ffi::OsString;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::{
     merged_args, parse_address, parse_master_list, parse_nid, setup_logging, tls_options,
@@ -114,6 +115,9 @@ pub fn command() -> Command {
 /// `--busy-poll`'s default, in microseconds.
 const DEFAULT_BUSY_POLL_US: &str = "200";
 
+/// `--busy-poll`'s default.
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(200);
+
 fn tls(m: &ArgMatches) -> Result<Option<TlsConfig>, String> {
     let get = |k: &str| m.get_one::<String>(k).map(String::as_str);
     tls_options(get("ca"), get("cert"), get("key"))
@@ -135,7 +139,7 @@ pub struct StorageArgs {
     /// `-w`: seconds to wait for the database server.
     pub wait: Option<f64>,
     /// `--busy-poll`.
-    pub busy_poll: std::time::Duration,
+    pub busy_poll: Duration,
     cfg: StorageConfig,
     bind: std::net::SocketAddr,
     tls: Option<TlsConfig>,
@@ -192,7 +196,7 @@ pub fn parse(argv: Vec<OsString>) -> Result<StorageArgs, String> {
         database,
         bind,
         tls,
-        busy_poll: std::time::Duration::from_micros(
+        busy_poll: Duration::from_micros(
             m.get_one::<u64>("busy-poll").copied().unwrap_or_default(),
         ),
     })
@@ -211,26 +215,38 @@ pub fn serve<B: Backend + Send + 'static>(
     args.cfg.address = listener.local_addr().map_err(|e| e.to_string())?;
     args.cfg.database = name.to_owned();
     let address = args.cfg.address;
-    let mut node = StorageNode::new(args.cfg, db).map_err(|e| e.to_string())?;
+    let node = StorageNode::new(args.cfg, db).map_err(|e| e.to_string())?;
     if args.reset {
         info!("{name}: database reset");
         return Ok(());
     }
     let exit = node.exit_report();
     info!("listening on {address}");
-    // Loads answered on the network thread when the database allows it.
-    let fast_path = node.load_path().map_err(|e| format!("{name}: {e}"))?;
-    let shell = runtime::Shell {
-        tls: args.tls,
-        fast_path: fast_path.map(|f| f as Arc<dyn runtime::FastPath>),
-        busy_poll: args.busy_poll,
-    };
-    let handle = runtime::spawn_with(node, Some(listener), shell).map_err(|e| e.to_string())?;
+    let handle =
+        spawn_node(node, listener, args.tls, args.busy_poll).map_err(|e| format!("{name}: {e}"))?;
     handle.join();
     match exit.failure() {
         Some(why) => Err(why),
         None => Ok(()),
     }
+}
+
+/// Runs `node` on `listener`, its loads answered on the network thread when
+/// its database has a reader (`StorageNode::load_path`), that thread
+/// polling for `busy_poll` after each request.
+pub fn spawn_node<B: Backend + Send + 'static>(
+    mut node: StorageNode<B>,
+    listener: std::net::TcpListener,
+    tls: Option<TlsConfig>,
+    busy_poll: Duration,
+) -> Result<runtime::NodeHandle, String> {
+    let fast_path = node.load_path().map_err(|e| e.to_string())?;
+    let shell = runtime::Shell {
+        tls,
+        fast_path: fast_path.map(|f| f as Arc<dyn runtime::FastPath>),
+        busy_poll,
+    };
+    runtime::spawn_with(node, Some(listener), shell).map_err(|e| e.to_string())
 }
 
 /// Opens the database of a built-in adapter (SQLite, MySQL) and serves it;

@@ -430,6 +430,9 @@ pub enum DbError {
     /// A [`MemoryBackend`](super::MemoryBackend) crash was injected: this
     /// instance is dead, uncommitted work is lost.
     Crashed,
+    /// A read-only handle ([`ObjectReader`](super::backend::ObjectReader))
+    /// cannot answer this yet; the node's own handle does.
+    ReaderUnavailable(&'static str),
 }
 
 impl fmt::Display for DbError {
@@ -490,6 +493,7 @@ impl fmt::Display for DbError {
                 write!(f, "duplicate key {key} in table {table}")
             }
             DbError::Crashed => write!(f, "database crashed (injected)"),
+            DbError::ReaderUnavailable(why) => write!(f, "read-only handle unavailable: {why}"),
         }
     }
 }

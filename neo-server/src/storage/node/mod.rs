@@ -721,8 +721,10 @@ impl<B: Backend> StorageNode<B> {
                 token: TIMER_COMMIT,
             } => {
                 self.commit_armed = false;
-                if let Err(e) = self.db.commit() {
-                    self.fatal(e, out);
+                match self.db.commit() {
+                    // Every unlock is visible to the load path's reader now.
+                    Ok(()) => self.unlocked.clear(),
+                    Err(e) => self.fatal(e, out),
                 }
             }
             Event::Timer {

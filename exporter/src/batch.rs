@@ -207,8 +207,8 @@ impl Batch {
         }
     }
 
-    /// Decompresses every zlib record (each stored range once, even when
-    /// several records share it) and checks every record's data: known
+    /// Decompresses every zlib record (a stored range shared by records
+    /// in a row once) and checks every record's data: known
     /// compression, not empty (a FileStorage cannot store an empty
     /// pickle). Afterwards [`data`](Self::data) gives compression 0.
     pub fn inflate(&mut self, z: &mut Inflater) -> Result<(), ExportError> {

@@ -344,6 +344,7 @@ pub fn export(
     progress: &mut dyn Progress,
 ) -> Result<Summary, ExportError> {
     let start = Instant::now();
+    log::debug!("export starts");
     let mut summary = Summary::default();
     let exists = out.exists();
     let mut writer = if exists {
@@ -586,9 +587,13 @@ fn copy(
         let (max, batch) = (opts.tid_max, opts.batch);
         scope.spawn(move || read_ahead(source, from, max, batch, to, free_rx));
         // Batches in the order they were read: in turn from each inflater.
+        let mut first = true;
         for rx in from_inflaters.iter().cycle() {
             let Ok(b) = rx.recv() else { break };
             let b = b?;
+            if std::mem::take(&mut first) {
+                log::debug!("first batch after {:.3}s", t0.elapsed().as_secs_f64());
+            }
             let (mut n, mut bytes, mut last) = (0, 0, Tid(0));
             for txn in b.txns() {
                 if opts.stop_after.is_some_and(|s| summary.transactions >= s) {

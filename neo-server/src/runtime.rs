@@ -533,6 +533,9 @@ enum Origin {
     Connected(u64, SocketAddr),
 }
 
+/// At most this many fast-path answers wait to be written together.
+const MAX_BATCH: usize = 32;
+
 /// What every connection's task shares.
 #[derive(Clone)]
 struct Io {
@@ -595,13 +598,35 @@ async fn serve(conn: ConnId, origin: Origin, io: Io) {
         let _live = Live(live);
         open.closed().await;
     });
-    while let Some(ev) = events.recv().await {
+    // The fast path's answers to the requests read at once go out in one
+    // write.
+    let mut answers = Vec::new();
+    let flush = |answers: &mut Vec<Packet>| {
+        if !answers.is_empty() {
+            if let Err(e) = c.send_now_all(answers) {
+                log::debug!("{} answers not sent: {e}", answers.len());
+            }
+            answers.clear();
+        }
+    };
+    loop {
+        let ev = match events.try_recv() {
+            Some(ev) => ev,
+            None => {
+                flush(&mut answers);
+                match events.recv().await {
+                    Some(ev) => ev,
+                    None => break,
+                }
+            }
+        };
         match ev {
             ConnEvent::Packet(packet) => {
                 activity.touch();
                 if let Some(body) = fast_path.as_ref().and_then(|f| f.answer(conn, &packet)) {
-                    if let Err(e) = c.send_now(&Packet::new(packet.id, body)) {
-                        log::debug!("answer to {} not sent: {e}", packet.body.name());
+                    answers.push(Packet::new(packet.id, body));
+                    if answers.len() >= MAX_BATCH {
+                        flush(&mut answers);
                     }
                     continue;
                 }
@@ -612,6 +637,7 @@ async fn serve(conn: ConnId, origin: Origin, io: Io) {
                 }
             }
             ConnEvent::Closed(reason) => {
+                flush(&mut answers);
                 let error = match reason {
                     CloseReason::Abrupt(e) => Some(e.to_string()),
                     _ => None,

@@ -260,6 +260,11 @@ impl Events {
     pub async fn recv(&mut self) -> Option<Event> {
         self.rx.recv().await
     }
+
+    /// The next event if one is already there.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        self.rx.try_recv().ok()
+    }
 }
 
 /// A node's logic for one connection, driven by [`Connection::serve`]:
@@ -673,6 +678,20 @@ impl Connection {
     /// writer task.
     pub fn send_now(&self, packet: &Packet) -> Result<(), ConnError> {
         let bytes = self.encode(packet)?;
+        let mut out = self.inner.out();
+        if out.io.is_none() || out.close {
+            return Err(self.inner.closed_now());
+        }
+        out.push(&bytes);
+        Ok(())
+    }
+
+    /// [`Connection::send_now`] of several packets in one write.
+    pub fn send_now_all(&self, packets: &[Packet]) -> Result<(), ConnError> {
+        let mut bytes = Vec::new();
+        for p in packets {
+            bytes.extend_from_slice(&self.encode(p)?);
+        }
         let mut out = self.inner.out();
         if out.io.is_none() || out.close {
             return Err(self.inner.closed_now());

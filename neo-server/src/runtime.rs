@@ -209,9 +209,10 @@ impl Outbox {
 /// thread: what it answers must not depend on the node's order of events
 /// (e.g. a load of committed data).
 pub trait FastPath: Send + Sync + 'static {
-    /// The answer to `packet` received on `conn`, or `None` to hand the
-    /// packet to the node as usual.
-    fn answer(&self, conn: ConnId, packet: &Packet) -> Option<Body>;
+    /// The answer to `packet` received on `conn` by I/O thread `io`
+    /// (`0..Shell::io_threads`), or `None` to hand the packet to the node
+    /// as usual.
+    fn answer(&self, io: usize, conn: ConnId, packet: &Packet) -> Option<Body>;
 }
 
 /// How [`spawn_with`] runs a node.
@@ -221,9 +222,12 @@ pub struct Shell {
     pub tls: Option<TlsConfig>,
     /// Requests answered on the I/O thread.
     pub fast_path: Option<Arc<dyn FastPath>>,
-    /// How long the I/O thread keeps polling its sockets after a packet
+    /// How long an I/O thread keeps polling its sockets after a packet
     /// before it sleeps (zero: it sleeps at once).
     pub busy_poll: Duration,
+    /// I/O threads (at least one): accepted connections are spread over
+    /// them, so that the fast path uses several cores.
+    pub io_threads: usize,
 }
 
 /// When the last packet arrived, for busy polling.
@@ -324,21 +328,30 @@ pub fn spawn_with<N: Node>(
         tls,
         fast_path,
         busy_poll: window,
+        io_threads,
     } = shell;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let rt = runtime.handle().clone();
-    // The I/O thread drives every socket until the node thread ends.
-    let (io_done, io_stop) = tokio::sync::oneshot::channel::<()>();
-    let io_thread = thread::Builder::new()
-        .name("neo-io".into())
-        .spawn(move || {
-            runtime.block_on(async {
-                let _ = io_stop.await;
-            });
-            runtime.shutdown_timeout(Duration::from_millis(200));
-        })?;
+    // The I/O threads drive every socket until the node thread ends.
+    let (io_done, io_stop) = tokio::sync::watch::channel(false);
+    let mut rts = Vec::new();
+    let mut io_joins = Vec::new();
+    for k in 0..io_threads.max(1) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rts.push(runtime.handle().clone());
+        let mut stop = io_stop.clone();
+        io_joins.push(
+            thread::Builder::new()
+                .name(format!("neo-io-{k}"))
+                .spawn(move || {
+                    runtime.block_on(async {
+                        let _ = stop.wait_for(|s| *s).await;
+                    });
+                    runtime.shutdown_timeout(Duration::from_millis(200));
+                })?,
+        );
+    }
+    let rt = rts[0].clone();
     let local_addr = match &listener {
         Some(l) => Some(l.local_addr()?),
         None => None,
@@ -349,25 +362,34 @@ pub fn spawn_with<N: Node>(
     // sent last (e.g. an answer before closing) is written.
     let live = Arc::new(AtomicU64::new(0));
     let tls = tls.map(Arc::new);
-    let activity = Arc::new(Activity {
-        start: Instant::now(),
-        last_us: AtomicU64::new(0),
-        wake: Notify::new(),
-    });
-    if !window.is_zero() {
-        rt.spawn(busy_poll(activity.clone(), window));
-    }
-    let io = Io {
-        tx: tx.clone(),
-        tls,
-        live: live.clone(),
-        fast_path,
-        activity,
-    };
+    // What the connections of each I/O thread share.
+    let ios: Vec<Io> = rts
+        .iter()
+        .enumerate()
+        .map(|(k, h)| {
+            let activity = Arc::new(Activity {
+                start: Instant::now(),
+                last_us: AtomicU64::new(0),
+                wake: Notify::new(),
+            });
+            if !window.is_zero() {
+                h.spawn(busy_poll(activity.clone(), window));
+            }
+            Io {
+                index: k,
+                tx: tx.clone(),
+                tls: tls.clone(),
+                live: live.clone(),
+                fast_path: fast_path.clone(),
+                activity,
+            }
+        })
+        .collect();
+    let io = ios[0].clone();
     if let Some(l) = listener {
         l.set_nonblocking(true)?;
         let ids = conn_ids.clone();
-        let io = io.clone();
+        let rts = rts.clone();
         rt.spawn(async move {
             let listener = match TcpListener::from_std(l) {
                 Ok(l) => l,
@@ -380,8 +402,27 @@ pub fn spawn_with<N: Node>(
                 match listener.accept().await {
                     Ok((sock, peer)) => {
                         let conn = ids.fetch_add(1, Ordering::Relaxed);
-                        let origin = Origin::Accepted(sock, peer);
-                        tokio::spawn(serve(conn, origin, io.clone()));
+                        // Spread over the I/O threads; a socket moves to
+                        // another thread's reactor through its std form.
+                        let k = (conn % rts.len() as u64) as usize;
+                        let io = ios[k].clone();
+                        if k == 0 {
+                            tokio::spawn(serve(conn, Origin::Accepted(sock, peer), io));
+                            continue;
+                        }
+                        let sock = match sock.into_std() {
+                            Ok(s) => s,
+                            Err(e) => {
+                                log::warn!("accepted {peer}: {e}");
+                                continue;
+                            }
+                        };
+                        rts[k].spawn(async move {
+                            match TcpStream::from_std(sock) {
+                                Ok(sock) => serve(conn, Origin::Accepted(sock, peer), io).await,
+                                Err(e) => log::warn!("accepted {peer}: {e}"),
+                            }
+                        });
                     }
                     Err(e) => {
                         log::warn!("accept: {e}");
@@ -493,8 +534,10 @@ pub fn spawn_with<N: Node>(
             while live.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
                 thread::sleep(Duration::from_millis(5));
             }
-            let _ = io_done.send(());
-            let _ = io_thread.join();
+            let _ = io_done.send(true);
+            for t in io_joins {
+                let _ = t.join();
+            }
         })?;
     Ok(NodeHandle {
         local_addr,
@@ -539,6 +582,8 @@ const MAX_BATCH: usize = 32;
 /// What every connection's task shares.
 #[derive(Clone)]
 struct Io {
+    /// Which I/O thread.
+    index: usize,
     tx: mpsc::Sender<Msg>,
     tls: Option<Arc<TlsConfig>>,
     /// Connections still open.
@@ -552,6 +597,7 @@ struct Io {
 /// events to the node thread, in order.
 async fn serve(conn: ConnId, origin: Origin, io: Io) {
     let Io {
+        index,
         tx,
         tls,
         live,
@@ -623,7 +669,10 @@ async fn serve(conn: ConnId, origin: Origin, io: Io) {
         match ev {
             ConnEvent::Packet(packet) => {
                 activity.touch();
-                if let Some(body) = fast_path.as_ref().and_then(|f| f.answer(conn, &packet)) {
+                if let Some(body) = fast_path
+                    .as_ref()
+                    .and_then(|f| f.answer(index, conn, &packet))
+                {
                     answers.push(Packet::new(packet.id, body));
                     if answers.len() >= MAX_BATCH {
                         flush(&mut answers);
@@ -776,13 +825,15 @@ mod tests {
         server.shutdown();
     }
 
-    /// Answers pings on the I/O thread, counting them.
-    struct PingPath(AtomicU64);
+    /// Answers pings on the I/O threads, counting them and noting which
+    /// thread answered.
+    struct PingPath(AtomicU64, Mutex<std::collections::BTreeSet<usize>>);
     impl FastPath for PingPath {
-        fn answer(&self, _: ConnId, packet: &Packet) -> Option<Body> {
+        fn answer(&self, io: usize, _: ConnId, packet: &Packet) -> Option<Body> {
             match packet.body {
                 Body::Ping(_) => {
                     self.0.fetch_add(1, Ordering::Relaxed);
+                    self.1.lock().unwrap().insert(io);
                     Some(Pong {}.into())
                 }
                 _ => None,
@@ -798,20 +849,35 @@ mod tests {
     }
 
     #[test]
-    fn fast_path_answers_on_the_io_thread() {
-        for busy in [Duration::ZERO, Duration::from_micros(300)] {
+    fn fast_path_answers_on_the_io_threads() {
+        let cases = [
+            (Duration::ZERO, 1),
+            (Duration::from_micros(300), 1),
+            (Duration::from_micros(300), 3),
+        ];
+        for (busy, threads) in cases {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let path = Arc::new(PingPath(AtomicU64::new(0)));
+            let path = Arc::new(PingPath(AtomicU64::new(0), Mutex::default()));
             let shell = Shell {
                 fast_path: Some(path.clone()),
                 busy_poll: busy,
+                io_threads: threads,
                 ..Shell::default()
             };
             let server = spawn_with(Mute, Some(l), shell).unwrap();
-            let (p, got) = pinger(server.local_addr.unwrap(), 40);
-            spawn(p, None, None).unwrap().join();
-            assert_eq!(*got.lock().unwrap(), (0..40).collect::<Vec<u32>>());
-            assert_eq!(path.0.load(Ordering::Relaxed), 40);
+            let clients: Vec<_> = (0..3)
+                .map(|_| {
+                    let (p, got) = pinger(server.local_addr.unwrap(), 40);
+                    (spawn(p, None, None).unwrap(), got)
+                })
+                .collect();
+            for (c, got) in clients {
+                c.join();
+                assert_eq!(*got.lock().unwrap(), (0..40).collect::<Vec<u32>>());
+            }
+            assert_eq!(path.0.load(Ordering::Relaxed), 120);
+            let used = path.1.lock().unwrap().clone();
+            assert_eq!(used, (0..threads).collect(), "{threads} threads");
             server.shutdown();
         }
     }

@@ -100,7 +100,8 @@ fn storage<B: Backend + Send + 'static>(
     listener: TcpListener,
 ) -> Result<NodeHandle, String> {
     let node = StorageNode::new(cfg, db).map_err(|e| e.to_string())?;
-    neo_server::storage::cli::spawn_node(node, listener, None, DEFAULT_BUSY_POLL)
+    let io_threads = neo_server::storage::cli::default_io_threads();
+    neo_server::storage::cli::spawn_node(node, listener, None, DEFAULT_BUSY_POLL, io_threads)
 }
 
 fn run(args: &Args) -> Result<(), String> {

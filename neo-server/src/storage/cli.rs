@@ -110,6 +110,13 @@ pub fn command() -> Command {
             .value_parser(clap::value_parser!(u64))
             .default_value(DEFAULT_BUSY_POLL_US),
         )
+        .arg(
+            opt(
+                "io-threads",
+                "network threads; loads are answered on them (default: half the cores, 1 to 4)",
+            )
+            .value_parser(clap::value_parser!(u64).range(1..=64)),
+        )
 }
 
 /// `--busy-poll`'s default, in microseconds.
@@ -117,6 +124,13 @@ const DEFAULT_BUSY_POLL_US: &str = "200";
 
 /// `--busy-poll`'s default.
 pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(200);
+
+/// `--io-threads`' default: half the cores (the others for the node
+/// thread, SQLite's writes and the system), 1 to 4.
+pub fn default_io_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / 2).clamp(1, 4)
+}
 
 fn tls(m: &ArgMatches) -> Result<Option<TlsConfig>, String> {
     let get = |k: &str| m.get_one::<String>(k).map(String::as_str);
@@ -140,6 +154,8 @@ pub struct StorageArgs {
     pub wait: Option<f64>,
     /// `--busy-poll`.
     pub busy_poll: Duration,
+    /// `--io-threads`.
+    pub io_threads: usize,
     cfg: StorageConfig,
     bind: std::net::SocketAddr,
     tls: Option<TlsConfig>,
@@ -196,6 +212,9 @@ pub fn parse(argv: Vec<OsString>) -> Result<StorageArgs, String> {
         database,
         bind,
         tls,
+        io_threads: m
+            .get_one::<u64>("io-threads")
+            .map_or_else(default_io_threads, |&n| n as usize),
         busy_poll: Duration::from_micros(
             m.get_one::<u64>("busy-poll").copied().unwrap_or_default(),
         ),
@@ -222,8 +241,8 @@ pub fn serve<B: Backend + Send + 'static>(
     }
     let exit = node.exit_report();
     info!("listening on {address}");
-    let handle =
-        spawn_node(node, listener, args.tls, args.busy_poll).map_err(|e| format!("{name}: {e}"))?;
+    let handle = spawn_node(node, listener, args.tls, args.busy_poll, args.io_threads)
+        .map_err(|e| format!("{name}: {e}"))?;
     handle.join();
     match exit.failure() {
         Some(why) => Err(why),
@@ -239,12 +258,14 @@ pub fn spawn_node<B: Backend + Send + 'static>(
     listener: std::net::TcpListener,
     tls: Option<TlsConfig>,
     busy_poll: Duration,
+    io_threads: usize,
 ) -> Result<runtime::NodeHandle, String> {
-    let fast_path = node.load_path().map_err(|e| e.to_string())?;
+    let fast_path = node.load_path(io_threads).map_err(|e| e.to_string())?;
     let shell = runtime::Shell {
         tls,
         fast_path: fast_path.map(|f| f as Arc<dyn runtime::FastPath>),
         busy_poll,
+        io_threads,
     };
     runtime::spawn_with(node, Some(listener), shell).map_err(|e| e.to_string())
 }

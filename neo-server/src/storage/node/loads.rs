@@ -20,7 +20,7 @@
 //! deferred commit of an unlock) unblocks oids, a change.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use neo_proto::{Body, Packet};
@@ -41,55 +41,58 @@ pub(super) struct Published {
     pub blocked: HashSet<Oid>,
 }
 
-struct State {
-    reader: Box<dyn ObjectReader>,
-    published: Published,
-}
-
-/// The storage node's [`FastPath`]: loads from a second database handle.
+/// The storage node's [`FastPath`]: loads from read-only database handles,
+/// one per I/O thread.
 pub struct LoadPath {
-    state: Mutex<State>,
+    published: RwLock<Published>,
+    readers: Vec<Mutex<Box<dyn ObjectReader>>>,
 }
 
 impl LoadPath {
-    pub(super) fn new(reader: Box<dyn ObjectReader>) -> Arc<LoadPath> {
+    /// A load path over `readers` (at least one), one per I/O thread.
+    pub(super) fn new(readers: Vec<Box<dyn ObjectReader>>) -> Arc<LoadPath> {
         Arc::new(LoadPath {
-            state: Mutex::new(State {
-                reader,
-                published: Published::default(),
-            }),
+            published: RwLock::new(Published::default()),
+            readers: readers.into_iter().map(Mutex::new).collect(),
         })
     }
 
     /// Replaces what may be served (called by the node thread after each
-    /// event). Any change makes the reader take a new snapshot (what the
-    /// node committed is visible from then on); an unchanged state lets it
-    /// keep its snapshot a while ([`SNAPSHOT_AGE`]).
+    /// event). Any change makes the readers take a new snapshot (what the
+    /// node committed is visible from then on); an unchanged state lets
+    /// them keep their snapshot a while ([`SNAPSHOT_AGE`]). Loads in
+    /// progress finish first (they hold the state's read lock).
     pub(super) fn publish(&self, next: Published) {
-        if let Ok(mut st) = self.state.lock() {
-            if st.published != next {
-                st.published = next;
-                st.reader.release(Duration::ZERO);
-            } else {
-                st.reader.release(SNAPSHOT_AGE);
+        let Ok(mut published) = self.published.write() else {
+            return;
+        };
+        let age = if *published != next {
+            *published = next;
+            Duration::ZERO
+        } else {
+            SNAPSHOT_AGE
+        };
+        for r in &self.readers {
+            if let Ok(mut r) = r.lock() {
+                r.release(age);
             }
         }
     }
 }
 
 impl FastPath for LoadPath {
-    fn answer(&self, conn: ConnId, packet: &Packet) -> Option<Body> {
+    fn answer(&self, io: usize, conn: ConnId, packet: &Packet) -> Option<Body> {
         let Body::AskObject(a) = &packet.body else {
             return None;
         };
-        let mut st = self.state.lock().ok()?;
-        let State { reader, published } = &mut *st;
+        let published = self.published.read().ok()?;
         if !published.enabled
             || !published.clients.contains(&conn)
             || published.blocked.contains(&a.oid)
         {
             return None;
         }
+        let mut reader = self.readers.get(io % self.readers.len())?.lock().ok()?;
         match reader.get_object(&published.view, a.oid, a.at, a.before) {
             Ok(lookup) => Some(object_answer(a, lookup)),
             Err(e) => {

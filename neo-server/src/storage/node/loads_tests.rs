@@ -41,7 +41,7 @@ fn setup(journal: &str) -> Setup {
     };
     let db = SqliteBackend::open(&dir.path().join("loads.sqlite"), &opts).unwrap();
     let mut node = StorageNode::new(spec.storage_config(33101, "loads"), db).unwrap();
-    let lp = node.load_path().unwrap().expect("SQLite has a reader");
+    let lp = node.load_path(2).unwrap().expect("SQLite has a reader");
     let mut node = Some(node);
     let mut sim = Sim::new();
     let (m, storages) = spec.start(
@@ -84,7 +84,8 @@ fn ask(oid: u64, at: Option<Tid>, before: Option<Tid>) -> AskObject {
 impl Setup {
     /// What the load path answers to `a` from the client.
     fn fast(&self, a: &AskObject) -> Option<Body> {
-        self.lp.answer(self.sconn, &Packet::new(7, a.clone()))
+        self.lp
+            .answer(self.sconn as usize, self.sconn, &Packet::new(7, a.clone()))
     }
 
     /// What the node answers to `a`.
@@ -164,9 +165,9 @@ fn leaves_to_the_node_what_it_must_not_serve_in(journal: &str) {
     t.sim.advance(Duration::from_secs(2));
     assert!(t.fast(&ask(4, None, None)).is_some());
     // Another packet, another connection.
-    assert_eq!(t.lp.answer(t.sconn, &Packet::new(1, Ping {})), None);
+    assert_eq!(t.lp.answer(0, t.sconn, &Packet::new(1, Ping {})), None);
     assert_eq!(
-        t.lp.answer(t.sconn + 1000, &Packet::new(1, ask(4, None, None))),
+        t.lp.answer(1, t.sconn + 1000, &Packet::new(1, ask(4, None, None))),
         None
     );
     // A transaction between lock and unlock: its oids wait in the node.

@@ -1462,13 +1462,18 @@ impl<B: Backend> StorageNode<B> {
 }
 
 impl<B: Backend> StorageNode<B> {
-    /// Lets the I/O thread serve loads ([`LoadPath`]) if the backend has a
-    /// reader: give the result to the shell (`runtime::Shell::fast_path`).
-    pub fn load_path(&mut self) -> Result<Option<Arc<LoadPath>>, DbError> {
-        let Some(reader) = self.db.object_reader()? else {
-            return Ok(None);
-        };
-        let lp = LoadPath::new(reader);
+    /// Lets `io_threads` I/O threads serve loads ([`LoadPath`]) if the
+    /// backend has readers: give the result to the shell
+    /// (`runtime::Shell::fast_path`).
+    pub fn load_path(&mut self, io_threads: usize) -> Result<Option<Arc<LoadPath>>, DbError> {
+        let mut readers = Vec::new();
+        for _ in 0..io_threads.max(1) {
+            match self.db.object_reader()? {
+                Some(r) => readers.push(r),
+                None => return Ok(None),
+            }
+        }
+        let lp = LoadPath::new(readers);
         self.load_path = Some(lp.clone());
         Ok(Some(lp))
     }

@@ -146,10 +146,6 @@ pub fn decompress(
     Inflater::new().decompress(oid, tid, compression, data)
 }
 
-/// The most a deflate stream expands (1032:1, a property of the format):
-/// a longer output means the stream is bad.
-const MAX_DEFLATE_RATIO: usize = 1032;
-
 /// zlib decompression with libdeflate (about twice zlib's speed on NEO's
 /// many small streams), one decompressor and one scratch buffer reused for
 /// every record: each output is inflated into the scratch buffer (grown
@@ -205,7 +201,7 @@ impl Inflater {
     }
 
     fn inflate(&mut self, data: &[u8]) -> Result<Vec<u8>, &'static str> {
-        let n = inflate_into(&mut self.z, data, &mut self.scratch, 0)?;
+        let n = neo_server::zlib::inflate_into(&mut self.z, data, &mut self.scratch, 0)?;
         Ok(self.scratch[..n].to_vec())
     }
 
@@ -218,42 +214,7 @@ impl Inflater {
         buf: &mut Vec<u8>,
         at: usize,
     ) -> Result<usize, &'static str> {
-        inflate_into(&mut self.z, data, buf, at)
-    }
-}
-
-/// [`Inflater::inflate_at`] with a given decompressor.
-fn inflate_into(
-    z: &mut libdeflater::Decompressor,
-    data: &[u8],
-    buf: &mut Vec<u8>,
-    at: usize,
-) -> Result<usize, &'static str> {
-    use libdeflater::DecompressionError;
-    let max = data
-        .len()
-        .saturating_mul(MAX_DEFLATE_RATIO)
-        .saturating_add(64);
-    let mut room = data.len().saturating_mul(4).saturating_add(64).min(max);
-    loop {
-        let need = at.saturating_add(room);
-        if buf.len() < need {
-            // Grown by half at least: few reallocations over a batch.
-            let grown = need.max(buf.len().saturating_add(buf.len() / 2));
-            buf.resize(grown, 0);
-        }
-        let out = buf.get_mut(at..).unwrap_or_default();
-        let avail = out.len();
-        match z.zlib_decompress(data, out) {
-            Ok(n) => return Ok(n),
-            Err(DecompressionError::InsufficientSpace) if avail < max => {
-                room = avail.saturating_mul(2).min(max);
-            }
-            Err(DecompressionError::InsufficientSpace) => {
-                return Err("the output exceeds what deflate can expand to")
-            }
-            Err(DecompressionError::BadData) => return Err("bad or truncated stream"),
-        }
+        neo_server::zlib::inflate_into(&mut self.z, data, buf, at)
     }
 }
 

@@ -91,7 +91,9 @@ MySQL server's) over the window divided by the loads served (commits included:
 use --commit-ratio 0 for loads alone); capacity = 1 / (CPU s per load), the
 loads/s one core would serve; stor/db/clients/machine CPU % are shares of one
 core (machine: every process, on all cores); limit: storage when it used 90 %
-of a core or more, cores when the machine was 90 % busy, else latency.
+of a core or more, stor+db when the storage and the MySQL server together did
+(NEO's storage waits for each query), cores when the machine was 90 % busy,
+else latency.
 ";
 
 const CLUSTER: &str = "bench";
@@ -1177,13 +1179,18 @@ impl Row {
 
     /// What most likely bounds the loads/s measured: the storage (it used
     /// 90 % of a core or more: NEO's storage runs on one thread), the
-    /// machine's cores (90 % busy or more, whoever used them), else the
-    /// latency of K loads in flight per worker.
+    /// storage and the MySQL server together (90 % of a core: a storage
+    /// thread waits for each query), the machine's cores (90 % busy or
+    /// more, whoever used them), else the latency of K loads in flight per
+    /// worker.
     fn limit(&self) -> &'static str {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let busy = |cpu: Option<f64>, of: f64| cpu.is_some_and(|c| c >= 0.9 * of * self.duration);
+        let with_db = self.db_cpu.and_then(|d| self.storage_cpu.map(|s| s + d));
         if busy(self.storage_cpu, 1.0) {
             "storage"
+        } else if busy(with_db, 1.0) {
+            "stor+db"
         } else if busy(self.machine_cpu, cores) {
             "cores"
         } else {
@@ -1659,6 +1666,8 @@ mod tests {
         let b = row("python", 100, 20.0, 1.0, Some(1.0));
         assert!((b.capacity().unwrap() - 50.0).abs() < 1e-9);
         assert_eq!(a.limit(), "latency");
+        // 3 s of storage and 1.6 s of MySQL in 5 s.
+        assert_eq!(row("rust", 10, 2.0, 3.0, Some(1.6)).limit(), "stor+db");
         // 4.6 s of storage CPU in 5 s: 92 % of a core.
         let busy = row("python", 10, 2.0, 4.6, None);
         assert_eq!(busy.limit(), "storage");

@@ -977,7 +977,13 @@ fn start_cluster(o: &Opts, kind: &str, tag: &str, backend: &Backend) -> Result<C
         "-a".to_owned(),
         backend.adapter().name().to_owned(),
         "-d".to_owned(),
-        backend.database_arg(),
+        match (kind, backend) {
+            // Each storage as its users run it: NEO leaves SQLite's
+            // rollback journal (ours switches the file to WAL, which NEO
+            // would otherwise keep using).
+            ("python", Backend::Sqlite(p)) => format!("file:{}?journal_mode=DELETE", p.display()),
+            _ => backend.database_arg(),
+        },
     ];
     let (mut mcmd, mut scmd) = match kind {
         "rust" => (

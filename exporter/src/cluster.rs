@@ -66,6 +66,9 @@ impl ClusterSource {
     /// configuration's connect timeout).
     pub fn connect(mut cfg: ClientConfig) -> Result<ClusterSource, SourceError> {
         cfg.read_only = true;
+        // Many loads in flight: polling for each answer would only burn the
+        // CPU the decoding needs.
+        cfg.busy_poll = std::time::Duration::ZERO;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -12,6 +12,24 @@ use neo_exporter::{
     SqliteSource, SCAN_ROWS,
 };
 
+/// A database of `np` partitions in `dir` holding a synthetic FileStorage of
+/// `txns` transactions, zlib-compressed as NEO's client stores them.
+fn compressed_db(
+    dir: &std::path::Path,
+    txns: usize,
+    np: u32,
+) -> neo_server::storage::SqliteBackend {
+    let fs = dir.join("src.fs");
+    synthetic(&fs, txns as u64);
+    let mut db = new_db(&dir.join("db.sqlite"), np);
+    let opts = LoadOptions {
+        compress: true,
+        ..LoadOptions::default()
+    };
+    assert_eq!(load(&fs, &mut db, opts), txns);
+    db
+}
+
 /// Every transaction of `[lo, hi]` read with `read_batch`, `limit` at a time.
 fn read_all(src: &mut SqliteSource, lo: Tid, hi: Tid, limit: usize) -> Vec<SourceTxn> {
     let mut got = Vec::new();
@@ -30,14 +48,7 @@ fn read_all(src: &mut SqliteSource, lo: Tid, hi: Tid, limit: usize) -> Vec<Sourc
 #[test]
 fn every_way_of_reading_batches_equals_generic_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = dir.path().join("src.fs");
-    synthetic(&fs, 300);
-    let mut db = new_db(&dir.path().join("db.sqlite"), 3);
-    let opts = LoadOptions {
-        compress: true,
-        ..LoadOptions::default()
-    };
-    assert_eq!(load(&fs, &mut db, opts), 300);
+    let db = compressed_db(dir.path(), 300, 3);
     let mut generic = BackendSource::new(db).unwrap();
     let all = generic.tids(Tid(0), Tid(u64::MAX >> 1), 1000).unwrap();
     let want: Vec<_> = all
@@ -79,14 +90,7 @@ fn every_way_of_reading_batches_equals_generic_reads() {
 #[test]
 fn export_by_scan_equals_export_by_lookups() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = dir.path().join("src.fs");
-    synthetic(&fs, 120);
-    let mut db = new_db(&dir.path().join("db.sqlite"), 2);
-    let opts = LoadOptions {
-        compress: true,
-        ..LoadOptions::default()
-    };
-    assert_eq!(load(&fs, &mut db, opts), 120);
+    let mut db = compressed_db(dir.path(), 120, 2);
     let mut outs = Vec::new();
     for limit in [SCAN_ROWS, 0] {
         let mut src = SqliteSource::new(db).unwrap();
@@ -108,14 +112,7 @@ fn export_by_scan_equals_export_by_lookups() {
 #[test]
 fn sqlite_source_equals_backend_source() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = dir.path().join("src.fs");
-    synthetic(&fs, 300);
-    let mut db = new_db(&dir.path().join("db.sqlite"), 4);
-    let opts = LoadOptions {
-        compress: true,
-        ..LoadOptions::default()
-    };
-    assert_eq!(load(&fs, &mut db, opts), 300);
+    let db = compressed_db(dir.path(), 300, 4);
     let mut generic = BackendSource::new(db).unwrap();
     let all = generic.tids(Tid(0), Tid(u64::MAX >> 1), 1000).unwrap();
     assert_eq!(all.len(), 300);

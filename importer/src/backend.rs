@@ -318,6 +318,10 @@ impl<B: Backend> Backend for Importer<B> {
         self.db.has_uncommitted()
     }
 
+    fn commits(&self) -> u64 {
+        self.db.commits()
+    }
+
     /// The import itself, a step at a time while the node is idle.
     fn background_step(&mut self, budget: std::time::Duration) -> DbResult<bool> {
         let p = self.import_for(budget).map_err(|e| e.into_db())?;

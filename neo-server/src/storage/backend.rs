@@ -810,6 +810,12 @@ pub trait Backend {
         true
     }
 
+    /// How many commits this handle made so far (any change tells a
+    /// reader's snapshot may be stale: pack, replication, unlock...).
+    fn commits(&self) -> u64 {
+        0
+    }
+
     /// The revision of `oid` at exactly `tid`, for replication
     /// (`fetchObject`); `next_serial` is left `None`.
     fn fetch_object(&mut self, oid: Oid, tid: Tid) -> DbResult<Option<ObjectRecord>> {

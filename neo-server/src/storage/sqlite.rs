@@ -186,6 +186,8 @@ pub struct SqliteBackend {
     held: HeldData,
     /// The URI's pragmas (a reader takes `cache_size` too).
     pragmas: Vec<(String, String)>,
+    /// Commits made so far ([`Backend::commits`]).
+    commits: u64,
     _lock: Option<std::os::unix::net::UnixListener>,
 }
 
@@ -302,6 +304,7 @@ impl SqliteBackend {
             data_last_ids: HashMap::new(),
             held: HeldData::default(),
             pragmas: opts.pragmas.clone(),
+            commits: 0,
             _lock: lock,
         };
         for (k, v) in &opts.pragmas {
@@ -958,6 +961,7 @@ impl Backend for SqliteBackend {
                 .execute_batch("COMMIT")
                 .map_err(sq(&self.path, "committing"))?;
             self.in_tx = false;
+            self.commits += 1;
         }
         Ok(())
     }
@@ -1506,6 +1510,10 @@ impl Backend for SqliteBackend {
 
     fn has_uncommitted(&self) -> bool {
         self.in_tx
+    }
+
+    fn commits(&self) -> u64 {
+        self.commits
     }
 
     fn get_transaction(&mut self, tid: Tid, all: bool) -> DbResult<Option<TransactionRecord>> {

@@ -15,9 +15,10 @@
 //! The node publishes before the shell sends what the event produced, so a
 //! client cannot learn of a transaction (its tid, an invalidation) before
 //! its oids are blocked here. Every change of the published state makes the
-//! reader drop its snapshot ([`ObjectReader::release`]): data becomes
-//! visible only through a commit, and every commit of object data (the
-//! deferred commit of an unlock) unblocks oids, a change.
+//! reader drop its snapshot ([`ObjectReader::release`]), and so does every
+//! commit of the node (the published state counts them): data changes only
+//! through a commit (an unlock's deferred commit, a pack step, a
+//! replication batch).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
@@ -39,6 +40,9 @@ pub(super) struct Published {
     pub view: PartitionView,
     pub clients: HashSet<ConnId>,
     pub blocked: HashSet<Oid>,
+    /// The node's commits so far: each one makes the readers take a new
+    /// snapshot (a pack or a replication changes what a load finds).
+    pub commits: u64,
 }
 
 /// The storage node's [`FastPath`]: loads from read-only database handles,

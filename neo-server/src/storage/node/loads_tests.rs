@@ -13,7 +13,7 @@ use super::{LoadPath, StorageNode};
 use crate::runtime::{ConnId, FastPath};
 use crate::sim::testkit::{addr, identification, ClusterSpec, Peer};
 use crate::sim::Sim;
-use crate::storage::{SqliteBackend, SqliteOptions};
+use crate::storage::{Backend, SqliteBackend, SqliteOptions};
 
 type Node = StorageNode<SqliteBackend>;
 
@@ -148,6 +148,15 @@ fn serves_what_the_node_answers_in(journal: &str) {
         (o.serial, o.next_serial, &o.data[..]),
         (t1, Some(t2), &b"one"[..])
     );
+    // A commit that blocks nothing (as a pack step's): the readers see it
+    // at once all the same.
+    t.sim.poke::<Node>(t.s, |n, _| {
+        n.db.delete_object(Oid(1), None).unwrap();
+        n.db.commit().unwrap();
+        n.publish_loads();
+    });
+    let b = t.same(&ask(1, None, None));
+    assert!(matches!(b, Body::Error(_)), "{journal}: {b:?}");
 }
 
 #[test]

@@ -1498,6 +1498,7 @@ impl<B: Backend> StorageNode<B> {
                         .load_locked_oids()
                         .chain(self.unlocked.iter().copied())
                         .collect(),
+                    commits: self.db.commits(),
                 };
             }
         }

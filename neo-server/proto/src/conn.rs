@@ -307,10 +307,13 @@ impl Out {
     }
 
     /// Queues `frame`, writing what the socket takes at once if the writer
-    /// task is idle; wakes the writer task when something is left.
-    fn push(&mut self, frame: &[u8]) {
+    /// task is idle (and `direct`); wakes the writer task when something is
+    /// left. Not `direct`, the frame waits for the writer task, which
+    /// writes what accumulated meanwhile in one call.
+    fn push(&mut self, frame: &[u8], direct: bool) {
         let mut written = 0;
-        if let (false, Some(waker), Some(io)) = (self.pending(), &self.idle, self.io.as_mut()) {
+        let idle = if direct { self.idle.as_ref() } else { None };
+        if let (false, Some(waker), Some(io)) = (self.pending(), idle, self.io.as_mut()) {
             // The writer's waker: if the socket is full, the writer task is
             // the one woken when it drains.
             let mut cx = Context::from_waker(waker);
@@ -649,6 +652,12 @@ impl Connection {
     /// Sends a packet with its own id (waits while
     /// [`ConnConfig::send_queue`] frames wait to be written).
     pub async fn send(&self, packet: &Packet) -> Result<(), ConnError> {
+        self.send_as(packet, true).await
+    }
+
+    /// [`Connection::send`]; not `direct`, the frame is left to the writer
+    /// task (see `Out::push`).
+    async fn send_as(&self, packet: &Packet, direct: bool) -> Result<(), ConnError> {
         let bytes = self.encode(packet)?;
         let limit = self.inner.config.send_queue.max(1);
         loop {
@@ -661,7 +670,7 @@ impl Connection {
                     return Err(self.inner.closed_now());
                 }
                 if out.frames < limit {
-                    out.push(&bytes);
+                    out.push(&bytes, direct);
                     return Ok(());
                 }
             }
@@ -682,7 +691,7 @@ impl Connection {
         if out.io.is_none() || out.close {
             return Err(self.inner.closed_now());
         }
-        out.push(&bytes);
+        out.push(&bytes, true);
         Ok(())
     }
 
@@ -696,7 +705,7 @@ impl Connection {
         if out.io.is_none() || out.close {
             return Err(self.inner.closed_now());
         }
-        out.push(&bytes);
+        out.push(&bytes, true);
         Ok(())
     }
 
@@ -766,14 +775,17 @@ impl Connection {
         let code = body.code();
         let id = self.next_id();
         let (tx, rx) = oneshot::channel();
-        {
+        // With other requests in flight, this one goes out with them in
+        // one write (the writer task's) rather than a write of its own.
+        let direct = {
             let mut st = self.inner.state();
             if let Some(r) = &st.closed {
                 return Err(self.inner.closed_error(r));
             }
             st.pending.insert(id, (code, tx));
-        }
-        if let Err(e) = self.send(&Packet::new(id, body)).await {
+            st.pending.len() <= 1
+        };
+        if let Err(e) = self.send_as(&Packet::new(id, body), direct).await {
             self.inner.state().pending.remove(&id);
             return Err(e);
         }

@@ -553,6 +553,53 @@ async fn a_handler_serves_a_connection() {
     );
 }
 
+/// Many requests in flight on one connection (those asked while others
+/// wait go out together, written by the writer task): every one is
+/// answered, in both runtimes' flavours.
+#[test]
+fn many_requests_in_flight_are_all_answered() {
+    for multi in [false, true] {
+        let rt = if multi {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        }
+        .unwrap();
+        rt.block_on(async {
+            let (l, addr) = listener().await;
+            let server = tokio::spawn(async move {
+                let (tcp, _) = l.accept().await.expect("accept");
+                let (conn, ev) = Connection::accept(tcp, None, ConnConfig::default())
+                    .await
+                    .expect("accept");
+                let mut h = PingHandler::default();
+                conn.serve(ev, &mut h).await;
+            });
+            let (conn, _ev) = Connection::connect(addr, None, ConnConfig::default())
+                .await
+                .expect("connect");
+            let asks: Vec<_> = (0..500)
+                .map(|_| {
+                    let c = conn.clone();
+                    tokio::spawn(async move { c.ask(Ping {}).await })
+                })
+                .collect();
+            for a in asks {
+                let r = tokio::time::timeout(T, a).await.expect("answered in time");
+                assert!(matches!(r.expect("task"), Ok(Body::Pong(_))));
+            }
+            assert_eq!(conn.pending_requests(), 0);
+            conn.close().await;
+            server.await.expect("server");
+        });
+    }
+}
+
 #[tokio::test]
 async fn abort_is_abrupt_on_both_sides() {
     let (l, addr) = listener().await;

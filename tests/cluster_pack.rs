@@ -233,19 +233,6 @@ fn disable_pack_keeps_everything(db: Db) {
     }));
 }
 
-/// `neoctl print pt` until `ok` holds.
-fn wait_pt_until(c: &Cluster, ok: impl Fn(&str) -> bool, timeout: Duration) -> String {
-    let start = std::time::Instant::now();
-    loop {
-        let (_, pt, _) = c.neoctl(&["print", "pt"]);
-        if ok(&pt) {
-            return pt;
-        }
-        assert!(start.elapsed() < timeout, "partition table still:\n{pt}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn storage_added_after_a_pack_gets_packed_data_and_packs_next(db: Db) {
     let Some(mut c) = Cluster::on(db, "pack_added", 2) else {
         return;
@@ -267,8 +254,7 @@ fn storage_added_after_a_pack_gets_packed_data_and_packs_next(db: Db) {
     c.add_pending("S2");
     let (code, out, err) = c.neoctl(&["tweak"]);
     assert_eq!(code, 0, "{out}{err}");
-    wait_pt_until(
-        &c,
+    c.wait_pt_until(
         |pt| pt.contains("S2 R UUUU") && pt.contains("S1 R UUUU"),
         Duration::from_secs(30),
     );
@@ -278,7 +264,7 @@ fn storage_added_after_a_pack_gets_packed_data_and_packs_next(db: Db) {
     if let Some(s) = c.storages[0].as_mut() {
         s.kill();
     }
-    wait_pt_until(&c, |pt| pt.contains("S1 D "), OP);
+    c.wait_pt_until(|pt| pt.contains("S1 D "), OP);
     rt.block_on(within(OP, "S2 alone", async {
         check_deleted_gone(&a, &h, "S2 alone").await;
         for i in 0..N {

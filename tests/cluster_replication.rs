@@ -87,19 +87,6 @@ fn restarted_storage_catches_up(db: Db) {
     assert_eq!(c.state(), "RUNNING");
 }
 
-/// Waits until `neoctl print pt` satisfies `ok`; returns it.
-fn wait_pt_until(c: &Cluster, ok: impl Fn(&str) -> bool, timeout: Duration) -> String {
-    let start = Instant::now();
-    loop {
-        let (_, pt, _) = c.neoctl(&["print", "pt"]);
-        if ok(&pt) {
-            return pt;
-        }
-        assert!(start.elapsed() < timeout, "partition table still:\n{pt}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn added_storage_replicates_its_partitions(db: Db) {
     let Some(mut c) = Cluster::on(db, "tweak", 3) else {
         return;
@@ -131,8 +118,7 @@ fn added_storage_replicates_its_partitions(db: Db) {
     assert_eq!(code, 0, "{out}{err}");
     // Replicated: S3 has UP_TO_DATE cells, nothing is OUT_OF_DATE or
     // FEEDING any more.
-    let pt = wait_pt_until(
-        &c,
+    let pt = c.wait_pt_until(
         |pt| {
             pt.lines()
                 .any(|l| l.starts_with("S3 R ") && l.contains('U'))
@@ -147,7 +133,7 @@ fn added_storage_replicates_its_partitions(db: Db) {
     if let Some(s) = c.storages[0].as_mut() {
         s.kill();
     }
-    wait_pt_until(&c, |pt| pt.contains("S1 D "), OP);
+    c.wait_pt_until(|pt| pt.contains("S1 D "), OP);
     rt.block_on(within(OP, "reads without S1", async {
         for (i, (t, data)) in expected.iter().enumerate() {
             let r = a.load(Oid(i as u64)).await.expect("load");

@@ -314,10 +314,6 @@ impl<B: Backend> Backend for Importer<B> {
         }))
     }
 
-    fn has_uncommitted(&self) -> bool {
-        self.db.has_uncommitted()
-    }
-
     fn commits(&self) -> u64 {
         self.db.commits()
     }

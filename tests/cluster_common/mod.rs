@@ -185,7 +185,12 @@ impl Cluster {
     }
 
     pub fn start_master(&mut self) {
-        let args = vec![
+        self.start_master_with(Vec::new());
+    }
+
+    /// The master with our usual arguments, then `extra`.
+    fn start_master_with(&mut self, extra: Vec<String>) {
+        let mut args = vec![
             "-c".into(),
             self.name.clone(),
             "-b".into(),
@@ -195,6 +200,7 @@ impl Cluster {
             "-r".into(),
             self.replicas.to_string(),
         ];
+        args.extend(extra);
         let args = self.with_tls(args);
         self.master = Some(Daemon::spawn(
             "master",
@@ -312,6 +318,19 @@ impl Cluster {
             out.trim().to_owned()
         } else {
             String::new()
+        }
+    }
+
+    /// Waits until `neoctl print pt` satisfies `ok`; returns it.
+    pub fn wait_pt_until(&self, ok: impl Fn(&str) -> bool, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let (_, pt, _) = self.neoctl(&["print", "pt"]);
+            if ok(&pt) {
+                return pt;
+            }
+            assert!(start.elapsed() < timeout, "partition table still:\n{pt}");
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -495,27 +514,11 @@ impl Cluster {
     /// The master of a backup cluster of `upstream` (`-C`, `-M`), with the
     /// arguments of [`Cluster::start_master`].
     pub fn start_backup_master(&mut self, upstream: &Cluster) {
-        let args = vec![
-            "-c".into(),
-            self.name.clone(),
-            "-b".into(),
-            self.master_addr().to_string(),
-            "-p".into(),
-            "4".into(),
-            "-r".into(),
-            self.replicas.to_string(),
+        self.start_master_with(vec![
             "-C".into(),
             upstream.name.clone(),
             "-M".into(),
             upstream.master_addr().to_string(),
-        ];
-        let args = self.with_tls(args);
-        self.master = Some(Daemon::spawn(
-            "master",
-            self.dir.path(),
-            &self.bins.master,
-            &args,
-        ));
-        self.wait_listening(self.master_addr(), "master");
+        ]);
     }
 }

@@ -804,14 +804,8 @@ pub trait Backend {
         Ok(None)
     }
 
-    /// Whether writes made through this handle are not committed yet
-    /// (a reader does not see them).
-    fn has_uncommitted(&self) -> bool {
-        true
-    }
-
-    /// How many commits this handle made so far (any change tells a
-    /// reader's snapshot may be stale: pack, replication, unlock...).
+    /// How many commits this handle made so far: what a reader sees
+    /// changes only when it does (unlock, pack, replication...).
     fn commits(&self) -> u64 {
         0
     }

@@ -102,13 +102,15 @@ pub fn command() -> Command {
             "remove an existing database if any, and exit",
         ))
         .arg(
-            opt(
-                "busy-poll",
-                "microseconds the network thread keeps polling after a request \
-                 before it sleeps (lower load latency for some CPU; 0: off)",
-            )
-            .value_parser(clap::value_parser!(u64))
-            .default_value(DEFAULT_BUSY_POLL_US),
+            Arg::new("busy-poll")
+                .long("busy-poll")
+                .help(format!(
+                    "microseconds the network thread keeps polling after a request \
+                     before it sleeps (lower load latency for some CPU; 0: off; \
+                     default {})",
+                    DEFAULT_BUSY_POLL.as_micros()
+                ))
+                .value_parser(clap::value_parser!(u64)),
         )
         .arg(
             opt(
@@ -118,9 +120,6 @@ pub fn command() -> Command {
             .value_parser(clap::value_parser!(u64).range(1..=64)),
         )
 }
-
-/// `--busy-poll`'s default, in microseconds.
-const DEFAULT_BUSY_POLL_US: &str = "200";
 
 /// `--busy-poll`'s default.
 pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(200);
@@ -215,9 +214,9 @@ pub fn parse(argv: Vec<OsString>) -> Result<StorageArgs, String> {
         io_threads: m
             .get_one::<u64>("io-threads")
             .map_or_else(default_io_threads, |&n| n as usize),
-        busy_poll: Duration::from_micros(
-            m.get_one::<u64>("busy-poll").copied().unwrap_or_default(),
-        ),
+        busy_poll: m
+            .get_one::<u64>("busy-poll")
+            .map_or(DEFAULT_BUSY_POLL, |&us| Duration::from_micros(us)),
     })
 }
 

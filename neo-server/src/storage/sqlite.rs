@@ -1508,10 +1508,6 @@ impl Backend for SqliteBackend {
         Ok(Some(Box::new(r)))
     }
 
-    fn has_uncommitted(&self) -> bool {
-        self.in_tx
-    }
-
     fn commits(&self) -> u64 {
         self.commits
     }

@@ -328,8 +328,9 @@ pub struct StorageNode<B: Backend> {
     packer: Packer,
     /// Loads served on the I/O thread, if the shell was given it.
     load_path: Option<Arc<LoadPath>>,
-    /// Oids of unlocked transactions whose unlock is not committed yet.
-    unlocked: HashSet<Oid>,
+    /// Oids of unlocked transactions whose unlock is not committed yet:
+    /// the database's commit count after the last unlock, and the oids.
+    unlocked: (u64, HashSet<Oid>),
 }
 
 impl<B: Backend> fmt::Debug for StorageNode<B> {
@@ -425,7 +426,7 @@ impl<B: Backend> StorageNode<B> {
             replicator: Replicator::default(),
             packer: Packer::default(),
             load_path: None,
-            unlocked: HashSet::new(),
+            unlocked: (0, HashSet::new()),
         })
     }
 
@@ -721,10 +722,8 @@ impl<B: Backend> StorageNode<B> {
                 token: TIMER_COMMIT,
             } => {
                 self.commit_armed = false;
-                match self.db.commit() {
-                    // Every unlock is visible to the load path's reader now.
-                    Ok(()) => self.unlocked.clear(),
-                    Err(e) => self.fatal(e, out),
+                if let Err(e) = self.db.commit() {
+                    self.fatal(e, out);
                 }
             }
             Event::Timer {
@@ -1130,10 +1129,14 @@ impl<B: Backend> StorageNode<B> {
                 Ok(())
             }
             Body::NotifyUnlockInformation(n) => {
-                if self.load_path.is_some() {
-                    self.unlocked.extend(self.tm.stored_oids(n.ttid));
-                }
+                let oids = match self.load_path {
+                    Some(_) => self.tm.stored_oids(n.ttid),
+                    None => Vec::new(),
+                };
                 self.tm.unlock(&mut self.db, n.ttid)?;
+                // Visible to the load path once the database commits again.
+                self.unlocked.0 = self.db.commits();
+                self.unlocked.1.extend(oids);
                 self.arm_commit(out);
                 self.execute_queued(out);
                 Ok(())
@@ -1483,8 +1486,8 @@ impl<B: Backend> StorageNode<B> {
         let Some(lp) = self.load_path.clone() else {
             return;
         };
-        if !self.db.has_uncommitted() {
-            self.unlocked.clear();
+        if self.db.commits() != self.unlocked.0 {
+            self.unlocked.1.clear();
         }
         let mut next = loads::Published::default();
         if self.operational && matches!(self.db.backup_tid(), Ok(None)) {
@@ -1496,7 +1499,7 @@ impl<B: Backend> StorageNode<B> {
                     blocked: self
                         .tm
                         .load_locked_oids()
-                        .chain(self.unlocked.iter().copied())
+                        .chain(self.unlocked.1.iter().copied())
                         .collect(),
                     commits: self.db.commits(),
                 };

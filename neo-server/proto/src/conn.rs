@@ -697,10 +697,16 @@ impl Connection {
 
     /// [`Connection::send_now`] of several packets in one write.
     pub fn send_now_all(&self, packets: &[Packet]) -> Result<(), ConnError> {
-        let mut bytes = Vec::new();
+        self.check_open()?;
+        let mut w = crate::codec::Writer::new();
         for p in packets {
-            bytes.extend_from_slice(&self.encode(p)?);
+            p.encode_after(&mut w)
+                .map_err(|error| ConnError::TooLarge {
+                    peer: self.inner.peer.clone(),
+                    error,
+                })?;
         }
+        let bytes = w.into_vec();
         let mut out = self.inner.out();
         if out.io.is_none() || out.close {
             return Err(self.inner.closed_now());

@@ -611,10 +611,18 @@ impl Packet {
     /// not read it).
     pub fn encode(&self) -> Result<Vec<u8>, FrameTooLarge> {
         let mut w = Writer::new();
-        self.encode_into(&mut w);
-        match w.len() {
+        self.encode_after(&mut w)?;
+        Ok(w.into_vec())
+    }
+
+    /// Encodes this packet's frame after what `w` holds (several frames in
+    /// one buffer, for one write).
+    pub fn encode_after(&self, w: &mut Writer) -> Result<(), FrameTooLarge> {
+        let start = w.len();
+        self.encode_into(w);
+        match w.len() - start {
             size if size > UNPACK_BUFFER_SIZE => Err(FrameTooLarge { size }),
-            _ => Ok(w.into_vec()),
+            _ => Ok(()),
         }
     }
 

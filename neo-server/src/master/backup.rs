@@ -91,6 +91,27 @@ pub(super) struct Backup {
 }
 
 impl Master {
+    /// Tells storage `nid` to replicate `offsets` up to `tid` from the
+    /// cells of this cluster (`Replicate` without an upstream name).
+    fn replicate_from_cluster(
+        &mut self,
+        out: &mut Outbox,
+        nid: NodeId,
+        tid: Tid,
+        offsets: impl IntoIterator<Item = u32>,
+    ) {
+        let source_dict = offsets.into_iter().map(|o| (o, None)).collect();
+        self.send(
+            out,
+            nid,
+            p::Replicate {
+                tid,
+                upstream_name: Bytes::new(),
+                source_dict,
+            },
+        );
+    }
+
     /// Sets the upstream cluster to back up (`-C`, `-M`): `neoctl set
     /// cluster STARTING_BACKUP` is accepted.
     pub fn with_upstream(mut self, name: String, masters: Vec<SocketAddr>) -> Master {
@@ -492,16 +513,7 @@ impl Master {
         self.backup = Some(b);
         for (nid, offsets) in untouched {
             if self.is_running(nid) {
-                let source_dict = offsets.into_iter().map(|o| (o, None)).collect();
-                self.send(
-                    out,
-                    nid,
-                    p::Replicate {
-                        tid,
-                        upstream_name: Bytes::new(),
-                        source_dict,
-                    },
-                );
+                self.replicate_from_cluster(out, nid, tid, offsets);
             }
         }
         for nid in trigger {
@@ -619,15 +631,7 @@ impl Master {
             .unwrap_or(Tid(0));
         list.retain(|t| *t > min);
         if let Some(tid) = tell {
-            self.send(
-                out,
-                nid,
-                p::Replicate {
-                    tid,
-                    upstream_name: Bytes::new(),
-                    source_dict: Map(vec![(offset, None)]),
-                },
-            );
+            self.replicate_from_cluster(out, nid, tid, [offset]);
         }
         if self.state == ClusterState::BackingUp {
             self.trigger_backup(out, nid);

@@ -195,6 +195,17 @@ fn data_of(s: &mut Sql, oid: u64) -> Option<Vec<u8>> {
         .and_then(|o| o.data)
 }
 
+/// Every backup storage holds the first commit (a1, b1) and is backed up
+/// to `t1`.
+fn assert_backed_up_t1(w: &mut World, t1: Tid) {
+    for s in w.bk_storages.clone() {
+        let n = w.sim.node_mut::<Sql>(s);
+        assert_eq!(data_of(n, 0).as_deref(), Some(&b"a1"[..]));
+        assert_eq!(data_of(n, 1).as_deref(), Some(&b"b1"[..]));
+        assert_eq!(n.db_mut().backup_tid().unwrap(), Some(t1));
+    }
+}
+
 /// Commits upstream before and during the backup reach every backup
 /// storage, the backup tid follows the upstream's last tid, and
 /// STOPPING_BACKUP leaves a normal RUNNING cluster with the same data.
@@ -209,12 +220,7 @@ fn backup_follows_upstream_then_runs() {
     w.sim.advance(ms(100));
     assert_eq!(w.bk_master().cluster_state(), ClusterState::BackingUp);
     assert_eq!(w.bk_master().backup_tid(), Some(t1));
-    for s in w.bk_storages.clone() {
-        let n = w.sim.node_mut::<Sql>(s);
-        assert_eq!(data_of(n, 0).as_deref(), Some(&b"a1"[..]));
-        assert_eq!(data_of(n, 1).as_deref(), Some(&b"b1"[..]));
-        assert_eq!(n.db_mut().backup_tid().unwrap(), Some(t1));
-    }
+    assert_backed_up_t1(&mut w, t1);
 
     // Commits while backing up: one partition, then the other, then both.
     let t2 = w.commit(&[(0, b"a2")]);
@@ -407,12 +413,7 @@ fn lost_upstream_storage_orders_go_to_another() {
     w.sim.advance(ms(1500));
     assert_eq!(w.bk_master().cluster_state(), ClusterState::BackingUp);
     assert_eq!(w.bk_master().backup_tid(), Some(t1));
-    for s in w.bk_storages.clone() {
-        let n = w.sim.node_mut::<Sql>(s);
-        assert_eq!(data_of(n, 0).as_deref(), Some(&b"a1"[..]));
-        assert_eq!(data_of(n, 1).as_deref(), Some(&b"b1"[..]));
-        assert_eq!(n.db_mut().backup_tid().unwrap(), Some(t1));
-    }
+    assert_backed_up_t1(&mut w, t1);
 }
 
 /// Transactions committed upstream back to back (8 partitions: each
